@@ -1,0 +1,462 @@
+//! HTTP: routing of Kubernetes URLs, authentication, body decoding, content negotiation
+//! (JSON, YAML, Table, PartialObjectMetadata) and watch streams.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::api::{self, Api, DeleteOptions, ListOptions, WriteOptions};
+use crate::auth::{self, Attributes, Tokens};
+use crate::discovery;
+use crate::error::ApiError;
+use crate::patch::PatchType;
+use crate::resources::{self, ResourceInfo};
+use crate::strategy::FieldValidation;
+use crate::table::{self, IncludeObject};
+
+/// Kubernetes' limit on request bodies.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct Shared {
+    pub api: Arc<Api>,
+    pub tokens: Tokens,
+    pub advertise: String,
+    pub bookmark_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Output {
+    Json,
+    Yaml,
+    Table(&'static str),
+    Metadata,
+}
+
+fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.trim().is_empty() {
+        return Ok(Output::Json);
+    }
+    for entry in accept.split(',') {
+        let mut parts = entry.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let params: HashMap<&str, &str> = parts.filter_map(|p| p.split_once('=')).collect();
+        match (media, params.get("as").copied()) {
+            ("application/json" | "*/*" | "application/*", Some("Table")) if params.get("g") == Some(&"meta.k8s.io") => {
+                return Ok(Output::Table(if params.get("v") == Some(&"v1beta1") { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" }));
+            }
+            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList")) => return Ok(Output::Metadata),
+            ("application/json" | "*/*" | "application/*", None) => return Ok(Output::Json),
+            ("application/yaml", None) => return Ok(Output::Yaml),
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable(format!(
+        "only the following media types are accepted: application/json, application/yaml (got {accept})"
+    )))
+}
+
+fn respond(code: StatusCode, body: &Value, output: Output, warnings: &[String]) -> Response {
+    let (bytes, ct) = match output {
+        Output::Yaml => (serde_saphyr::to_string(body).unwrap_or_default().into_bytes(), "application/yaml"),
+        _ => (serde_json::to_vec(body).expect("json values serialize"), "application/json"),
+    };
+    let mut resp = (code, [(header::CONTENT_TYPE, ct)], bytes).into_response();
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - {:?}", w)) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Shapes one object (or list) for the negotiated output.
+fn present(res: &ResourceInfo, body: Value, output: Output, include: IncludeObject) -> Value {
+    match output {
+        Output::Table(api_version) => {
+            let (items, meta) = match body.get("items") {
+                Some(Value::Array(items)) => (items.clone(), body["metadata"].clone()),
+                _ => (vec![body.clone()], json!({"resourceVersion": body["metadata"]["resourceVersion"]})),
+            };
+            let mut t = table::table(res, &items, include, true, meta);
+            t["apiVersion"] = json!(api_version);
+            t
+        }
+        Output::Metadata => match body.get("items") {
+            Some(Value::Array(items)) => json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": body["metadata"],
+                "items": items.iter().map(partial).collect::<Vec<_>>(),
+            }),
+            _ => partial(&body),
+        },
+        _ => body,
+    }
+}
+
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+}
+
+fn query(uri: &http::Uri) -> HashMap<String, String> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri).map(|q| q.0).unwrap_or_default()
+}
+
+pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    match route(&shared, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => Ok(b),
+        Err(_) => Err(ApiError::TooLarge(MAX_BODY)),
+    }
+}
+
+fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = ct.split(';').next().unwrap_or_default().trim();
+    let value: Value = match media {
+        "application/json" | "" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))?,
+        "application/yaml" => serde_saphyr::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; yaml parse error: {e}")))?,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other:?})"
+            )));
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+    }
+    Ok(value)
+}
+
+async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let q = query(&parts.uri);
+
+    // Health and version are public, as Kubernetes' default RBAC makes them.
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] if parts.method == Method::GET => {
+            return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response());
+        }
+        ["version"] => return Ok(respond(StatusCode::OK, &discovery::version(), Output::Json, &[])),
+        _ => {}
+    }
+    let auth_header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = shared.tokens.authenticate(auth_header)?;
+    let ok = |v: Value| Ok(respond(StatusCode::OK, &v, Output::Json, &[]));
+    let not_found = || Err(ApiError::NoRoute);
+    if parts.method == Method::GET {
+        match segs.as_slice() {
+            ["api"] => return ok(discovery::core_versions(&shared.advertise)),
+            ["api", v] => return discovery::resource_list("", v).map_or_else(not_found, ok),
+            ["apis"] => return ok(discovery::group_list()),
+            ["apis", g] => return discovery::api_group(g).map_or_else(not_found, ok),
+            ["apis", g, v] => return discovery::resource_list(g, v).map_or_else(not_found, ok),
+            ["openapi", "v3"] => return ok(discovery::openapi_index()),
+            ["openapi", "v3", rest @ ..] => {
+                return discovery::openapi_group_version(&rest.join("/")).map_or_else(not_found, ok);
+            }
+            _ => {}
+        }
+    }
+    let (group, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g, "v1", rest @ ..] => (*g, rest),
+        _ => return Err(ApiError::NoRoute),
+    };
+    let (legacy_watch, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        r => (false, r),
+    };
+    let (res, ns, tail) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if resources::find(group, plural).is_some_and(|r| r.namespaced) => {
+            (resources::find(group, plural).expect("checked"), Some(*ns), tail)
+        }
+        [plural, tail @ ..] => (resources::find(group, plural).ok_or(ApiError::NoRoute)?, None, tail),
+        [] => return Err(ApiError::NoRoute),
+    };
+    let (name, sub) = match tail {
+        [] => (None, None),
+        [name] => (Some(*name), None),
+        [name, sub] if res.subresources.contains(sub) => (Some(*name), Some(*sub)),
+        _ => return Err(ApiError::NoRoute),
+    };
+    // Cluster-scoped resources have no namespace; namespaced ones need one except to list.
+    let ns = if res.namespaced { ns } else { None };
+    let watch = legacy_watch || matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (&parts.method, name) {
+        (&Method::GET, None) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) if watch => "watch",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, None) => "create",
+        (&Method::POST, Some(_)) if matches!(sub, Some("binding" | "eviction")) => "create",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({} {path})",
+                parts.method
+            )));
+        }
+    };
+    if res.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::NoRoute);
+    }
+    auth::authorize(&user, &Attributes { verb, resource: res, subresource: sub, namespace: ns, name })?;
+    let output = negotiate(&parts.headers)?;
+    let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+    let write_opts = || -> Result<WriteOptions, ApiError> {
+        Ok(WriteOptions {
+            dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+            validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        })
+    };
+    let api = &shared.api;
+    match verb {
+        "watch" => {
+            let mut q = q.clone();
+            if let Some(n) = name {
+                q.insert("fieldSelector".into(), format!("metadata.name={n}"));
+            }
+            serve_watch(shared, res, ns, &q, output, include)
+        }
+        "list" => {
+            let opts = ListOptions::from_query(&q)?;
+            let list = api.list(res, ns, &opts)?;
+            Ok(respond(StatusCode::OK, &present(res, list, output, include), output, &[]))
+        }
+        "get" => {
+            let stored = api.get(res, ns, name.expect("item"))?;
+            let body = if sub == Some("scale") { api.scale_of(res, &stored.object) } else { stored.object };
+            Ok(respond(StatusCode::OK, &present(res, body, output, include), output, &[]))
+        }
+        "create" => {
+            let bytes = read_body(body).await?;
+            let obj = decode_object(&parts.headers, &bytes)?;
+            match sub {
+                Some("binding") => {
+                    let status = api.bind(ns.expect("namespaced"), name.expect("item"), &obj).await?;
+                    Ok(respond(StatusCode::CREATED, &status, Output::Json, &[]))
+                }
+                Some("eviction") => {
+                    let opts = delete_options(&obj["deleteOptions"], &q)?;
+                    api.delete(res, ns, name.expect("item"), &opts).await?;
+                    Ok(respond(StatusCode::CREATED, &api::success_status(), Output::Json, &[]))
+                }
+                _ => {
+                    let w = api.create(res, ns, obj, write_opts()?).await?;
+                    Ok(respond(StatusCode::CREATED, &present(res, w.object, output, include), output, &w.warnings))
+                }
+            }
+        }
+        "update" => {
+            let bytes = read_body(body).await?;
+            let obj = decode_object(&parts.headers, &bytes)?;
+            let name = name.expect("item");
+            if sub == Some("scale") {
+                let current = api.get(res, ns, name)?;
+                let scale = api.write_scale(res, ns.expect("namespaced"), name, &obj, &current).await?;
+                return Ok(respond(StatusCode::OK, &scale, output, &[]));
+            }
+            let w = api.update(res, ns, name, sub, obj, write_opts()?).await?;
+            Ok(respond(StatusCode::OK, &present(res, w.object, output, include), output, &w.warnings))
+        }
+        "patch" => {
+            let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let kind = PatchType::from_content_type(ct)?;
+            let bytes = read_body(body).await?;
+            let name = name.expect("item");
+            if sub == Some("scale") {
+                let current = api.get(res, ns, name)?;
+                let scale = api.scale_of(res, &current.object);
+                let patched = crate::patch::apply(kind, &scale, &bytes, "Scale")?;
+                let out = api.write_scale(res, ns.expect("namespaced"), name, &patched, &current).await?;
+                return Ok(respond(StatusCode::OK, &out, output, &[]));
+            }
+            let w = api.patch(res, ns, name, sub, kind, &bytes, write_opts()?).await?;
+            Ok(respond(StatusCode::OK, &present(res, w.object, output, include), output, &w.warnings))
+        }
+        "delete" => {
+            let bytes = read_body(body).await?;
+            let body_opts = if bytes.iter().all(u8::is_ascii_whitespace) {
+                Value::Null
+            } else {
+                decode_object(&parts.headers, &bytes)?
+            };
+            let opts = delete_options(&body_opts, &q)?;
+            let obj = api.delete(res, ns, name.expect("item"), &opts).await?;
+            Ok(respond(StatusCode::OK, &present(res, obj, output, include), output, &[]))
+        }
+        "deletecollection" => {
+            let bytes = read_body(body).await?;
+            let body_opts = if bytes.iter().all(u8::is_ascii_whitespace) {
+                Value::Null
+            } else {
+                decode_object(&parts.headers, &bytes)?
+            };
+            let opts = delete_options(&body_opts, &q)?;
+            let list = api.delete_collection(res, ns, &ListOptions::from_query(&q)?, &opts).await?;
+            Ok(respond(StatusCode::OK, &list, Output::Json, &[]))
+        }
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+fn delete_options(body: &Value, q: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
+    let grace = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(g.parse().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?),
+        None => body["gracePeriodSeconds"].as_i64(),
+    };
+    let propagation = q
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| body["propagationPolicy"].as_str().map(str::to_string))
+        .or_else(|| match body["orphanDependents"].as_bool() {
+            Some(true) => Some("Orphan".into()),
+            _ => None,
+        });
+    if let Some(p) = &propagation
+        && !["Background", "Foreground", "Orphan"].contains(&p.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+        )));
+    }
+    let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
+        || body["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
+    Ok(DeleteOptions {
+        grace_period: grace,
+        propagation,
+        precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
+        precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        dry_run,
+    })
+}
+
+fn watch_line(kind: &str, object: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn serve_watch(
+    shared: &Arc<Shared>,
+    res: &'static ResourceInfo,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+    output: Output,
+    include: IncludeObject,
+) -> Result<Response, ApiError> {
+    let opts = ListOptions::from_query(q)?;
+    opts.check_fields(res)?;
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let api = shared.api.clone();
+    // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
+    let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
+        let list = api.list(res, ns, &ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() })?;
+        let from: u64 = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0);
+        (list["items"].as_array().cloned().unwrap_or_default(), from)
+    } else {
+        let from = rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+        (Vec::new(), from)
+    };
+    let mut rx = api.store.watch(&res.list_prefix(ns), from).map_err(|e| ApiError::from_store(res, "", e))?;
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let interval = shared.bookmark_interval;
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut shape = |obj: Value| -> Value {
+            let out = match output {
+                Output::Table(v) => {
+                    let mut t = table::table(res, std::slice::from_ref(&obj), include, first, json!({"resourceVersion": obj["metadata"]["resourceVersion"]}));
+                    t["apiVersion"] = json!(v);
+                    t
+                }
+                Output::Metadata => partial(&obj),
+                _ => obj,
+            };
+            first = false;
+            out
+        };
+        let bookmark = |rev: u64, initial_end: bool| {
+            let mut meta = json!({"resourceVersion": rev.to_string()});
+            if initial_end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            watch_line("BOOKMARK", json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}))
+        };
+        for obj in initial {
+            if tx.send(Ok(watch_line("ADDED", shape(obj)))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial && tx.send(Ok(bookmark(from, true))).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let mut last = from;
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let line = match ev {
+                        None => return,
+                        Some(Err(e)) => {
+                            let err = ApiError::from_store(res, "", e);
+                            let _ = tx.send(Ok(watch_line("ERROR", err.status()))).await;
+                            return;
+                        }
+                        Some(Ok(ev)) => {
+                            last = ev.rev;
+                            match api::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()) {
+                                Some(kind) => watch_line(kind.as_str(), shape(ev.object.clone())),
+                                None => continue,
+                            }
+                        }
+                    };
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ticker.tick(), if bookmarks => {
+                    if tx.send(Ok(bookmark(last, false))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+}
+

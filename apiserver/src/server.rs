@@ -1,0 +1,312 @@
+//! The master process: data dir, tokens, PKI, storage, bootstrap objects, and the TLS
+//! listener serving the API.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tinykube_api::constants::{API_SERVER_PORT, KUBERNETES_SERVICE_IP, SYSTEM_NAMESPACES};
+use tinykube_api::kubeconfig::Kubeconfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::allocator::{Allocator, Held};
+use crate::api::{self, Api, ListOptions, WriteOptions};
+use crate::auth::{Tokens, random_token};
+use crate::error::error_chain;
+use crate::http::{self, Shared};
+use crate::resources;
+use crate::store::{SledStore, SledStoreOptions, Store, WriteOp};
+use crate::strategy::{self, FieldValidation};
+use crate::tls::{Pki, TlsError, write_private};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("failed to prepare the data directory {path}")]
+    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("failed to open the store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("failed to set up TLS")]
+    Tls(#[from] TlsError),
+    #[error("failed to listen on {addr}")]
+    Listen { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("failed to create the bootstrap object {what}: {detail}")]
+    Bootstrap { what: String, detail: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The address nodes and clients reach the API server at (kubeconfig, endpoints).
+    pub advertise: Option<IpAddr>,
+    pub bookmark_interval: Duration,
+    pub store: SledStoreOptions,
+}
+
+impl MasterConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), API_SERVER_PORT),
+            advertise: None,
+            bookmark_interval: Duration::from_secs(30),
+            store: SledStoreOptions::default(),
+        }
+    }
+}
+
+/// A running master. Dropping it does not stop it; call `shutdown`.
+pub struct Master {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub tokens: Tokens,
+    pub ca_pem: String,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn read_or_create_token(path: &Path) -> Result<String, MasterError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            let t = random_token();
+            write_private(path, &format!("{t}\n"))?;
+            Ok(t)
+        }
+    }
+}
+
+impl Master {
+    pub async fn start(cfg: MasterConfig) -> Result<Self, MasterError> {
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| MasterError::DataDir { path: dir.clone(), source })?;
+        let tokens = Tokens {
+            admin: read_or_create_token(&dir.join("admin-token"))?,
+            node: read_or_create_token(&dir.join("node-token"))?,
+        };
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?);
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| MasterError::Listen { addr: cfg.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| MasterError::Listen { addr: cfg.listen, source })?;
+        let advertise = cfg.advertise.unwrap_or(if addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.ip()
+        });
+        let mut sans = vec![
+            advertise.to_string(),
+            "127.0.0.1".into(),
+            "localhost".into(),
+            KUBERNETES_SERVICE_IP.into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+        ];
+        sans.dedup();
+        let pki = Pki::ensure(&dir.join("tls"), &sans)?;
+        let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
+        let kubeconfig = dir.join("kubeconfig.yaml");
+        write_private(&kubeconfig, &Kubeconfig::admin("tinykube", &url, &pki.ca_pem, &tokens.admin).to_yaml())?;
+
+        let (cleanup_tx, cleanup_rx) = tokio::sync::mpsc::unbounded_channel();
+        let api = Arc::new(Api { store, alloc: Allocator::default(), namespace_cleanup: cleanup_tx });
+        restore_allocations(&api)?;
+        bootstrap(&api, advertise, addr.port()).await?;
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            api: api.clone(),
+            tokens: tokens.clone(),
+            advertise: SocketAddr::new(advertise, addr.port()).to_string(),
+            bookmark_interval: cfg.bookmark_interval,
+        });
+        let tls = pki.server_config()?;
+        let cleanup = tokio::spawn(api::run_namespace_cleanup(api.clone(), cleanup_rx));
+        resume_namespace_cleanup(&api);
+        let serve_cancel = cancel.clone();
+        let task = tokio::spawn(async move {
+            serve(listener, tls, shared, serve_cancel).await;
+            cleanup.abort();
+        });
+        tracing::info!(%url, kubeconfig = %kubeconfig.display(), "API server listening");
+        Ok(Self { addr, url, kubeconfig, tokens, ca_pem: pki.ca_pem.clone(), cancel, task })
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    pub async fn run_until_signal(self) {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>, cancel: CancellationToken) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = axum::Router::new().fallback(http::handle).with_state(shared);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(router);
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+}
+
+fn restore_allocations(api: &Api) -> Result<(), MasterError> {
+    let services = resources::find("", "services").expect("registered");
+    let list = api.list(services, None, &ListOptions::default()).map_err(|e| MasterError::Bootstrap {
+        what: "service allocations".into(),
+        detail: e.to_string(),
+    })?;
+    for svc in list["items"].as_array().into_iter().flatten() {
+        api.alloc.restore(&Held::of(svc));
+    }
+    Ok(())
+}
+
+/// Creates what a fresh cluster has: the system namespaces, their default service
+/// accounts, and the `kubernetes` Service with its endpoints.
+async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), MasterError> {
+    let opts = WriteOptions { dry_run: false, validation: FieldValidation::Ignore };
+    let fail = |what: &str, e: crate::error::ApiError| MasterError::Bootstrap { what: what.into(), detail: e.to_string() };
+    let nsres = resources::namespaces();
+    for ns in SYSTEM_NAMESPACES {
+        if api.get(nsres, None, ns).is_err() {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match api.create(nsres, None, body, opts).await {
+                Ok(_) | Err(crate::error::ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(fail(ns, e)),
+            }
+        }
+        api.ensure_default_service_account(ns).await;
+    }
+    let services = resources::find("", "services").expect("registered");
+    if api.get(services, Some("default"), "kubernetes").is_err() {
+        let body = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_SERVICE_IP,
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        });
+        api.create(services, Some("default"), body, opts).await.map_err(|e| fail("service kubernetes", e))?;
+    }
+    // The endpoints follow the advertised address, which may change between starts.
+    let endpoints = resources::find("", "endpoints").expect("registered");
+    let ep = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    });
+    upsert(api, endpoints, ep).await.map_err(|e| fail("endpoints kubernetes", e))?;
+    let slices = resources::find("discovery.k8s.io", "endpointslices").expect("registered");
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "tinykube-apiserver"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    upsert(api, slices, slice).await.map_err(|e| fail("endpointslice kubernetes", e))?;
+    Ok(())
+}
+
+async fn upsert(api: &Api, res: &'static resources::ResourceInfo, mut body: serde_json::Value) -> Result<(), crate::error::ApiError> {
+    let opts = WriteOptions { dry_run: false, validation: FieldValidation::Ignore };
+    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = body["metadata"]["namespace"].as_str().map(str::to_string);
+    match api.get(res, ns.as_deref(), &name) {
+        Ok(current) => {
+            strategy::prepare_update(res, &mut body, &current.object, &name)?;
+            let admitted = strategy::admit(res, body, Some(&current.object), FieldValidation::Ignore)?;
+            if strip_volatile(&admitted.object) != strip_volatile(&current.object) {
+                let op = WriteOp::Update { key: res.key(ns.as_deref(), &name), object: admitted.object, expect_rev: Some(current.rev) };
+                api.store.write(op).await.map_err(|e| crate::error::ApiError::from_store(res, &name, e))?;
+            }
+            Ok(())
+        }
+        Err(_) => api.create(res, ns.as_deref(), body, opts).await.map(|_| ()),
+    }
+}
+
+fn strip_volatile(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("generation");
+    }
+    v
+}
+
+fn resume_namespace_cleanup(api: &Api) {
+    let nsres = resources::namespaces();
+    if let Ok(list) = api.list(nsres, None, &ListOptions::default()) {
+        for ns in list["items"].as_array().into_iter().flatten() {
+            if ns["metadata"].get("deletionTimestamp").is_some()
+                && let Some(name) = ns["metadata"]["name"].as_str()
+            {
+                let _ = api.namespace_cleanup.send(name.to_string());
+            }
+        }
+    }
+}
+
+/// `tinykube master`: start and serve until signalled.
+pub async fn run(cfg: MasterConfig) -> Result<(), String> {
+    let master = Master::start(cfg).await.map_err(|e| error_chain(&e))?;
+    master.run_until_signal().await;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The cluster CA and the API server's serving certificate (rcgen), and the rustls config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("failed to read or write {path}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("failed to generate a certificate")]
+    Generate(#[from] rcgen::Error),
+    #[error("failed to build the TLS configuration")]
+    Rustls(#[from] rustls::Error),
+    #[error("no usable {0} in PEM file")]
+    Pem(&'static str),
+}
+
+/// The cluster CA (its key stays under the data dir) and this server's key pair.
+pub struct Pki {
+    pub ca_pem: String,
+    ca_key: KeyPair,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(contents.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The CA's parameters are fixed, so the issuer can be rebuilt from its key alone.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "tinykube-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+impl Pki {
+    /// Loads the CA from `dir` or creates it on first start, then issues a serving
+    /// certificate for `sans` (IP addresses and DNS names).
+    pub fn ensure(dir: &Path, sans: &[String]) -> Result<Self, TlsError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (ca_pem, ca_key) = if ca_cert.exists() && ca_key.exists() {
+            let key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+            let pem = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+            (pem, KeyPair::from_pem(&key_pem)?)
+        } else {
+            let key = KeyPair::generate()?;
+            let cert = ca_params().self_signed(&key)?;
+            write_private(&ca_key, &key.serialize_pem())?;
+            write_private(&ca_cert, &cert.pem())?;
+            (cert.pem(), key)
+        };
+        let mut pki = Self { ca_pem, ca_key, server_cert_pem: String::new(), server_key_pem: String::new() };
+        let (cert, key) = pki.issue("kube-apiserver", sans)?;
+        write_private(&dir.join("server.crt"), &cert)?;
+        write_private(&dir.join("server.key"), &key)?;
+        pki.server_cert_pem = cert;
+        pki.server_key_pem = key;
+        Ok(pki)
+    }
+
+    /// Issues a certificate signed by the cluster CA; returns (cert PEM, key PEM).
+    pub fn issue(&self, common_name: &str, sans: &[String]) -> Result<(String, String), TlsError> {
+        let issuer = Issuer::new(ca_params(), &self.ca_key);
+        let mut params = CertificateParams::new(sans.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Pem("certificate"))?;
+        let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
+            .ok()
+            .flatten()
+            .ok_or(TlsError::Pem("private key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_kept_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let first = Pki::ensure(dir.path(), &sans).unwrap();
+        let second = Pki::ensure(dir.path(), &sans).unwrap();
+        assert_eq!(first.ca_pem, second.ca_pem);
+        assert_ne!(first.server_key_pem, second.server_key_pem);
+        second.server_config().unwrap();
+    }
+}

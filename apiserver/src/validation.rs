@@ -1,0 +1,384 @@
+//! Validation of objects, with Kubernetes' field paths and messages.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tinykube_api::constants::{NODE_PORT_MAX, NODE_PORT_MIN};
+use tinykube_api::selector::Selector;
+use tinykube_api::validation::{self as v, FieldError};
+
+const PORT_RANGE_MSG: &str = "must be between 1 and 65535, inclusive";
+
+/// Go's `%#v` of a `map[string]string`, which Kubernetes puts in some messages.
+pub fn go_map(m: &BTreeMap<String, String>) -> String {
+    let items: Vec<String> = m.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+    format!("map[string]string{{{}}}", items.join(", "))
+}
+
+/// How an object's name is checked: most kinds use RFC 1123 subdomains.
+#[derive(Clone, Copy)]
+pub enum NameRule {
+    Subdomain,
+    Label,
+    Dns1035,
+}
+
+pub fn object_meta(meta: &ObjectMeta, rule: NameRule, namespaced: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match meta.name.as_deref() {
+        None | Some("") => errs.push(FieldError::required("metadata.name", "name or generateName is required")),
+        Some(name) => {
+            let msgs = match rule {
+                NameRule::Subdomain => v::dns1123_subdomain(name),
+                NameRule::Label => v::dns1123_label(name),
+                NameRule::Dns1035 => v::dns1035_label(name),
+            };
+            errs.extend(msgs.into_iter().map(|m| FieldError::invalid("metadata.name", name, m)));
+        }
+    }
+    if namespaced {
+        match meta.namespace.as_deref() {
+            None | Some("") => errs.push(FieldError::required("metadata.namespace", "")),
+            Some(ns) => errs.extend(
+                v::dns1123_label(ns).into_iter().map(|m| FieldError::invalid("metadata.namespace", ns, m)),
+            ),
+        }
+    }
+    if let Some(labels) = &meta.labels {
+        errs.extend(v::labels(labels, "metadata.labels"));
+    }
+    let mut annotation_bytes = 0;
+    for (k, val) in meta.annotations.iter().flatten() {
+        annotation_bytes += k.len() + val.len();
+        for m in v::label_key(k) {
+            errs.push(FieldError::invalid("metadata.annotations", k, m));
+        }
+    }
+    if annotation_bytes > 256 * 1024 {
+        errs.push(FieldError {
+            kind: v::FieldErrorType::TooLong,
+            field: "metadata.annotations".into(),
+            value: None,
+            detail: "may not be more than 262144 bytes".into(),
+        });
+    }
+    errs
+}
+
+fn port(field: String, value: i32, errs: &mut Vec<FieldError>) {
+    if !(1..=65535).contains(&value) {
+        errs.push(FieldError::invalid(field, value, PORT_RANGE_MSG));
+    }
+}
+
+fn containers(list: &[Container], path: &str, names: &mut HashSet<String>, errs: &mut Vec<FieldError>) {
+    for (i, c) in list.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if c.name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.name"), ""));
+        } else {
+            for m in v::dns1123_label(&c.name) {
+                errs.push(FieldError::invalid(format!("{p}.name"), &c.name, m));
+            }
+            if !names.insert(c.name.clone()) {
+                errs.push(FieldError::duplicate(format!("{p}.name"), &c.name));
+            }
+        }
+        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
+            errs.push(FieldError::required(format!("{p}.image"), ""));
+        }
+        for (j, cp) in c.ports.iter().flatten().enumerate() {
+            port(format!("{p}.ports[{j}].containerPort"), cp.container_port, errs);
+            if let Some(proto) = cp.protocol.as_deref()
+                && !["TCP", "UDP", "SCTP"].contains(&proto)
+            {
+                errs.push(FieldError::not_supported(format!("{p}.ports[{j}].protocol"), proto, &["SCTP", "TCP", "UDP"]));
+            }
+        }
+        for (j, e) in c.env.iter().flatten().enumerate() {
+            if e.name.is_empty() {
+                errs.push(FieldError::required(format!("{p}.env[{j}].name"), ""));
+            }
+        }
+        if let Some(policy) = c.image_pull_policy.as_deref()
+            && !["Always", "IfNotPresent", "Never"].contains(&policy)
+        {
+            errs.push(FieldError::not_supported(
+                format!("{p}.imagePullPolicy"),
+                policy,
+                &["Always", "IfNotPresent", "Never"],
+            ));
+        }
+    }
+}
+
+pub fn pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if spec.containers.is_empty() {
+        errs.push(FieldError::required(format!("{path}.containers"), ""));
+    }
+    let mut names = HashSet::new();
+    containers(&spec.containers, &format!("{path}.containers"), &mut names, &mut errs);
+    if let Some(init) = &spec.init_containers {
+        containers(init, &format!("{path}.initContainers"), &mut names, &mut errs);
+    }
+    if let Some(policy) = spec.restart_policy.as_deref()
+        && !["Always", "OnFailure", "Never"].contains(&policy)
+    {
+        errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+    }
+    let mut volumes = HashSet::new();
+    for (i, vol) in spec.volumes.iter().flatten().enumerate() {
+        for m in v::dns1123_label(&vol.name) {
+            errs.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), &vol.name, m));
+        }
+        if !volumes.insert(vol.name.clone()) {
+            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &vol.name));
+        }
+    }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        errs.push(FieldError::invalid(format!("{path}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
+    }
+    errs
+}
+
+fn selector_and_template(
+    selector: Option<&LabelSelector>,
+    template: Option<&PodTemplateSpec>,
+    replicas: Option<i32>,
+    errs: &mut Vec<FieldError>,
+) {
+    if let Some(r) = replicas
+        && r < 0
+    {
+        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+    }
+    let empty = selector.is_none_or(|s| s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()));
+    if empty {
+        errs.push(FieldError::required("spec.selector", ""));
+        errs.push(FieldError::invalid("spec.selector", "", "empty selector is invalid for deployment"));
+    }
+    let Some(template) = template else {
+        errs.push(FieldError::required("spec.template", ""));
+        return;
+    };
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    errs.extend(v::labels(&labels, "spec.template.metadata.labels"));
+    if !empty {
+        match Selector::from_label_selector(selector) {
+            Ok(sel) if !sel.matches(&labels) => errs.push(FieldError {
+                kind: v::FieldErrorType::Invalid,
+                field: "spec.template.metadata.labels".into(),
+                value: Some(go_map(&labels)),
+                detail: "`selector` does not match template `labels`".into(),
+            }),
+            Ok(_) => {}
+            Err(e) => errs.push(FieldError::invalid("spec.selector", "", e.to_string())),
+        }
+    }
+    match template.spec.as_ref() {
+        None => errs.push(FieldError::required("spec.template.spec", "")),
+        Some(spec) => {
+            errs.extend(pod_spec(spec, "spec.template.spec"));
+            if let Some(policy) = spec.restart_policy.as_deref()
+                && policy != "Always"
+            {
+                errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", policy, &["Always"]));
+            }
+        }
+    }
+}
+
+pub fn deployment(d: &Deployment, old: Option<&Deployment>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let Some(spec) = d.spec.as_ref() else {
+        return vec![FieldError::required("spec", "")];
+    };
+    selector_and_template(Some(&spec.selector), Some(&spec.template), spec.replicas, &mut errs);
+    if let Some(kind) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
+        && !["RollingUpdate", "Recreate"].contains(&kind)
+    {
+        errs.push(FieldError::not_supported("spec.strategy.type", kind, &["Recreate", "RollingUpdate"]));
+    }
+    if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
+        && old_spec.selector != spec.selector
+    {
+        errs.push(FieldError::invalid("spec.selector", format!("{:?}", spec.selector), "field is immutable"));
+    }
+    errs
+}
+
+pub fn replica_set(rs: &ReplicaSet, old: Option<&ReplicaSet>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let Some(spec) = rs.spec.as_ref() else {
+        return vec![FieldError::required("spec", "")];
+    };
+    selector_and_template(Some(&spec.selector), spec.template.as_ref(), spec.replicas, &mut errs);
+    if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
+        && old_spec.selector != spec.selector
+    {
+        errs.push(FieldError::invalid("spec.selector", format!("{:?}", spec.selector), "field is immutable"));
+    }
+    errs
+}
+
+pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let Some(spec) = s.spec.as_ref() else {
+        return vec![FieldError::required("spec", "")];
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&kind) {
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            kind,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if kind == "ExternalName" {
+        if spec.external_name.as_deref().unwrap_or_default().is_empty() {
+            errs.push(FieldError::required("spec.externalName", ""));
+        }
+    } else if ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
+        errs.push(FieldError::required("spec.ports", ""));
+    }
+    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        match p.name.as_deref() {
+            None | Some("") if ports.len() > 1 => errs.push(FieldError::required(format!("{path}.name"), "")),
+            Some(n) if !n.is_empty() => {
+                for m in v::dns1123_label(n) {
+                    errs.push(FieldError::invalid(format!("{path}.name"), n, m));
+                }
+                if !names.insert(n.to_string()) {
+                    errs.push(FieldError::duplicate(format!("{path}.name"), n));
+                }
+            }
+            _ => {}
+        }
+        port(format!("{path}.port"), p.port, &mut errs);
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&proto) {
+            errs.push(FieldError::not_supported(format!("{path}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+        }
+        if !seen.insert((p.port, proto.to_string())) {
+            errs.push(FieldError::duplicate(format!("{path}"), format!("{}/{proto}", p.port)));
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(t)) => port(format!("{path}.targetPort"), *t, &mut errs),
+            Some(IntOrString::String(name)) => {
+                if v::dns1123_label(name).len() > 0 || name.len() > 15 {
+                    errs.push(FieldError::invalid(
+                        format!("{path}.targetPort"),
+                        name,
+                        "must contain at least one letter (a-z), at most 15 characters, lowercase alphanumerics and '-'",
+                    ));
+                }
+            }
+            None => {}
+        }
+        if let Some(np) = p.node_port {
+            if kind == "ClusterIP" && np != 0 {
+                errs.push(FieldError::forbidden(format!("{path}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            } else if np != 0 && !(i32::from(NODE_PORT_MIN)..=i32::from(NODE_PORT_MAX)).contains(&np) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.nodePort"),
+                    np,
+                    format!("provided port is not in the valid range. The range of valid ports is {NODE_PORT_MIN}-{NODE_PORT_MAX}"),
+                ));
+            }
+        }
+    }
+    if let Some(old_ip) = old.and_then(|o| o.spec.as_ref()).and_then(|sp| sp.cluster_ip.as_deref())
+        && !old_ip.is_empty()
+        && spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty() && ip != old_ip)
+        && kind != "ExternalName"
+    {
+        errs.push(FieldError::invalid("spec.clusterIPs[0]", spec.cluster_ip.clone().unwrap_or_default(), "may not change once set"));
+    }
+    errs
+}
+
+fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut Vec<FieldError>) {
+    for k in keys {
+        let ok = !k.is_empty() && k != "." && k != ".." && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        if !ok {
+            errs.push(FieldError::invalid(
+                format!("{path}[{k}]"),
+                k,
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+            ));
+        }
+    }
+}
+
+pub fn config_map(cm: &ConfigMap) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    data_keys(cm.data.iter().flatten().map(|(k, _)| k), "data", &mut errs);
+    data_keys(cm.binary_data.iter().flatten().map(|(k, _)| k), "binaryData", &mut errs);
+    errs
+}
+
+pub fn secret(s: &Secret) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    data_keys(s.data.iter().flatten().map(|(k, _)| k), "data", &mut errs);
+    data_keys(s.string_data.iter().flatten().map(|(k, _)| k), "stringData", &mut errs);
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "other"}},
+                                  "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+        }))
+        .unwrap();
+        let errs = deployment(&d, None);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`"
+        );
+    }
+
+    #[test]
+    fn service_node_port_outside_range() {
+        let s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 40000}]}
+        }))
+        .unwrap();
+        let errs = service(&s, None);
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767"
+        );
+    }
+
+    #[test]
+    fn pod_needs_containers_with_images_and_valid_ports() {
+        let spec: PodSpec = serde_json::from_value(json!({
+            "containers": [{"name": "a", "image": "", "ports": [{"containerPort": 70000}]}, {"name": "a", "image": "x"}]
+        }))
+        .unwrap();
+        let msgs: Vec<String> = pod_spec(&spec, "spec").iter().map(ToString::to_string).collect();
+        assert!(msgs.contains(&"spec.containers[0].image: Required value".to_string()));
+        assert!(msgs.contains(&"spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
+        assert!(msgs.contains(&"spec.containers[1].name: Duplicate value: \"a\"".to_string()));
+    }
+}
