@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tinykube", version, about = "A small Kubernetes-compatible cluster in one binary")]
+#[command(
+    name = "tinykube",
+    version,
+    about = "A small Kubernetes-compatible cluster in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,15 +39,27 @@ enum Command {
 fn main() -> ExitCode {
     // Invoked through a link named `ctl`, the binary is the CLI.
     let argv0 = std::env::args().next().unwrap_or_default();
-    let cli = if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "ctl") {
-        let args = std::iter::once("tinykube".to_string()).chain(std::iter::once("ctl".to_string())).chain(std::env::args().skip(1));
+    let cli = if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "ctl")
+    {
+        let args = std::iter::once("tinykube".to_string())
+            .chain(std::iter::once("ctl".to_string()))
+            .chain(std::env::args().skip(1));
         Cli::parse_from(args)
     } else {
         Cli::parse()
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -52,7 +68,12 @@ fn main() -> ExitCode {
     };
     let result: Result<(), String> = runtime.block_on(async {
         match cli.command {
-            Command::Master { data_dir, listen, advertise_address, no_kubelet: _ } => {
+            Command::Master {
+                data_dir,
+                listen,
+                advertise_address,
+                no_kubelet: _,
+            } => {
                 let mut cfg = tinykube_apiserver::MasterConfig::new(data_dir);
                 cfg.listen = listen;
                 cfg.advertise = advertise_address;

@@ -67,12 +67,24 @@ impl Kubeconfig {
             kind: "Config".into(),
             clusters: vec![NamedCluster {
                 name: name.into(),
-                cluster: Cluster { server: server.into(), certificate_authority_data: Some(ca) },
+                cluster: Cluster {
+                    server: server.into(),
+                    certificate_authority_data: Some(ca),
+                },
             }],
-            users: vec![NamedUser { name: format!("{name}-admin"), user: User { token: Some(token.into()) } }],
+            users: vec![NamedUser {
+                name: format!("{name}-admin"),
+                user: User {
+                    token: Some(token.into()),
+                },
+            }],
             contexts: vec![NamedContext {
                 name: name.into(),
-                context: Context { cluster: name.into(), user: format!("{name}-admin"), namespace: None },
+                context: Context {
+                    cluster: name.into(),
+                    user: format!("{name}-admin"),
+                    namespace: None,
+                },
             }],
             current_context: name.into(),
         }

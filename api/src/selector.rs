@@ -53,7 +53,11 @@ impl Selector {
     /// A selector that selects nothing, as Kubernetes' `labels.Nothing()`.
     pub fn nothing() -> Self {
         Self {
-            requirements: vec![Requirement { key: String::new(), op: Op::In, values: vec![] }],
+            requirements: vec![Requirement {
+                key: String::new(),
+                op: Op::In,
+                values: vec![],
+            }],
         }
     }
 
@@ -77,10 +81,16 @@ impl Selector {
     /// Converts a `metav1.LabelSelector` as Kubernetes' `LabelSelectorAsSelector` does:
     /// a missing selector selects nothing, an empty one everything.
     pub fn from_label_selector(sel: Option<&LabelSelector>) -> Result<Self, SelectorError> {
-        let Some(sel) = sel else { return Ok(Self::nothing()) };
+        let Some(sel) = sel else {
+            return Ok(Self::nothing());
+        };
         let mut requirements = Vec::new();
         for (k, v) in sel.match_labels.iter().flatten() {
-            requirements.push(Requirement { key: k.clone(), op: Op::Equals, values: vec![v.clone()] });
+            requirements.push(Requirement {
+                key: k.clone(),
+                op: Op::Equals,
+                values: vec![v.clone()],
+            });
         }
         for e in sel.match_expressions.iter().flatten() {
             let values = e.values.clone().unwrap_or_default();
@@ -89,9 +99,17 @@ impl Selector {
                 "NotIn" => Op::NotIn,
                 "Exists" => Op::Exists,
                 "DoesNotExist" => Op::DoesNotExist,
-                other => return Err(SelectorError(format!("{other:?} is not a valid label selector operator"))),
+                other => {
+                    return Err(SelectorError(format!(
+                        "{other:?} is not a valid label selector operator"
+                    )));
+                }
             };
-            requirements.push(Requirement { key: e.key.clone(), op, values });
+            requirements.push(Requirement {
+                key: e.key.clone(),
+                op,
+                values,
+            });
         }
         Ok(Self { requirements })
     }
@@ -103,7 +121,12 @@ impl Selector {
 
     /// Matches against the `metadata.labels` map of a JSON object.
     pub fn matches_json(&self, labels: Option<&serde_json::Value>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+        let get = |k: &str| {
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         self.requirements.iter().all(|r| r.matches(&get))
     }
 }
@@ -156,13 +179,21 @@ fn split_top_level(input: &str) -> Result<Vec<&str>, SelectorError> {
 
 fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
     if let Some(key) = part.strip_prefix('!') {
-        return Ok(Requirement { key: checked_key(key.trim())?, op: Op::DoesNotExist, values: vec![] });
+        return Ok(Requirement {
+            key: checked_key(key.trim())?,
+            op: Op::DoesNotExist,
+            values: vec![],
+        });
     }
     for (token, op) in [("!=", Op::NotEquals), ("==", Op::Equals), ("=", Op::Equals)] {
         if let Some((k, v)) = part.split_once(token) {
             let value = v.trim();
             check_value(value)?;
-            return Ok(Requirement { key: checked_key(k.trim())?, op, values: vec![value.to_string()] });
+            return Ok(Requirement {
+                key: checked_key(k.trim())?,
+                op,
+                values: vec![value.to_string()],
+            });
         }
     }
     let words: Vec<&str> = part.splitn(2, char::is_whitespace).collect();
@@ -174,20 +205,31 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
         } else if let Some(r) = rest.strip_prefix("in") {
             (Op::In, r)
         } else {
-            return Err(SelectorError(format!("found '{rest}', expected: in, notin, =, ==, !=")));
+            return Err(SelectorError(format!(
+                "found '{rest}', expected: in, notin, =, ==, !="
+            )));
         };
         let inner = rest
             .trim()
             .strip_prefix('(')
             .and_then(|r| r.strip_suffix(')'))
-            .ok_or_else(|| SelectorError(format!("expected '(' ... ')' after '{}' in {part:?}", words[0])))?;
+            .ok_or_else(|| {
+                SelectorError(format!(
+                    "expected '(' ... ')' after '{}' in {part:?}",
+                    words[0]
+                ))
+            })?;
         let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
         for v in &values {
             check_value(v)?;
         }
         return Ok(Requirement { key, op, values });
     }
-    Ok(Requirement { key: checked_key(part)?, op: Op::Exists, values: vec![] })
+    Ok(Requirement {
+        key: checked_key(part)?,
+        op: Op::Exists,
+        values: vec![],
+    })
 }
 
 fn checked_key(key: &str) -> Result<String, SelectorError> {
@@ -195,7 +237,10 @@ fn checked_key(key: &str) -> Result<String, SelectorError> {
     if errors.is_empty() {
         Ok(key.to_string())
     } else {
-        Err(SelectorError(format!("invalid label key \"{key}\": {}", errors.join("; "))))
+        Err(SelectorError(format!(
+            "invalid label key \"{key}\": {}",
+            errors.join("; ")
+        )))
     }
 }
 
@@ -204,7 +249,10 @@ fn check_value(value: &str) -> Result<(), SelectorError> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(SelectorError(format!("invalid label value: \"{value}\": {}", errors.join("; "))))
+        Err(SelectorError(format!(
+            "invalid label value: \"{value}\": {}",
+            errors.join("; ")
+        )))
     }
 }
 
@@ -236,7 +284,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, v, false)
             } else {
-                return Err(SelectorError(format!("invalid selector: '{part}'; can't understand '{part}'")));
+                return Err(SelectorError(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                )));
             };
             requirements.push(FieldRequirement {
                 field: field.trim().to_string(),
@@ -261,7 +311,10 @@ impl FieldSelector {
 
     /// The value an equality term requires of `field`, if any (used to narrow a scan).
     pub fn required_value(&self, field: &str) -> Option<&str> {
-        self.requirements.iter().find(|r| r.field == field && !r.negated).map(|r| r.value.as_str())
+        self.requirements
+            .iter()
+            .find(|r| r.field == field && !r.negated)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -303,7 +356,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -311,7 +367,12 @@ mod tests {
         let s = Selector::parse("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
         assert!(s.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("env", "dev"), ("team", "a")])));
-        assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a"), ("legacy", "")])));
+        assert!(!s.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("legacy", "")
+        ])));
         assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod")])));
         let notin = Selector::parse("env notin (prod)").unwrap();
         assert!(notin.matches(&labels(&[])));

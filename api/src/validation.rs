@@ -62,7 +62,8 @@ pub fn dns1035_label(s: &str) -> Vec<String> {
 
 fn qualified_name_part_ok(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -78,7 +79,11 @@ pub fn label_key(s: &str) -> Vec<String> {
         if prefix.is_empty() {
             errs.push("prefix part must be non-empty".to_string());
         } else {
-            errs.extend(dns1123_subdomain(prefix).into_iter().map(|e| format!("prefix part {e}")));
+            errs.extend(
+                dns1123_subdomain(prefix)
+                    .into_iter()
+                    .map(|e| format!("prefix part {e}")),
+            );
         }
     }
     if name.is_empty() {
@@ -146,23 +151,51 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn invalid(field: impl Into<String>, value: impl fmt::Debug, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorType::Invalid, field: field.into(), value: Some(format!("{value:?}")), detail: detail.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl fmt::Debug,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: FieldErrorType::Invalid,
+            field: field.into(),
+            value: Some(format!("{value:?}")),
+            detail: detail.into(),
+        }
     }
 
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorType::Required, field: field.into(), value: None, detail: detail.into() }
+        Self {
+            kind: FieldErrorType::Required,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorType::Forbidden, field: field.into(), value: None, detail: detail.into() }
+        Self {
+            kind: FieldErrorType::Forbidden,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
     pub fn duplicate(field: impl Into<String>, value: impl fmt::Debug) -> Self {
-        Self { kind: FieldErrorType::Duplicate, field: field.into(), value: Some(format!("{value:?}")), detail: String::new() }
+        Self {
+            kind: FieldErrorType::Duplicate,
+            field: field.into(),
+            value: Some(format!("{value:?}")),
+            detail: String::new(),
+        }
     }
 
-    pub fn not_supported(field: impl Into<String>, value: impl fmt::Debug, supported: &[&str]) -> Self {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl fmt::Debug,
+        supported: &[&str],
+    ) -> Self {
         let quoted: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         Self {
             kind: FieldErrorType::NotSupported,
@@ -177,12 +210,24 @@ impl FieldError {
         let head = match self.kind {
             FieldErrorType::Required => "Required value".to_string(),
             FieldErrorType::Forbidden => "Forbidden".to_string(),
-            FieldErrorType::Invalid => format!("Invalid value: {}", self.value.clone().unwrap_or_default()),
-            FieldErrorType::Duplicate => format!("Duplicate value: {}", self.value.clone().unwrap_or_default()),
-            FieldErrorType::NotSupported => format!("Unsupported value: {}", self.value.clone().unwrap_or_default()),
+            FieldErrorType::Invalid => {
+                format!("Invalid value: {}", self.value.clone().unwrap_or_default())
+            }
+            FieldErrorType::Duplicate => format!(
+                "Duplicate value: {}",
+                self.value.clone().unwrap_or_default()
+            ),
+            FieldErrorType::NotSupported => format!(
+                "Unsupported value: {}",
+                self.value.clone().unwrap_or_default()
+            ),
             FieldErrorType::TooLong => "Too long".to_string(),
         };
-        if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
+        if self.detail.is_empty() {
+            head
+        } else {
+            format!("{head}: {}", self.detail)
+        }
     }
 }
 
@@ -238,7 +283,14 @@ mod tests {
     #[test]
     fn field_error_prints_like_kubernetes() {
         let e = FieldError::invalid("metadata.name", "Foo", dns1123_subdomain("Foo").remove(0));
-        assert!(e.to_string().starts_with("metadata.name: Invalid value: \"Foo\": a lowercase RFC 1123 subdomain"));
-        assert_eq!(FieldError::required("spec.containers", "").to_string(), "spec.containers: Required value");
+        assert!(
+            e.to_string().starts_with(
+                "metadata.name: Invalid value: \"Foo\": a lowercase RFC 1123 subdomain"
+            )
+        );
+        assert_eq!(
+            FieldError::required("spec.containers", "").to_string(),
+            "spec.containers: Required value"
+        );
     }
 }

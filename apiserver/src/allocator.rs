@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use rand::Rng;
 use serde_json::{Value, json};
-use tinykube_api::constants::{CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NODE_PORT_MAX, NODE_PORT_MIN};
+use tinykube_api::constants::{
+    CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NODE_PORT_MAX, NODE_PORT_MIN,
+};
 use tinykube_api::validation::FieldError;
 
 /// The addresses and ports one Service holds.
@@ -23,7 +25,12 @@ impl Held {
         let ips = spec["clusterIPs"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
-            .or_else(|| spec["clusterIP"].as_str().and_then(|s| s.parse().ok()).map(|ip| vec![ip]))
+            .or_else(|| {
+                spec["clusterIP"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .map(|ip| vec![ip])
+            })
             .unwrap_or_default();
         let ports = spec["ports"]
             .as_array()
@@ -38,8 +45,18 @@ impl Held {
 
     fn minus(&self, other: &Held) -> Held {
         Held {
-            ips: self.ips.iter().filter(|i| !other.ips.contains(i)).copied().collect(),
-            ports: self.ports.iter().filter(|p| !other.ports.contains(p)).copied().collect(),
+            ips: self
+                .ips
+                .iter()
+                .filter(|i| !other.ips.contains(i))
+                .copied()
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .filter(|p| !other.ports.contains(p))
+                .copied()
+                .collect(),
         }
     }
 }
@@ -58,7 +75,11 @@ impl Default for Allocator {
 
 impl Allocator {
     pub fn new(base: Ipv4Addr, prefix: u8) -> Self {
-        Self { base: u32::from(base), size: 1u32 << (32 - prefix), used: Mutex::new(Default::default()) }
+        Self {
+            base: u32::from(base),
+            size: 1u32 << (32 - prefix),
+            used: Mutex::new(Default::default()),
+        }
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -84,7 +105,11 @@ impl Allocator {
     }
 
     fn cidr(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(self.base), 32 - self.size.trailing_zeros())
+        format!(
+            "{}/{}",
+            Ipv4Addr::from(self.base),
+            32 - self.size.trailing_zeros()
+        )
     }
 
     /// Fills `spec.clusterIP(s)` and `nodePort`s of `svc`, reusing what `old` held.
@@ -132,7 +157,11 @@ impl Allocator {
                         }
                         Ok(ip) => Some(ip),
                         Err(_) => {
-                            errs.push(FieldError::invalid("spec.clusterIP", &requested, "must be a valid IP address"));
+                            errs.push(FieldError::invalid(
+                                "spec.clusterIP",
+                                &requested,
+                                "must be a valid IP address",
+                            ));
                             None
                         }
                     }
@@ -143,23 +172,38 @@ impl Allocator {
                     spec["clusterIP"] = json!(ip.to_string());
                     spec["clusterIPs"] = json!([ip.to_string()]);
                 } else if errs.is_empty() {
-                    errs.push(FieldError::invalid("spec.clusterIPs", Vec::<String>::new(), "range is full"));
+                    errs.push(FieldError::invalid(
+                        "spec.clusterIPs",
+                        Vec::<String>::new(),
+                        "range is full",
+                    ));
                 }
             }
         }
 
         let wants_node_ports = kind == "NodePort" || kind == "LoadBalancer";
-        let old_ports = old.map(|o| o["spec"]["ports"].clone()).unwrap_or(Value::Null);
-        for (i, port) in spec["ports"].as_array_mut().into_iter().flatten().enumerate() {
+        let old_ports = old
+            .map(|o| o["spec"]["ports"].clone())
+            .unwrap_or(Value::Null);
+        for (i, port) in spec["ports"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if !wants_node_ports {
                 port.as_object_mut().map(|p| p.remove("nodePort"));
                 continue;
             }
             let requested = port["nodePort"].as_u64().unwrap_or(0) as u16;
             let previous = old_ports.as_array().into_iter().flatten().find(|o| {
-                o["port"] == port["port"] && o["protocol"] == port["protocol"] && o["nodePort"].as_u64().unwrap_or(0) > 0
+                o["port"] == port["port"]
+                    && o["protocol"] == port["protocol"]
+                    && o["nodePort"].as_u64().unwrap_or(0) > 0
             });
-            let previous = previous.and_then(|o| o["nodePort"].as_u64()).map(|p| p as u16);
+            let previous = previous
+                .and_then(|o| o["nodePort"].as_u64())
+                .map(|p| p as u16);
             let chosen = match (requested, previous) {
                 (0, Some(p)) => Some(p),
                 (r, Some(p)) if r == p => Some(p),
@@ -218,7 +262,9 @@ impl Allocator {
                 return Some(ip);
             }
         }
-        (1..self.size - 1).map(|o| Ipv4Addr::from(self.base + o)).find(|ip| !used.contains(ip))
+        (1..self.size - 1)
+            .map(|o| Ipv4Addr::from(self.base + o))
+            .find(|ip| !used.contains(ip))
     }
 
     fn pick_port(&self, used: &HashSet<u16>) -> Option<u16> {
@@ -251,11 +297,18 @@ mod tests {
         let mut first = svc("NodePort", Some(30080));
         a.assign(&mut first, None).unwrap();
         assert_eq!(first["spec"]["ports"][0]["nodePort"], 30080);
-        let ip = first["spec"]["clusterIP"].as_str().unwrap().parse::<Ipv4Addr>().unwrap();
+        let ip = first["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .parse::<Ipv4Addr>()
+            .unwrap();
         assert!(a.in_range(ip));
         let mut second = svc("NodePort", Some(30080));
         let errs = a.assign(&mut second, None).unwrap_err();
-        assert_eq!(errs[0].to_string(), "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated");
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        );
         a.release(&Held::of(&first));
         let mut third = svc("NodePort", Some(30080));
         assert!(a.assign(&mut third, None).is_ok());
@@ -268,7 +321,10 @@ mod tests {
         a.assign(&mut s, None).unwrap();
         let mut again = svc("NodePort", None);
         a.assign(&mut again, Some(&s)).unwrap();
-        assert_eq!(again["spec"]["ports"][0]["nodePort"], s["spec"]["ports"][0]["nodePort"]);
+        assert_eq!(
+            again["spec"]["ports"][0]["nodePort"],
+            s["spec"]["ports"][0]["nodePort"]
+        );
         assert_eq!(again["spec"]["clusterIP"], s["spec"]["clusterIP"]);
         let mut cluster_ip = svc("ClusterIP", None);
         a.assign(&mut cluster_ip, Some(&s)).unwrap();

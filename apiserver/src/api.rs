@@ -26,23 +26,33 @@ pub struct Api {
 
 /// The namespace controller's work: delete everything in a terminating namespace, then
 /// the namespace itself.
-pub async fn run_namespace_cleanup(api: Arc<Api>, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+pub async fn run_namespace_cleanup(
+    api: Arc<Api>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     while let Some(ns) = rx.recv().await {
         let api = api.clone();
         tokio::spawn(async move {
             for _ in 0..3600 {
                 let mut remaining = 0;
                 for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-                    let Ok(list) = api.list(res, Some(&ns), &ListOptions::default()) else { continue };
+                    let Ok(list) = api.list(res, Some(&ns), &ListOptions::default()) else {
+                        continue;
+                    };
                     for item in list["items"].as_array().into_iter().flatten() {
                         remaining += 1;
-                        let _ = api.delete(res, Some(&ns), name_of(item), &DeleteOptions::default()).await;
+                        let _ = api
+                            .delete(res, Some(&ns), name_of(item), &DeleteOptions::default())
+                            .await;
                     }
                 }
                 if remaining == 0 {
                     let nsres = resources::namespaces();
                     if let Ok(cur) = api.get(nsres, None, &ns) {
-                        let op = WriteOp::Delete { key: nsres.key(None, &ns), expect_rev: Some(cur.rev) };
+                        let op = WriteOp::Delete {
+                            key: nsres.key(None, &ns),
+                            expect_rev: Some(cur.rev),
+                        };
                         let _ = api.store.write(op).await;
                     }
                     return;
@@ -73,14 +83,21 @@ impl ListOptions {
             None => FieldSelector::default(),
         };
         let limit = match q.get("limit") {
-            Some(l) => l.parse().map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
             None => 0,
         };
         let continue_key = match q.get("continue").filter(|c| !c.is_empty()) {
             Some(c) => Some(decode_continue(c)?),
             None => None,
         };
-        Ok(Self { labels, fields, limit, continue_key })
+        Ok(Self {
+            labels,
+            fields,
+            limit,
+            continue_key,
+        })
     }
 
     pub fn matches(&self, res: &ResourceInfo, obj: &Value) -> bool {
@@ -106,11 +123,19 @@ fn supported_field(res: &ResourceInfo, field: &str) -> bool {
         || match res.kind {
             "Pod" => matches!(
                 field,
-                "spec.nodeName" | "status.phase" | "spec.schedulerName" | "spec.restartPolicy" | "status.podIP" | "spec.serviceAccountName"
+                "spec.nodeName"
+                    | "status.phase"
+                    | "spec.schedulerName"
+                    | "spec.restartPolicy"
+                    | "status.podIP"
+                    | "spec.serviceAccountName"
             ),
             "Node" => field == "spec.unschedulable",
             "Secret" => field == "type",
-            "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source"),
+            "Event" => {
+                field.starts_with("involvedObject.")
+                    || matches!(field, "reason" | "type" | "source")
+            }
             _ => false,
         }
 }
@@ -141,7 +166,9 @@ fn decode_continue(token: &str) -> Result<String, ApiError> {
         .decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::BadRequest("continue key is not valid: illegal base64 data".into()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("continue key is not valid: illegal base64 data".into())
+        })
 }
 
 /// Options of a write: dry run and field validation.
@@ -171,23 +198,41 @@ fn name_of(obj: &Value) -> &str {
 }
 
 fn rev_of(obj: &Value) -> Option<u64> {
-    obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok())
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
 }
 
 impl Api {
-    pub fn get(&self, res: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Stored, ApiError> {
+    pub fn get(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Stored, ApiError> {
         self.store
             .get(&res.key(ns, name))
             .map_err(|e| ApiError::from_store(res, name, e))?
             .ok_or_else(|| ApiError::not_found(res, name))
     }
 
-    pub fn list(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<Value, ApiError> {
+    pub fn list(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Value, ApiError> {
         opts.check_fields(res)?;
         let filter = |o: &Value| opts.matches(res, o);
         let page = self
             .store
-            .list(&res.list_prefix(ns), opts.continue_key.as_deref(), opts.limit, &filter)
+            .list(
+                &res.list_prefix(ns),
+                opts.continue_key.as_deref(),
+                opts.limit,
+                &filter,
+            )
             .map_err(|e| ApiError::from_store(res, "", e))?;
         let mut meta = json!({"resourceVersion": page.rev.to_string()});
         if let Some(next) = &page.next_key {
@@ -204,22 +249,38 @@ impl Api {
         }))
     }
 
-    async fn namespace_must_accept(&self, res: &ResourceInfo, ns: Option<&str>) -> Result<(), ApiError> {
-        let Some(ns) = ns.filter(|_| res.namespaced) else { return Ok(()) };
+    async fn namespace_must_accept(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(ns) = ns.filter(|_| res.namespaced) else {
+            return Ok(());
+        };
         let nsres = resources::namespaces();
-        match self.store.get(&nsres.key(None, ns)).map_err(|e| ApiError::from_store(nsres, ns, e))? {
+        match self
+            .store
+            .get(&nsres.key(None, ns))
+            .map_err(|e| ApiError::from_store(nsres, ns, e))?
+        {
             None => Err(ApiError::not_found(nsres, ns)),
-            Some(s) if s.object["metadata"].get("deletionTimestamp").is_some() => Err(ApiError::Forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                res.qualified(),
-                "",
-            ))),
+            Some(s) if s.object["metadata"].get("deletionTimestamp").is_some() => {
+                Err(ApiError::Forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    res.qualified(),
+                    "",
+                )))
+            }
             Some(_) => Ok(()),
         }
     }
 
     async fn write(&self, res: &ResourceInfo, name: &str, op: WriteOp) -> Result<Value, ApiError> {
-        let ev = self.store.write(op).await.map_err(|e| ApiError::from_store(res, name, e))?;
+        let ev = self
+            .store
+            .write(op)
+            .await
+            .map_err(|e| ApiError::from_store(res, name, e))?;
         Ok(ev.object.clone())
     }
 
@@ -236,15 +297,29 @@ impl Api {
         let name = name_of(&obj).to_string();
         self.namespace_must_accept(res, ns).await?;
         let held = if res.kind == "Service" {
-            self.alloc.assign(&mut obj, None).map_err(|errs| ApiError::invalid(res, &name, errs))?
+            self.alloc
+                .assign(&mut obj, None)
+                .map_err(|errs| ApiError::invalid(res, &name, errs))?
         } else {
             Held::default()
         };
         if opts.dry_run {
             self.alloc.release(&held);
-            return Ok(Written { object: obj, warnings: admitted.warnings });
+            return Ok(Written {
+                object: obj,
+                warnings: admitted.warnings,
+            });
         }
-        let result = self.write(res, &name, WriteOp::Create { key: res.key(ns, &name), object: obj }).await;
+        let result = self
+            .write(
+                res,
+                &name,
+                WriteOp::Create {
+                    key: res.key(ns, &name),
+                    object: obj,
+                },
+            )
+            .await;
         if result.is_err() {
             self.alloc.release(&held);
         }
@@ -252,7 +327,10 @@ impl Api {
         if res.kind == "Namespace" {
             self.ensure_default_service_account(&name).await;
         }
-        Ok(Written { object, warnings: admitted.warnings })
+        Ok(Written {
+            object,
+            warnings: admitted.warnings,
+        })
     }
 
     /// Every namespace gets a `default` ServiceAccount, as the serviceaccount controller
@@ -280,7 +358,9 @@ impl Api {
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
         if !body.is_object() {
-            return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
         }
         let current = self.get(res, ns, name)?;
         let expect = rev_of(&body);
@@ -297,7 +377,8 @@ impl Api {
                 ));
             }
         }
-        self.replace(res, ns, name, sub, &mut body, &current, opts).await
+        self.replace(res, ns, name, sub, &mut body, &current, opts)
+            .await
     }
 
     /// Writes `body` over `current` (whose revision is the precondition).
@@ -318,27 +399,47 @@ impl Api {
                 strategy::prepare_update(res, body, &current.object, name)?;
                 body.clone()
             }
-            Some(other) => return Err(ApiError::MethodNotAllowed(format!("the server does not allow this method on the requested resource ({other})"))),
+            Some(other) => {
+                return Err(ApiError::MethodNotAllowed(format!(
+                    "the server does not allow this method on the requested resource ({other})"
+                )));
+            }
         };
         let admitted = strategy::admit(res, merged, Some(&current.object), opts.validation)?;
         let mut obj = admitted.object;
         let held = if res.kind == "Service" {
-            self.alloc.assign(&mut obj, Some(&current.object)).map_err(|errs| ApiError::invalid(res, name, errs))?
+            self.alloc
+                .assign(&mut obj, Some(&current.object))
+                .map_err(|errs| ApiError::invalid(res, name, errs))?
         } else {
             Held::default()
         };
         if opts.dry_run {
             self.alloc.release(&held);
-            return Ok(Written { object: obj, warnings: admitted.warnings });
+            return Ok(Written {
+                object: obj,
+                warnings: admitted.warnings,
+            });
         }
         let key = res.key(ns, name);
         // An object being deleted is removed once its last finalizer is gone.
-        let terminating = obj["metadata"].get("deletionTimestamp").is_some_and(|d| !d.is_null());
-        let no_finalizers = obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+        let terminating = obj["metadata"]
+            .get("deletionTimestamp")
+            .is_some_and(|d| !d.is_null());
+        let no_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
         let op = if terminating && no_finalizers && (res.kind != "Pod" || pod_may_vanish(&obj)) {
-            WriteOp::Delete { key, expect_rev: Some(current.rev) }
+            WriteOp::Delete {
+                key,
+                expect_rev: Some(current.rev),
+            }
         } else {
-            WriteOp::Update { key, object: obj, expect_rev: Some(current.rev) }
+            WriteOp::Update {
+                key,
+                object: obj,
+                expect_rev: Some(current.rev),
+            }
         };
         let deleting = matches!(op, WriteOp::Delete { .. });
         let result = self.write(res, name, op).await;
@@ -353,7 +454,10 @@ impl Api {
             }
             Ok(_) => {}
         }
-        Ok(Written { object: result?, warnings: admitted.warnings })
+        Ok(Written {
+            object: result?,
+            warnings: admitted.warnings,
+        })
     }
 
     /// PATCH, retried on conflicts like Kubernetes' `GuaranteedUpdate`.
@@ -380,7 +484,10 @@ impl Api {
             {
                 return Err(ApiError::modified(res, name));
             }
-            match self.replace(res, ns, name, sub, &mut patched, &current, opts).await {
+            match self
+                .replace(res, ns, name, sub, &mut patched, &current, opts)
+                .await
+            {
                 Err(ApiError::Conflict { .. }) if attempts < 5 => continue,
                 other => return other,
             }
@@ -396,7 +503,9 @@ impl Api {
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         if res.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
         loop {
             let current = self.get(res, ns, name)?;
@@ -404,24 +513,39 @@ impl Api {
             if let Some(uid) = &opts.precondition_uid
                 && meta["uid"].as_str() != Some(uid)
             {
-                return Err(ApiError::conflict(res, name, format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta["uid"].as_str().unwrap_or_default()
-                )));
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
             }
             if let Some(rv) = &opts.precondition_rv
                 && *rv != current.rev.to_string()
             {
-                return Err(ApiError::conflict(res, name, format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    current.rev
-                )));
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.rev
+                    ),
+                ));
             }
             let mut obj = current.object.clone();
             let key = res.key(ns, name);
             let op = match self.deletion_step(res, &mut obj, opts) {
-                Step::Remove => WriteOp::Delete { key, expect_rev: Some(current.rev) },
-                Step::Mark => WriteOp::Update { key, object: obj.clone(), expect_rev: Some(current.rev) },
+                Step::Remove => WriteOp::Delete {
+                    key,
+                    expect_rev: Some(current.rev),
+                },
+                Step::Mark => WriteOp::Update {
+                    key,
+                    object: obj.clone(),
+                    expect_rev: Some(current.rev),
+                },
                 Step::AlreadyPending => return Ok(obj),
             };
             if opts.dry_run {
@@ -462,29 +586,51 @@ impl Api {
                 a.push(json!(f));
             }
         }
-        let has_finalizers = meta.get("finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        let has_finalizers = meta
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
         if res.kind == "Namespace" {
             if already {
                 return Step::AlreadyPending;
             }
-            meta.insert("deletionTimestamp".into(), json!(tinykube_api::format::rfc3339(now)));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(tinykube_api::format::rfc3339(now)),
+            );
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
             obj["status"]["phase"] = json!("Terminating");
             return Step::Mark;
         }
         if res.kind == "Pod" {
-            let bound = obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-            let terminal = matches!(obj["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
-            let grace = opts.grace_period.unwrap_or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30));
+            let bound = obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty());
+            let terminal = matches!(
+                obj["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            );
+            let grace = opts.grace_period.unwrap_or_else(|| {
+                obj["spec"]["terminationGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(30)
+            });
             let graceful = bound && !terminal && grace > 0;
             if graceful {
                 let meta = obj["metadata"].as_object_mut().expect("metadata");
-                let current_grace = meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
+                let current_grace = meta
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
                 if already && current_grace.is_some_and(|g| g <= grace) {
                     return Step::AlreadyPending;
                 }
-                let at = now.checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or(now);
-                meta.insert("deletionTimestamp".into(), json!(tinykube_api::format::rfc3339(at)));
+                let at = now
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or(now);
+                meta.insert(
+                    "deletionTimestamp".into(),
+                    json!(tinykube_api::format::rfc3339(at)),
+                );
                 meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
                 return Step::Mark;
             }
@@ -492,7 +638,10 @@ impl Api {
                 let meta = obj["metadata"].as_object_mut().expect("metadata");
                 meta.insert("deletionGracePeriodSeconds".into(), json!(0));
                 if !already {
-                    meta.insert("deletionTimestamp".into(), json!(tinykube_api::format::rfc3339(now)));
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(tinykube_api::format::rfc3339(now)),
+                    );
                 }
                 return Step::Mark;
             }
@@ -502,7 +651,10 @@ impl Api {
             if already {
                 return Step::AlreadyPending;
             }
-            meta.insert("deletionTimestamp".into(), json!(tinykube_api::format::rfc3339(now)));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(tinykube_api::format::rfc3339(now)),
+            );
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
             return Step::Mark;
         }
@@ -524,7 +676,10 @@ impl Api {
         let mut deleted = Vec::new();
         for item in list["items"].as_array().cloned().unwrap_or_default() {
             let item_ns = item["metadata"]["namespace"].as_str().map(str::to_string);
-            match self.delete(res, item_ns.as_deref(), name_of(&item), opts).await {
+            match self
+                .delete(res, item_ns.as_deref(), name_of(&item), opts)
+                .await
+            {
                 Ok(o) => deleted.push(o),
                 Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -537,27 +692,58 @@ impl Api {
     /// `pods/binding`: sets spec.nodeName once and marks the pod scheduled.
     pub async fn bind(&self, ns: &str, name: &str, binding: &Value) -> Result<Value, ApiError> {
         let pods = resources::find("", "pods").expect("registered");
-        let node = binding["target"]["name"].as_str().unwrap_or_default().to_string();
+        let node = binding["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if node.is_empty() {
-            return Err(ApiError::invalid(pods, name, vec![tinykube_api::validation::FieldError::required("target.name", "")]));
+            return Err(ApiError::invalid(
+                pods,
+                name,
+                vec![tinykube_api::validation::FieldError::required(
+                    "target.name",
+                    "",
+                )],
+            ));
         }
         loop {
             let current = self.get(pods, Some(ns), name)?;
             let mut obj = current.object.clone();
-            if obj["metadata"].get("deletionTimestamp").is_some_and(|d| !d.is_null()) {
-                return Err(ApiError::conflict(pods, name, format!("pod {name} is being deleted, cannot be assigned to a host")));
+            if obj["metadata"]
+                .get("deletionTimestamp")
+                .is_some_and(|d| !d.is_null())
+            {
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
             }
             if let Some(existing) = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                return Err(ApiError::conflict(pods, name, format!("pod {name} is already assigned to node \"{existing}\"")));
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    format!("pod {name} is already assigned to node \"{existing}\""),
+                ));
             }
             obj["spec"]["nodeName"] = json!(node);
             let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
                               "lastTransitionTime": tinykube_api::format::now_rfc3339()});
-            let conds = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            let conds = obj["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
             conds.push(cond);
             obj["status"]["conditions"] = Value::Array(conds);
-            let op = WriteOp::Update { key: pods.key(Some(ns), name), object: obj, expect_rev: Some(current.rev) };
+            let op = WriteOp::Update {
+                key: pods.key(Some(ns), name),
+                object: obj,
+                expect_rev: Some(current.rev),
+            };
             match self.write(pods, name, op).await {
                 Err(ApiError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
@@ -569,7 +755,9 @@ impl Api {
     /// The `scale` subresource view of a deployment or replica set.
     pub fn scale_of(&self, res: &ResourceInfo, obj: &Value) -> Value {
         let selector = Selector::from_label_selector(
-            serde_json::from_value(obj["spec"]["selector"].clone()).ok().as_ref(),
+            serde_json::from_value(obj["spec"]["selector"].clone())
+                .ok()
+                .as_ref(),
         )
         .map(|s| s.to_string())
         .unwrap_or_default();
@@ -600,7 +788,11 @@ impl Api {
                 kind: "Scale".into(),
                 group: "autoscaling".into(),
                 name: name.into(),
-                errors: vec![tinykube_api::validation::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+                errors: vec![tinykube_api::validation::FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
             });
         }
         if let Some(rv) = rev_of(new_scale)
@@ -615,7 +807,11 @@ impl Api {
             let g = obj["metadata"]["generation"].as_i64().unwrap_or(1);
             obj["metadata"]["generation"] = json!(g + 1);
         }
-        let op = WriteOp::Update { key: res.key(Some(ns), name), object: obj, expect_rev: Some(current.rev) };
+        let op = WriteOp::Update {
+            key: res.key(Some(ns), name),
+            object: obj,
+            expect_rev: Some(current.rev),
+        };
         let written = self.write(res, name, op).await?;
         Ok(self.scale_of(res, &written))
     }
@@ -623,7 +819,10 @@ impl Api {
 
 /// A pod object may leave storage once the kubelet is done with it (or none holds it).
 fn pod_may_vanish(pod: &Value) -> bool {
-    pod["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+    pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(0)
+        == 0
         || pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
 }
 

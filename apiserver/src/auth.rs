@@ -28,12 +28,19 @@ pub struct Tokens {
 
 /// Equal-time comparison, so a wrong token's timing says nothing about the right one.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl Tokens {
     pub fn generate() -> Self {
-        Self { admin: random_token(), node: random_token() }
+        Self {
+            admin: random_token(),
+            node: random_token(),
+        }
     }
 
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<User, ApiError> {
@@ -89,11 +96,15 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
             "create" | "update" | "patch" | "delete" => own(a.name),
             _ => false,
         },
-        ("", "pods") => matches!(a.verb, "create" | "update" | "patch" | "delete")
-            && !matches!(a.subresource, Some("binding") | Some("eviction")),
+        ("", "pods") => {
+            matches!(a.verb, "create" | "update" | "patch" | "delete")
+                && !matches!(a.subresource, Some("binding") | Some("eviction"))
+        }
         ("", "events") => matches!(a.verb, "create" | "update" | "patch"),
         ("coordination.k8s.io", "leases") => {
-            a.namespace == Some("kube-node-lease") && matches!(a.verb, "create" | "update" | "patch") && own(a.name)
+            a.namespace == Some("kube-node-lease")
+                && matches!(a.verb, "create" | "update" | "patch")
+                && own(a.name)
         }
         _ => false,
     };
@@ -125,21 +136,44 @@ mod tests {
     use super::*;
     use crate::resources::find;
 
-    fn attrs<'a>(verb: &'a str, group: &str, plural: &str, ns: Option<&'a str>, name: Option<&'a str>) -> Attributes<'a> {
-        Attributes { verb, resource: find(group, plural).unwrap(), subresource: None, namespace: ns, name }
+    fn attrs<'a>(
+        verb: &'a str,
+        group: &str,
+        plural: &str,
+        ns: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Attributes<'a> {
+        Attributes {
+            verb,
+            resource: find(group, plural).unwrap(),
+            subresource: None,
+            namespace: ns,
+            name,
+        }
     }
 
     #[test]
     fn tokens_identify_users() {
-        let t = Tokens { admin: "a".repeat(48), node: "n".repeat(48) };
-        assert_eq!(t.authenticate(Some(&format!("Bearer {}", t.admin))).unwrap(), User::Admin);
+        let t = Tokens {
+            admin: "a".repeat(48),
+            node: "n".repeat(48),
+        };
         assert_eq!(
-            t.authenticate(Some(&format!("Bearer node:w1:{}", t.node))).unwrap(),
+            t.authenticate(Some(&format!("Bearer {}", t.admin)))
+                .unwrap(),
+            User::Admin
+        );
+        assert_eq!(
+            t.authenticate(Some(&format!("Bearer node:w1:{}", t.node)))
+                .unwrap(),
             User::Node(Some("w1".into()))
         );
         assert!(t.authenticate(None).is_err());
         assert!(t.authenticate(Some("Bearer wrong")).is_err());
-        assert!(t.authenticate(Some(&format!("Bearer node:w1:{}x", t.node))).is_err());
+        assert!(
+            t.authenticate(Some(&format!("Bearer node:w1:{}x", t.node)))
+                .is_err()
+        );
     }
 
     #[test]
@@ -148,13 +182,31 @@ mod tests {
         assert!(authorize(&w1, &attrs("list", "", "pods", None, None)).is_ok());
         assert!(authorize(&w1, &attrs("update", "", "nodes", None, Some("w1"))).is_ok());
         assert!(authorize(&w1, &attrs("delete", "", "nodes", None, Some("w2"))).is_err());
-        assert!(authorize(&w1, &attrs("create", "apps", "deployments", Some("default"), None)).is_err());
-        assert!(authorize(&w1, &attrs("get", "", "secrets", Some("default"), Some("s"))).is_err());
+        assert!(
+            authorize(
+                &w1,
+                &attrs("create", "apps", "deployments", Some("default"), None)
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &w1,
+                &attrs("get", "", "secrets", Some("default"), Some("s"))
+            )
+            .is_err()
+        );
         let err = authorize(&w1, &attrs("delete", "", "nodes", None, Some("w2"))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "nodes \"w2\" is forbidden: User \"system:node:w1\" cannot delete resource \"nodes\" in API group \"\" at the cluster scope"
         );
-        assert!(authorize(&User::Admin, &attrs("delete", "", "nodes", None, Some("w2"))).is_ok());
+        assert!(
+            authorize(
+                &User::Admin,
+                &attrs("delete", "", "nodes", None, Some("w2"))
+            )
+            .is_ok()
+        );
     }
 }

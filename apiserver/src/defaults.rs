@@ -1,7 +1,11 @@
 //! Defaulting, as Kubernetes' `SetDefaults_*` functions fill in what a client left out.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
-use k8s_openapi::api::core::v1::{Container, Namespace, NamespaceSpec, NamespaceStatus, PodSpec, PodTemplateSpec, Service};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, NamespaceSpec, NamespaceStatus, PodSpec, PodTemplateSpec, Service,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tinykube_api::constants::LABEL_NAMESPACE_NAME;
 
@@ -11,10 +15,19 @@ fn container(c: &mut Container) {
         let last = image.rsplit('/').next().unwrap_or(image);
         let latest = !last.contains(':') || last.ends_with(":latest");
         let pinned = image.contains('@');
-        c.image_pull_policy = Some(if latest && !pinned { "Always" } else { "IfNotPresent" }.into());
+        c.image_pull_policy = Some(
+            if latest && !pinned {
+                "Always"
+            } else {
+                "IfNotPresent"
+            }
+            .into(),
+        );
     }
-    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
     }
@@ -24,14 +37,23 @@ pub fn pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
     spec.security_context.get_or_insert_with(Default::default);
     spec.enable_service_links.get_or_insert(true);
     if spec.service_account_name.is_none() {
-        spec.service_account_name = Some(spec.service_account.clone().unwrap_or_else(|| "default".into()));
+        spec.service_account_name = Some(
+            spec.service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        );
     }
     spec.service_account = spec.service_account_name.clone();
-    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
         container(c);
     }
 }
@@ -47,12 +69,18 @@ pub fn deployment(d: &mut Deployment) {
     spec.replicas.get_or_insert(1);
     spec.revision_history_limit.get_or_insert(10);
     spec.progress_deadline_seconds.get_or_insert(600);
-    let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+    let strategy = spec
+        .strategy
+        .get_or_insert_with(DeploymentStrategy::default);
     let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
     if kind == "RollingUpdate" {
-        let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
-        ru.max_surge.get_or_insert_with(|| IntOrString::String("25%".into()));
-        ru.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDeployment::default);
+        ru.max_surge
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_unavailable
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
     }
     template(&mut spec.template);
 }
@@ -72,13 +100,16 @@ pub fn service(s: &mut Service) {
         return;
     }
     spec.session_affinity.get_or_insert_with(|| "None".into());
-    spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+    spec.internal_traffic_policy
+        .get_or_insert_with(|| "Cluster".into());
     if kind == "NodePort" || kind == "LoadBalancer" {
-        spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
     }
     if spec.cluster_ip.as_deref() != Some("None") {
         spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
-        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".into());
     }
     for p in spec.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
@@ -90,9 +121,15 @@ pub fn service(s: &mut Service) {
 
 pub fn namespace(ns: &mut Namespace) {
     let name = ns.metadata.name.clone().unwrap_or_default();
-    ns.metadata.labels.get_or_insert_with(Default::default).insert(LABEL_NAMESPACE_NAME.into(), name);
-    ns.spec.get_or_insert_with(|| NamespaceSpec { finalizers: Some(vec!["kubernetes".into()]) });
-    ns.status.get_or_insert_with(|| NamespaceStatus { phase: Some("Active".into()), ..Default::default() });
+    ns.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(LABEL_NAMESPACE_NAME.into(), name);
+    ns.spec.get_or_insert_with(|| NamespaceSpec {
+        finalizers: Some(vec!["kubernetes".into()]),
+    });
+    let status = ns.status.get_or_insert_with(NamespaceStatus::default);
+    status.phase.get_or_insert_with(|| "Active".into());
 }
 
 #[cfg(test)]
@@ -103,14 +140,30 @@ mod tests {
     fn image_pull_policy_follows_the_tag() {
         let mut spec = PodSpec {
             containers: vec![
-                Container { name: "a".into(), image: Some("nginx".into()), ..Default::default() },
-                Container { name: "b".into(), image: Some("nginx:1.25".into()), ..Default::default() },
-                Container { name: "c".into(), image: Some("localhost:5000/app".into()), ..Default::default() },
+                Container {
+                    name: "a".into(),
+                    image: Some("nginx".into()),
+                    ..Default::default()
+                },
+                Container {
+                    name: "b".into(),
+                    image: Some("nginx:1.25".into()),
+                    ..Default::default()
+                },
+                Container {
+                    name: "c".into(),
+                    image: Some("localhost:5000/app".into()),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
         pod_spec(&mut spec);
-        let policies: Vec<_> = spec.containers.iter().map(|c| c.image_pull_policy.clone().unwrap()).collect();
+        let policies: Vec<_> = spec
+            .containers
+            .iter()
+            .map(|c| c.image_pull_policy.clone().unwrap())
+            .collect();
         assert_eq!(policies, ["Always", "IfNotPresent", "Always"]);
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
         assert_eq!(spec.termination_grace_period_seconds, Some(30));
@@ -118,9 +171,10 @@ mod tests {
 
     #[test]
     fn service_target_port_defaults_to_port() {
-        let mut s: Service =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}))
-                .unwrap();
+        let mut s: Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .unwrap();
         service(&mut s);
         let spec = s.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));

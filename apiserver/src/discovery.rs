@@ -82,20 +82,34 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let list: Vec<Value> = resources::in_group_version(group, version).flat_map(resource_entries).collect();
+    let list: Vec<Value> = resources::in_group_version(group, version)
+        .flat_map(resource_entries)
+        .collect();
     if list.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 /// `/openapi/v3`: one entry per group version.
 pub fn openapi_index() -> Value {
     let mut paths = serde_json::Map::new();
-    paths.insert("api/v1".into(), json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=tinykube1"}));
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=tinykube1"}),
+    );
     for g in resources::groups() {
-        paths.insert(format!("apis/{g}/v1"), json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/v1?hash=tinykube1")}));
+        paths.insert(
+            format!("apis/{g}/v1"),
+            json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/v1?hash=tinykube1")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -112,8 +126,15 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
         }
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let base = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         let item = if r.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
@@ -153,7 +174,12 @@ mod tests {
     #[test]
     fn scale_subresource_is_advertised() {
         let list = resource_list("apps", "v1").unwrap();
-        let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
         assert!(names.contains(&"deployments/scale"));
         assert!(names.contains(&"deployments/status"));
         assert!(resource_list("apps", "v2").is_none());

@@ -11,15 +11,33 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{resource} \"{name}\" not found")]
-    NotFound { resource: String, group: String, name: String },
+    NotFound {
+        resource: String,
+        group: String,
+        name: String,
+    },
     #[error("the server could not find the requested resource")]
     NoRoute,
     #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists { resource: String, group: String, name: String },
+    AlreadyExists {
+        resource: String,
+        group: String,
+        name: String,
+    },
     #[error("Operation cannot be fulfilled on {resource} \"{name}\": {detail}")]
-    Conflict { resource: String, group: String, name: String, detail: String },
+    Conflict {
+        resource: String,
+        group: String,
+        name: String,
+        detail: String,
+    },
     #[error("{}", invalid_message(.kind, .group, .name, .errors))]
-    Invalid { kind: String, group: String, name: String, errors: Vec<FieldError> },
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        errors: Vec<FieldError>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("Unauthorized")]
@@ -41,23 +59,44 @@ pub enum ApiError {
 }
 
 fn invalid_message(kind: &str, group: &str, name: &str, errors: &[FieldError]) -> String {
-    let qualified = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+    let qualified = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
     let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+    let joined = if list.len() == 1 {
+        list[0].clone()
+    } else {
+        format!("[{}]", list.join(", "))
+    };
     format!("{qualified} \"{name}\" is invalid: {joined}")
 }
 
 impl ApiError {
     pub fn not_found(res: &ResourceInfo, name: &str) -> Self {
-        Self::NotFound { resource: res.plural.into(), group: res.group.into(), name: name.into() }
+        Self::NotFound {
+            resource: res.plural.into(),
+            group: res.group.into(),
+            name: name.into(),
+        }
     }
 
     pub fn already_exists(res: &ResourceInfo, name: &str) -> Self {
-        Self::AlreadyExists { resource: res.plural.into(), group: res.group.into(), name: name.into() }
+        Self::AlreadyExists {
+            resource: res.plural.into(),
+            group: res.group.into(),
+            name: name.into(),
+        }
     }
 
     pub fn conflict(res: &ResourceInfo, name: &str, detail: impl Into<String>) -> Self {
-        Self::Conflict { resource: res.qualified(), group: res.group.into(), name: name.into(), detail: detail.into() }
+        Self::Conflict {
+            resource: res.qualified(),
+            group: res.group.into(),
+            name: name.into(),
+            detail: detail.into(),
+        }
     }
 
     pub fn modified(res: &ResourceInfo, name: &str) -> Self {
@@ -69,7 +108,12 @@ impl ApiError {
     }
 
     pub fn invalid(res: &ResourceInfo, name: &str, errors: Vec<FieldError>) -> Self {
-        Self::Invalid { kind: res.kind.into(), group: res.group.into(), name: name.into(), errors }
+        Self::Invalid {
+            kind: res.kind.into(),
+            group: res.group.into(),
+            name: name.into(),
+            errors,
+        }
     }
 
     /// Maps a storage error on `res`/`name` to the API error a client expects.
@@ -122,21 +166,43 @@ impl ApiError {
     pub fn status(&self) -> Value {
         let mut details = serde_json::Map::new();
         match self {
-            Self::NotFound { resource, group, name } | Self::AlreadyExists { resource, group, name } => {
+            Self::NotFound {
+                resource,
+                group,
+                name,
+            }
+            | Self::AlreadyExists {
+                resource,
+                group,
+                name,
+            } => {
                 details.insert("name".into(), json!(name));
                 if !group.is_empty() {
                     details.insert("group".into(), json!(group));
                 }
                 details.insert("kind".into(), json!(resource));
             }
-            Self::Conflict { resource, group, name, .. } => {
+            Self::Conflict {
+                resource,
+                group,
+                name,
+                ..
+            } => {
                 details.insert("name".into(), json!(name));
                 if !group.is_empty() {
                     details.insert("group".into(), json!(group));
                 }
-                details.insert("kind".into(), json!(resource.split('.').next().unwrap_or_default()));
+                details.insert(
+                    "kind".into(),
+                    json!(resource.split('.').next().unwrap_or_default()),
+                );
             }
-            Self::Invalid { kind, group, name, errors } => {
+            Self::Invalid {
+                kind,
+                group,
+                name,
+                errors,
+            } => {
                 details.insert("name".into(), json!(name));
                 if !group.is_empty() {
                     details.insert("group".into(), json!(group));
@@ -184,7 +250,12 @@ impl IntoResponse for ApiError {
             tracing::error!(%msg, "internal error");
         }
         let body = serde_json::to_vec(&self.status()).expect("status serializes");
-        (self.code(), [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.code(),
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -196,11 +267,18 @@ mod tests {
     #[test]
     fn invalid_status_has_causes_and_kubernetes_message() {
         let res = resources::find("apps", "deployments").unwrap();
-        let err = ApiError::invalid(res, "Web", vec![FieldError::invalid("metadata.name", "Web", "bad name")]);
+        let err = ApiError::invalid(
+            res,
+            "Web",
+            vec![FieldError::invalid("metadata.name", "Web", "bad name")],
+        );
         let s = err.status();
         assert_eq!(s["code"], 422);
         assert_eq!(s["reason"], "Invalid");
-        assert_eq!(s["message"], "Deployment.apps \"Web\" is invalid: metadata.name: Invalid value: \"Web\": bad name");
+        assert_eq!(
+            s["message"],
+            "Deployment.apps \"Web\" is invalid: metadata.name: Invalid value: \"Web\": bad name"
+        );
         assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
         assert_eq!(s["details"]["group"], "apps");
     }

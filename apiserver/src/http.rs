@@ -40,7 +40,10 @@ enum Output {
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.trim().is_empty() {
         return Ok(Output::Json);
     }
@@ -49,10 +52,18 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
         let media = parts.next().unwrap_or_default();
         let params: HashMap<&str, &str> = parts.filter_map(|p| p.split_once('=')).collect();
         match (media, params.get("as").copied()) {
-            ("application/json" | "*/*" | "application/*", Some("Table")) if params.get("g") == Some(&"meta.k8s.io") => {
-                return Ok(Output::Table(if params.get("v") == Some(&"v1beta1") { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" }));
+            ("application/json" | "*/*" | "application/*", Some("Table"))
+                if params.get("g") == Some(&"meta.k8s.io") =>
+            {
+                return Ok(Output::Table(if params.get("v") == Some(&"v1beta1") {
+                    "meta.k8s.io/v1beta1"
+                } else {
+                    "meta.k8s.io/v1"
+                }));
             }
-            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList")) => return Ok(Output::Metadata),
+            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList")) => {
+                return Ok(Output::Metadata);
+            }
             ("application/json" | "*/*" | "application/*", None) => return Ok(Output::Json),
             ("application/yaml", None) => return Ok(Output::Yaml),
             _ => {}
@@ -65,8 +76,16 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
 
 fn respond(code: StatusCode, body: &Value, output: Output, warnings: &[String]) -> Response {
     let (bytes, ct) = match output {
-        Output::Yaml => (serde_saphyr::to_string(body).unwrap_or_default().into_bytes(), "application/yaml"),
-        _ => (serde_json::to_vec(body).expect("json values serialize"), "application/json"),
+        Output::Yaml => (
+            serde_saphyr::to_string(body)
+                .unwrap_or_default()
+                .into_bytes(),
+            "application/yaml",
+        ),
+        _ => (
+            serde_json::to_vec(body).expect("json values serialize"),
+            "application/json",
+        ),
     };
     let mut resp = (code, [(header::CONTENT_TYPE, ct)], bytes).into_response();
     for w in warnings {
@@ -83,7 +102,10 @@ fn present(res: &ResourceInfo, body: Value, output: Output, include: IncludeObje
         Output::Table(api_version) => {
             let (items, meta) = match body.get("items") {
                 Some(Value::Array(items)) => (items.clone(), body["metadata"].clone()),
-                _ => (vec![body.clone()], json!({"resourceVersion": body["metadata"]["resourceVersion"]})),
+                _ => (
+                    vec![body.clone()],
+                    json!({"resourceVersion": body["metadata"]["resourceVersion"]}),
+                ),
             };
             let mut t = table::table(res, &items, include, true, meta);
             t["apiVersion"] = json!(api_version);
@@ -107,7 +129,9 @@ fn partial(o: &Value) -> Value {
 }
 
 fn query(uri: &http::Uri) -> HashMap<String, String> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri).map(|q| q.0).unwrap_or_default()
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
 }
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -125,21 +149,29 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 }
 
 fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let media = ct.split(';').next().unwrap_or_default().trim();
     let value: Value = match media {
-        "application/json" | "" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))?,
-        "application/yaml" => serde_saphyr::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; yaml parse error: {e}")))?,
+        "application/json" | "" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
+        })?,
+        crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(body)?,
+        "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!("couldn't get version/kind; yaml parse error: {e}"))
+        })?,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other:?})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other:?})"
             )));
         }
     };
     if !value.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
     Ok(value)
 }
@@ -153,12 +185,24 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     // Health and version are public, as Kubernetes' default RBAC makes them.
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] if parts.method == Method::GET => {
-            return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response());
+            return Ok(
+                (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
+            );
         }
-        ["version"] => return Ok(respond(StatusCode::OK, &discovery::version(), Output::Json, &[])),
+        ["version"] => {
+            return Ok(respond(
+                StatusCode::OK,
+                &discovery::version(),
+                Output::Json,
+                &[],
+            ));
+        }
         _ => {}
     }
-    let auth_header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth_header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let user = shared.tokens.authenticate(auth_header)?;
     let ok = |v: Value| Ok(respond(StatusCode::OK, &v, Output::Json, &[]));
     let not_found = || Err(ApiError::NoRoute);
@@ -171,7 +215,8 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             ["apis", g, v] => return discovery::resource_list(g, v).map_or_else(not_found, ok),
             ["openapi", "v3"] => return ok(discovery::openapi_index()),
             ["openapi", "v3", rest @ ..] => {
-                return discovery::openapi_group_version(&rest.join("/")).map_or_else(not_found, ok);
+                return discovery::openapi_group_version(&rest.join("/"))
+                    .map_or_else(not_found, ok);
             }
             _ => {}
         }
@@ -186,10 +231,20 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         r => (false, r),
     };
     let (res, ns, tail) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if resources::find(group, plural).is_some_and(|r| r.namespaced) => {
-            (resources::find(group, plural).expect("checked"), Some(*ns), tail)
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (
+                resources::find(group, plural).expect("checked"),
+                Some(*ns),
+                tail,
+            )
         }
-        [plural, tail @ ..] => (resources::find(group, plural).ok_or(ApiError::NoRoute)?, None, tail),
+        [plural, tail @ ..] => (
+            resources::find(group, plural).ok_or(ApiError::NoRoute)?,
+            None,
+            tail,
+        ),
         [] => return Err(ApiError::NoRoute),
     };
     let (name, sub) = match tail {
@@ -222,7 +277,16 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     if res.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::NoRoute);
     }
-    auth::authorize(&user, &Attributes { verb, resource: res, subresource: sub, namespace: ns, name })?;
+    auth::authorize(
+        &user,
+        &Attributes {
+            verb,
+            resource: res,
+            subresource: sub,
+            namespace: ns,
+            name,
+        },
+    )?;
     let output = negotiate(&parts.headers)?;
     let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
     let write_opts = || -> Result<WriteOptions, ApiError> {
@@ -243,29 +307,55 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         "list" => {
             let opts = ListOptions::from_query(&q)?;
             let list = api.list(res, ns, &opts)?;
-            Ok(respond(StatusCode::OK, &present(res, list, output, include), output, &[]))
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, list, output, include),
+                output,
+                &[],
+            ))
         }
         "get" => {
             let stored = api.get(res, ns, name.expect("item"))?;
-            let body = if sub == Some("scale") { api.scale_of(res, &stored.object) } else { stored.object };
-            Ok(respond(StatusCode::OK, &present(res, body, output, include), output, &[]))
+            let body = if sub == Some("scale") {
+                api.scale_of(res, &stored.object)
+            } else {
+                stored.object
+            };
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, body, output, include),
+                output,
+                &[],
+            ))
         }
         "create" => {
             let bytes = read_body(body).await?;
             let obj = decode_object(&parts.headers, &bytes)?;
             match sub {
                 Some("binding") => {
-                    let status = api.bind(ns.expect("namespaced"), name.expect("item"), &obj).await?;
+                    let status = api
+                        .bind(ns.expect("namespaced"), name.expect("item"), &obj)
+                        .await?;
                     Ok(respond(StatusCode::CREATED, &status, Output::Json, &[]))
                 }
                 Some("eviction") => {
                     let opts = delete_options(&obj["deleteOptions"], &q)?;
                     api.delete(res, ns, name.expect("item"), &opts).await?;
-                    Ok(respond(StatusCode::CREATED, &api::success_status(), Output::Json, &[]))
+                    Ok(respond(
+                        StatusCode::CREATED,
+                        &api::success_status(),
+                        Output::Json,
+                        &[],
+                    ))
                 }
                 _ => {
                     let w = api.create(res, ns, obj, write_opts()?).await?;
-                    Ok(respond(StatusCode::CREATED, &present(res, w.object, output, include), output, &w.warnings))
+                    Ok(respond(
+                        StatusCode::CREATED,
+                        &present(res, w.object, output, include),
+                        output,
+                        &w.warnings,
+                    ))
                 }
             }
         }
@@ -275,14 +365,25 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let name = name.expect("item");
             if sub == Some("scale") {
                 let current = api.get(res, ns, name)?;
-                let scale = api.write_scale(res, ns.expect("namespaced"), name, &obj, &current).await?;
+                let scale = api
+                    .write_scale(res, ns.expect("namespaced"), name, &obj, &current)
+                    .await?;
                 return Ok(respond(StatusCode::OK, &scale, output, &[]));
             }
             let w = api.update(res, ns, name, sub, obj, write_opts()?).await?;
-            Ok(respond(StatusCode::OK, &present(res, w.object, output, include), output, &w.warnings))
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, w.object, output, include),
+                output,
+                &w.warnings,
+            ))
         }
         "patch" => {
-            let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             let kind = PatchType::from_content_type(ct)?;
             let bytes = read_body(body).await?;
             let name = name.expect("item");
@@ -290,11 +391,20 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 let current = api.get(res, ns, name)?;
                 let scale = api.scale_of(res, &current.object);
                 let patched = crate::patch::apply(kind, &scale, &bytes, "Scale")?;
-                let out = api.write_scale(res, ns.expect("namespaced"), name, &patched, &current).await?;
+                let out = api
+                    .write_scale(res, ns.expect("namespaced"), name, &patched, &current)
+                    .await?;
                 return Ok(respond(StatusCode::OK, &out, output, &[]));
             }
-            let w = api.patch(res, ns, name, sub, kind, &bytes, write_opts()?).await?;
-            Ok(respond(StatusCode::OK, &present(res, w.object, output, include), output, &w.warnings))
+            let w = api
+                .patch(res, ns, name, sub, kind, &bytes, write_opts()?)
+                .await?;
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, w.object, output, include),
+                output,
+                &w.warnings,
+            ))
         }
         "delete" => {
             let bytes = read_body(body).await?;
@@ -305,7 +415,12 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             };
             let opts = delete_options(&body_opts, &q)?;
             let obj = api.delete(res, ns, name.expect("item"), &opts).await?;
-            Ok(respond(StatusCode::OK, &present(res, obj, output, include), output, &[]))
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, obj, output, include),
+                output,
+                &[],
+            ))
         }
         "deletecollection" => {
             let bytes = read_body(body).await?;
@@ -315,7 +430,9 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 decode_object(&parts.headers, &bytes)?
             };
             let opts = delete_options(&body_opts, &q)?;
-            let list = api.delete_collection(res, ns, &ListOptions::from_query(&q)?, &opts).await?;
+            let list = api
+                .delete_collection(res, ns, &ListOptions::from_query(&q)?, &opts)
+                .await?;
             Ok(respond(StatusCode::OK, &list, Output::Json, &[]))
         }
         _ => Err(ApiError::NoRoute),
@@ -324,7 +441,10 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
 
 fn delete_options(body: &Value, q: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
     let grace = match q.get("gracePeriodSeconds") {
-        Some(g) => Some(g.parse().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?),
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?,
+        ),
         None => body["gracePeriodSeconds"].as_i64(),
     };
     let propagation = q
@@ -343,12 +463,16 @@ fn delete_options(body: &Value, q: &HashMap<String, String>) -> Result<DeleteOpt
         )));
     }
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
-        || body["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
+        || body["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|d| d == "All"));
     Ok(DeleteOptions {
         grace_period: grace,
         propagation,
         precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
-        precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        precondition_rv: body["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
         dry_run,
     })
 }
@@ -380,14 +504,31 @@ fn serve_watch(
     let api = shared.api.clone();
     // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
     let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
-        let list = api.list(res, ns, &ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() })?;
-        let from: u64 = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0);
+        let list = api.list(
+            res,
+            ns,
+            &ListOptions {
+                labels: opts.labels.clone(),
+                fields: opts.fields.clone(),
+                ..Default::default()
+            },
+        )?;
+        let from: u64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
         (list["items"].as_array().cloned().unwrap_or_default(), from)
     } else {
-        let from = rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+        let from = rv
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
         (Vec::new(), from)
     };
-    let mut rx = api.store.watch(&res.list_prefix(ns), from).map_err(|e| ApiError::from_store(res, "", e))?;
+    let mut rx = api
+        .store
+        .watch(&res.list_prefix(ns), from)
+        .map_err(|e| ApiError::from_store(res, "", e))?;
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     let interval = shared.bookmark_interval;
     tokio::spawn(async move {
@@ -395,7 +536,13 @@ fn serve_watch(
         let mut shape = |obj: Value| -> Value {
             let out = match output {
                 Output::Table(v) => {
-                    let mut t = table::table(res, std::slice::from_ref(&obj), include, first, json!({"resourceVersion": obj["metadata"]["resourceVersion"]}));
+                    let mut t = table::table(
+                        res,
+                        std::slice::from_ref(&obj),
+                        include,
+                        first,
+                        json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                    );
                     t["apiVersion"] = json!(v);
                     t
                 }
@@ -410,7 +557,10 @@ fn serve_watch(
             if initial_end {
                 meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            watch_line("BOOKMARK", json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}))
+            watch_line(
+                "BOOKMARK",
+                json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
+            )
         };
         for obj in initial {
             if tx.send(Ok(watch_line("ADDED", shape(obj)))).await.is_err() {
@@ -457,6 +607,10 @@ fn serve_watch(
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
-

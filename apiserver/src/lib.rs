@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod server;
 pub mod store;

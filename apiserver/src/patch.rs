@@ -29,23 +29,36 @@ impl PatchType {
 }
 
 /// Applies `patch` (raw body) of `kind` to `target`.
-pub fn apply(kind: PatchType, target: &Value, patch: &[u8], object_kind: &str) -> Result<Value, ApiError> {
+pub fn apply(
+    kind: PatchType,
+    target: &Value,
+    patch: &[u8],
+    object_kind: &str,
+) -> Result<Value, ApiError> {
     let bad = |e: String| ApiError::BadRequest(e);
     match kind {
         PatchType::Json => {
-            let ops: json_patch::Patch =
-                serde_json::from_slice(patch).map_err(|e| bad(format!("error decoding patch: {e}")))?;
+            let ops: json_patch::Patch = serde_json::from_slice(patch)
+                .map_err(|e| bad(format!("error decoding patch: {e}")))?;
             let mut out = target.clone();
             json_patch::patch(&mut out, &ops).map_err(|e| ApiError::Invalid {
                 kind: object_kind.into(),
                 group: String::new(),
-                name: target["metadata"]["name"].as_str().unwrap_or_default().into(),
-                errors: vec![tinykube_api::validation::FieldError::invalid("", "", format!("the JSON patch failed: {e}"))],
+                name: target["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+                errors: vec![tinykube_api::validation::FieldError::invalid(
+                    "",
+                    "",
+                    format!("the JSON patch failed: {e}"),
+                )],
             })?;
             Ok(out)
         }
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| bad(format!("error decoding patch: {e}")))?;
+            let p: Value = serde_json::from_slice(patch)
+                .map_err(|e| bad(format!("error decoding patch: {e}")))?;
             if !p.is_object() {
                 return Err(bad("merge patch must be a JSON object".into()));
             }
@@ -54,10 +67,15 @@ pub fn apply(kind: PatchType, target: &Value, patch: &[u8], object_kind: &str) -
             Ok(out)
         }
         PatchType::Strategic => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| bad(format!("error decoding patch: {e}")))?;
-            let Value::Object(p) = p else { return Err(bad("strategic merge patch must be a JSON object".into())) };
+            let p: Value = serde_json::from_slice(patch)
+                .map_err(|e| bad(format!("error decoding patch: {e}")))?;
+            let Value::Object(p) = p else {
+                return Err(bad("strategic merge patch must be a JSON object".into()));
+            };
             let mut out = target.clone();
-            let Value::Object(o) = &mut out else { return Err(bad("the stored object is not a JSON object".into())) };
+            let Value::Object(o) = &mut out else {
+                return Err(bad("the stored object is not a JSON object".into()));
+            };
             let mut path = Vec::new();
             merge_map(o, &p, &mut path, object_kind);
             Ok(out)
@@ -86,7 +104,14 @@ fn list_strategy(path: &[String], field: &str, kind: &str) -> Option<ListStrateg
         "ownerReferences" => ByKey("uid"),
         "finalizers" => Primitive,
         "ports" if kind == "Service" && parent == "spec" && path.len() == 1 => ByKey("port"),
-        "ports" if matches!(parent, "containers" | "initContainers" | "ephemeralContainers") => ByKey("containerPort"),
+        "ports"
+            if matches!(
+                parent,
+                "containers" | "initContainers" | "ephemeralContainers"
+            ) =>
+        {
+            ByKey("containerPort")
+        }
         _ => return None,
     })
 }
@@ -105,9 +130,16 @@ fn clean(v: &Value) -> Value {
     }
 }
 
-fn merge_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut Vec<String>, kind: &str) {
+fn merge_map(
+    orig: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    path: &mut Vec<String>,
+    kind: &str,
+) {
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let Value::Object(m) = clean(&Value::Object(patch.clone())) else { unreachable!() };
+        let Value::Object(m) = clean(&Value::Object(patch.clone())) else {
+            unreachable!()
+        };
         *orig = m;
         return;
     }
@@ -167,8 +199,17 @@ fn merge_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &m
     }
 }
 
-fn merge_list(orig: &mut Vec<Value>, patch: &[Value], key: &str, path: &mut Vec<String>, kind: &str) {
-    if patch.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+fn merge_list(
+    orig: &mut Vec<Value>,
+    patch: &[Value],
+    key: &str,
+    path: &mut Vec<String>,
+    kind: &str,
+) {
+    if patch
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         *orig = patch
             .iter()
             .filter(|i| i.get("$patch").is_none())
@@ -208,7 +249,13 @@ mod tests {
     use serde_json::json;
 
     fn smp(target: Value, patch: Value, kind: &str) -> Value {
-        apply(PatchType::Strategic, &target, patch.to_string().as_bytes(), kind).unwrap()
+        apply(
+            PatchType::Strategic,
+            &target,
+            patch.to_string().as_bytes(),
+            kind,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -246,8 +293,13 @@ mod tests {
 
     #[test]
     fn service_ports_merge_by_port_and_other_lists_replace() {
-        let s = json!({"spec": {"ports": [{"port": 80, "name": "http"}], "externalIPs": ["1.1.1.1"]}});
-        let out = smp(s, json!({"spec": {"ports": [{"port": 443, "name": "https"}], "externalIPs": ["2.2.2.2"]}}), "Service");
+        let s =
+            json!({"spec": {"ports": [{"port": 80, "name": "http"}], "externalIPs": ["1.1.1.1"]}});
+        let out = smp(
+            s,
+            json!({"spec": {"ports": [{"port": 443, "name": "https"}], "externalIPs": ["2.2.2.2"]}}),
+            "Service",
+        );
         assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
         assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
     }
@@ -255,11 +307,31 @@ mod tests {
     #[test]
     fn json_patch_and_merge_patch() {
         let o = json!({"spec": {"unschedulable": false}});
-        let j = apply(PatchType::Json, &o, br#"[{"op":"replace","path":"/spec/unschedulable","value":true}]"#, "Node").unwrap();
+        let j = apply(
+            PatchType::Json,
+            &o,
+            br#"[{"op":"replace","path":"/spec/unschedulable","value":true}]"#,
+            "Node",
+        )
+        .unwrap();
         assert_eq!(j["spec"]["unschedulable"], true);
-        let m = apply(PatchType::Merge, &o, br#"{"spec":{"unschedulable":null}}"#, "Node").unwrap();
+        let m = apply(
+            PatchType::Merge,
+            &o,
+            br#"{"spec":{"unschedulable":null}}"#,
+            "Node",
+        )
+        .unwrap();
         assert_eq!(m["spec"], json!({}));
-        assert!(apply(PatchType::Json, &o, br#"[{"op":"test","path":"/x","value":1}]"#, "Node").is_err());
+        assert!(
+            apply(
+                PatchType::Json,
+                &o,
+                br#"[{"op":"test","path":"/x","value":1}]"#,
+                "Node"
+            )
+            .is_err()
+        );
         assert!(apply(PatchType::Merge, &o, b"{not json", "Node").is_err());
     }
 }

@@ -17,12 +17,20 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// `apps/v1` or `v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// `deployments.apps` or `pods`, as Kubernetes names a resource in messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     pub fn has_status(&self) -> bool {
@@ -31,7 +39,11 @@ impl ResourceInfo {
 
     /// Storage key prefix of every object of this resource.
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         format!("{group}/{}/", self.plural)
     }
 
@@ -49,7 +61,16 @@ impl ResourceInfo {
     }
 
     pub fn verbs(&self) -> &'static [&'static str] {
-        &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
 }
 
@@ -70,19 +91,139 @@ macro_rules! res {
 }
 
 pub static RESOURCES: &[ResourceInfo] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &["status"]),
-    res!("", "v1", "Node", "nodes", "node", false, &["no"], &[], &["status"]),
-    res!("", "v1", "Pod", "pods", "pod", true, &["po"], &["all"], &["status", "binding", "eviction"]),
-    res!("", "v1", "Service", "services", "service", true, &["svc"], &["all"], &["status"]),
-    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &[]),
-    res!("", "v1", "Event", "events", "event", true, &["ev"], &[], &[]),
-    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], &[]),
+    res!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &[],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        &[],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        &["all"],
+        &["status", "binding", "eviction"]
+    ),
+    res!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        &["all"],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        &[]
+    ),
+    res!(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        &[]
+    ),
+    res!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        &[]
+    ),
     res!("", "v1", "Secret", "secrets", "secret", true, &[], &[], &[]),
-    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], &[]),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], &["all"], &["status", "scale"]),
-    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], &["all"], &["status", "scale"]),
-    res!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, &[], &[], &[]),
-    res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, &[], &[], &[]),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &[],
+        &[]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &["status", "scale"]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        &["all"],
+        &["status", "scale"]
+    ),
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        &[]
+    ),
 ];
 
 /// The API groups, in the order discovery lists them (core first, as Kubernetes does).
@@ -97,17 +238,23 @@ pub fn groups() -> Vec<&'static str> {
 }
 
 pub fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
 }
 
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 pub fn in_group_version(group: &str, version: &str) -> impl Iterator<Item = &'static ResourceInfo> {
     let group = group.to_string();
     let version = version.to_string();
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 pub fn namespaces() -> &'static ResourceInfo {
@@ -125,6 +272,9 @@ mod tests {
         assert_eq!(pods.list_prefix(Some("default")), "core/pods/default/");
         let nodes = find("", "nodes").unwrap();
         assert_eq!(nodes.key(None, "n1"), "core/nodes//n1");
-        assert_eq!(find("apps", "deployments").unwrap().qualified(), "deployments.apps");
+        assert_eq!(
+            find("apps", "deployments").unwrap().qualified(),
+            "deployments.apps"
+        );
     }
 }

@@ -28,13 +28,21 @@ use crate::tls::{Pki, TlsError, write_private};
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error("failed to prepare the data directory {path}")]
-    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to open the store")]
     Store(#[from] crate::store::StoreError),
     #[error("failed to set up TLS")]
     Tls(#[from] TlsError),
     #[error("failed to listen on {addr}")]
-    Listen { addr: SocketAddr, #[source] source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to create the bootstrap object {what}: {detail}")]
     Bootstrap { what: String, detail: String },
 }
@@ -86,16 +94,28 @@ fn read_or_create_token(path: &Path) -> Result<String, MasterError> {
 impl Master {
     pub async fn start(cfg: MasterConfig) -> Result<Self, MasterError> {
         let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| MasterError::DataDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| MasterError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
         let tokens = Tokens {
             admin: read_or_create_token(&dir.join("admin-token"))?,
             node: read_or_create_token(&dir.join("node-token"))?,
         };
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?);
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| MasterError::Listen { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| MasterError::Listen { addr: cfg.listen, source })?;
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| MasterError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| MasterError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         let advertise = cfg.advertise.unwrap_or(if addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
@@ -115,10 +135,17 @@ impl Master {
         let pki = Pki::ensure(&dir.join("tls"), &sans)?;
         let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
         let kubeconfig = dir.join("kubeconfig.yaml");
-        write_private(&kubeconfig, &Kubeconfig::admin("tinykube", &url, &pki.ca_pem, &tokens.admin).to_yaml())?;
+        write_private(
+            &kubeconfig,
+            &Kubeconfig::admin("tinykube", &url, &pki.ca_pem, &tokens.admin).to_yaml(),
+        )?;
 
         let (cleanup_tx, cleanup_rx) = tokio::sync::mpsc::unbounded_channel();
-        let api = Arc::new(Api { store, alloc: Allocator::default(), namespace_cleanup: cleanup_tx });
+        let api = Arc::new(Api {
+            store,
+            alloc: Allocator::default(),
+            namespace_cleanup: cleanup_tx,
+        });
         restore_allocations(&api)?;
         bootstrap(&api, advertise, addr.port()).await?;
         let cancel = CancellationToken::new();
@@ -137,7 +164,15 @@ impl Master {
             cleanup.abort();
         });
         tracing::info!(%url, kubeconfig = %kubeconfig.display(), "API server listening");
-        Ok(Self { addr, url, kubeconfig, tokens, ca_pem: pki.ca_pem.clone(), cancel, task })
+        Ok(Self {
+            addr,
+            url,
+            kubeconfig,
+            tokens,
+            ca_pem: pki.ca_pem.clone(),
+            cancel,
+            task,
+        })
     }
 
     pub async fn shutdown(self) {
@@ -147,7 +182,8 @@ impl Master {
 
     /// Runs until SIGINT or SIGTERM.
     pub async fn run_until_signal(self) {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
@@ -157,9 +193,16 @@ impl Master {
     }
 }
 
-async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let router = axum::Router::new().fallback(http::handle).with_state(shared);
+    let router = axum::Router::new()
+        .fallback(http::handle)
+        .with_state(shared);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -178,14 +221,15 @@ async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Ar
         let router = router.clone();
         let cancel = cancel.clone();
         connections.spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let service = TowerToHyperService::new(router);
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -206,10 +250,12 @@ async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Ar
 
 fn restore_allocations(api: &Api) -> Result<(), MasterError> {
     let services = resources::find("", "services").expect("registered");
-    let list = api.list(services, None, &ListOptions::default()).map_err(|e| MasterError::Bootstrap {
-        what: "service allocations".into(),
-        detail: e.to_string(),
-    })?;
+    let list = api
+        .list(services, None, &ListOptions::default())
+        .map_err(|e| MasterError::Bootstrap {
+            what: "service allocations".into(),
+            detail: e.to_string(),
+        })?;
     for svc in list["items"].as_array().into_iter().flatten() {
         api.alloc.restore(&Held::of(svc));
     }
@@ -219,8 +265,14 @@ fn restore_allocations(api: &Api) -> Result<(), MasterError> {
 /// Creates what a fresh cluster has: the system namespaces, their default service
 /// accounts, and the `kubernetes` Service with its endpoints.
 async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), MasterError> {
-    let opts = WriteOptions { dry_run: false, validation: FieldValidation::Ignore };
-    let fail = |what: &str, e: crate::error::ApiError| MasterError::Bootstrap { what: what.into(), detail: e.to_string() };
+    let opts = WriteOptions {
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+    let fail = |what: &str, e: crate::error::ApiError| MasterError::Bootstrap {
+        what: what.into(),
+        detail: e.to_string(),
+    };
     let nsres = resources::namespaces();
     for ns in SYSTEM_NAMESPACES {
         if api.get(nsres, None, ns).is_err() {
@@ -241,7 +293,9 @@ async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), Master
             "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_SERVICE_IP,
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
         });
-        api.create(services, Some("default"), body, opts).await.map_err(|e| fail("service kubernetes", e))?;
+        api.create(services, Some("default"), body, opts)
+            .await
+            .map_err(|e| fail("service kubernetes", e))?;
     }
     // The endpoints follow the advertised address, which may change between starts.
     let endpoints = resources::find("", "endpoints").expect("registered");
@@ -250,7 +304,9 @@ async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), Master
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
-    upsert(api, endpoints, ep).await.map_err(|e| fail("endpoints kubernetes", e))?;
+    upsert(api, endpoints, ep)
+        .await
+        .map_err(|e| fail("endpoints kubernetes", e))?;
     let slices = resources::find("discovery.k8s.io", "endpointslices").expect("registered");
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -260,21 +316,41 @@ async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), Master
         "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });
-    upsert(api, slices, slice).await.map_err(|e| fail("endpointslice kubernetes", e))?;
+    upsert(api, slices, slice)
+        .await
+        .map_err(|e| fail("endpointslice kubernetes", e))?;
     Ok(())
 }
 
-async fn upsert(api: &Api, res: &'static resources::ResourceInfo, mut body: serde_json::Value) -> Result<(), crate::error::ApiError> {
-    let opts = WriteOptions { dry_run: false, validation: FieldValidation::Ignore };
-    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+async fn upsert(
+    api: &Api,
+    res: &'static resources::ResourceInfo,
+    mut body: serde_json::Value,
+) -> Result<(), crate::error::ApiError> {
+    let opts = WriteOptions {
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+    let name = body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let ns = body["metadata"]["namespace"].as_str().map(str::to_string);
     match api.get(res, ns.as_deref(), &name) {
         Ok(current) => {
             strategy::prepare_update(res, &mut body, &current.object, &name)?;
-            let admitted = strategy::admit(res, body, Some(&current.object), FieldValidation::Ignore)?;
+            let admitted =
+                strategy::admit(res, body, Some(&current.object), FieldValidation::Ignore)?;
             if strip_volatile(&admitted.object) != strip_volatile(&current.object) {
-                let op = WriteOp::Update { key: res.key(ns.as_deref(), &name), object: admitted.object, expect_rev: Some(current.rev) };
-                api.store.write(op).await.map_err(|e| crate::error::ApiError::from_store(res, &name, e))?;
+                let op = WriteOp::Update {
+                    key: res.key(ns.as_deref(), &name),
+                    object: admitted.object,
+                    expect_rev: Some(current.rev),
+                };
+                api.store
+                    .write(op)
+                    .await
+                    .map_err(|e| crate::error::ApiError::from_store(res, &name, e))?;
             }
             Ok(())
         }

@@ -52,7 +52,11 @@ fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<Stri
     match (input, decoded) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     None if !v.is_null() => out.push(p),
                     Some(d) => unknown_fields(v, d, &p, out),
@@ -93,8 +97,14 @@ where
         unknown_fields(&input, &decoded, "", &mut warnings);
     }
     if fv == FieldValidation::Strict && !warnings.is_empty() {
-        let list: Vec<String> = warnings.iter().map(|w| format!("unknown field \"{w}\"")).collect();
-        return Err(cannot(format!("strict decoding error: {}", list.join(", "))));
+        let list: Vec<String> = warnings
+            .iter()
+            .map(|w| format!("unknown field \"{w}\""))
+            .collect();
+        return Err(cannot(format!(
+            "strict decoding error: {}",
+            list.join(", ")
+        )));
     }
     let old: Option<T> = old.and_then(|o| serde_json::from_value(o.clone()).ok());
     let name = obj.metadata().name.clone().unwrap_or_default();
@@ -104,30 +114,54 @@ where
         return Err(ApiError::invalid(res, &name, errs));
     }
     let object = serde_json::to_value(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Admitted { object, warnings: warnings.into_iter().map(|w| format!("unknown field \"{w}\"")).collect() })
+    Ok(Admitted {
+        object,
+        warnings: warnings
+            .into_iter()
+            .map(|w| format!("unknown field \"{w}\""))
+            .collect(),
+    })
 }
 
 const POD_UPDATE_MSG: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
 
 fn pod_update(new: &Pod, old: &Pod) -> Vec<FieldError> {
-    let (Some(mut spec), Some(old_spec)) = (new.spec.clone(), old.spec.as_ref()) else { return vec![] };
+    let (Some(mut spec), Some(old_spec)) = (new.spec.clone(), old.spec.as_ref()) else {
+        return vec![];
+    };
     for (c, o) in spec.containers.iter_mut().zip(&old_spec.containers) {
         c.image = o.image.clone();
     }
-    for (c, o) in spec.init_containers.iter_mut().flatten().zip(old_spec.init_containers.iter().flatten()) {
+    for (c, o) in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .zip(old_spec.init_containers.iter().flatten())
+    {
         c.image = o.image.clone();
     }
     spec.active_deadline_seconds = old_spec.active_deadline_seconds;
     spec.tolerations = old_spec.tolerations.clone();
-    if &spec != old_spec { vec![FieldError::forbidden("spec", POD_UPDATE_MSG)] } else { vec![] }
+    if &spec != old_spec {
+        vec![FieldError::forbidden("spec", POD_UPDATE_MSG)]
+    } else {
+        vec![]
+    }
 }
 
 /// Decodes, defaults and validates an object of `res`; `old` is the stored object on update.
-pub fn admit(res: &ResourceInfo, input: Value, old: Option<&Value>, fv: FieldValidation) -> Result<Admitted, ApiError> {
+pub fn admit(
+    res: &ResourceInfo,
+    input: Value,
+    old: Option<&Value>,
+    fv: FieldValidation,
+) -> Result<Admitted, ApiError> {
     use NameRule::*;
     match res.kind {
         "Pod" => typed::<Pod>(res, input, old, fv, Subdomain, |p, old| {
-            let Some(spec) = p.spec.as_mut() else { return vec![FieldError::required("spec", "")] };
+            let Some(spec) = p.spec.as_mut() else {
+                return vec![FieldError::required("spec", "")];
+            };
             defaults::pod_spec(spec);
             let mut errs = validation::pod_spec(spec, "spec");
             if let Some(old) = old {
@@ -151,7 +185,9 @@ pub fn admit(res: &ResourceInfo, input: Value, old: Option<&Value>, fv: FieldVal
             defaults::namespace(ns);
             vec![]
         }),
-        "ConfigMap" => typed::<ConfigMap>(res, input, old, fv, Subdomain, |cm, _| validation::config_map(cm)),
+        "ConfigMap" => typed::<ConfigMap>(res, input, old, fv, Subdomain, |cm, _| {
+            validation::config_map(cm)
+        }),
         "Secret" => typed::<Secret>(res, input, old, fv, Subdomain, |s, _| {
             // stringData is write-only: merged into data, as Kubernetes does.
             if let Some(strings) = s.string_data.take() {
@@ -179,27 +215,43 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 pub fn generate_name(prefix: &str) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    let suffix: String = (0..5).map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char)
+        .collect();
     let max = 63 - 5;
-    let prefix = if prefix.len() > max { &prefix[..max] } else { prefix };
+    let prefix = if prefix.len() > max {
+        &prefix[..max]
+    } else {
+        prefix
+    };
     format!("{prefix}{suffix}")
 }
 
 fn meta_mut(obj: &mut Value) -> Result<&mut serde_json::Map<String, Value>, ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
-    let meta = obj.as_object_mut().expect("object").entry("metadata").or_insert_with(|| json!({}));
+    let meta = obj
+        .as_object_mut()
+        .expect("object")
+        .entry("metadata")
+        .or_insert_with(|| json!({}));
     if meta.is_null() {
         *meta = json!({});
     }
-    meta.as_object_mut().ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
 }
 
 /// Checks `apiVersion`/`kind` of a body against the resource it was sent to.
 pub fn check_type(res: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or(res.kind);
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind != res.kind {
         return Err(ApiError::BadRequest(format!(
             "the API version in the data ({api_version}) does not match the expected API version ({}) or the kind ({kind}) does not match {}",
@@ -217,21 +269,37 @@ pub fn check_type(res: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
 }
 
 /// Fills the server-owned metadata of a new object and resets what a client may not set.
-pub fn prepare_create(res: &ResourceInfo, obj: &mut Value, namespace: Option<&str>) -> Result<(), ApiError> {
+pub fn prepare_create(
+    res: &ResourceInfo,
+    obj: &mut Value,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
     check_type(res, obj)?;
-    let map = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
     map.insert("apiVersion".into(), json!(res.api_version()));
     map.insert("kind".into(), json!(res.kind));
     let meta = meta_mut(obj)?;
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if name.is_empty()
-        && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty())
+        && let Some(prefix) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
     {
         let generated = generate_name(prefix);
         meta.insert("name".into(), json!(generated));
     }
     if res.namespaced {
-        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default();
+        let body_ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let url_ns = namespace.unwrap_or_default();
         if !body_ns.is_empty() && body_ns != url_ns {
             return Err(ApiError::BadRequest(
@@ -243,9 +311,18 @@ pub fn prepare_create(res: &ResourceInfo, obj: &mut Value, namespace: Option<&st
         meta.remove("namespace");
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    meta.insert("creationTimestamp".into(), json!(tinykube_api::format::now_rfc3339()));
+    meta.insert(
+        "creationTimestamp".into(),
+        json!(tinykube_api::format::now_rfc3339()),
+    );
     meta.insert("generation".into(), json!(1));
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         meta.remove(k);
     }
     if res.has_status() && res.kind != "Node" {
@@ -254,19 +331,32 @@ pub fn prepare_create(res: &ResourceInfo, obj: &mut Value, namespace: Option<&st
             "Service" => json!({"loadBalancer": {}}),
             _ => json!({}),
         };
-        obj.as_object_mut().expect("object").insert("status".into(), status);
+        obj.as_object_mut()
+            .expect("object")
+            .insert("status".into(), status);
     }
     Ok(())
 }
 
 /// Carries server-owned metadata (and status, when it is a subresource) over from the
 /// stored object into an update, and bumps `generation` when the spec changed.
-pub fn prepare_update(res: &ResourceInfo, obj: &mut Value, old: &Value, name: &str) -> Result<(), ApiError> {
+pub fn prepare_update(
+    res: &ResourceInfo,
+    obj: &mut Value,
+    old: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
     check_type(res, obj)?;
-    let map = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
     map.insert("apiVersion".into(), json!(res.api_version()));
     map.insert("kind".into(), json!(res.kind));
-    let body_name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or(name);
+    let body_name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or(name);
     if body_name != name {
         return Err(ApiError::BadRequest(format!(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
@@ -282,15 +372,31 @@ pub fn prepare_update(res: &ResourceInfo, obj: &mut Value, old: &Value, name: &s
     let old_meta = &old["metadata"];
     let meta = meta_mut(obj)?;
     meta.insert("name".into(), json!(name));
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+    ] {
         match old_meta.get(k) {
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
         };
     }
     meta.remove("managedFields");
-    let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
-    meta.insert("generation".into(), json!(if spec_changed { generation + 1 } else { generation }));
+    let generation = old_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    meta.insert(
+        "generation".into(),
+        json!(if spec_changed {
+            generation + 1
+        } else {
+            generation
+        }),
+    );
     Ok(())
 }
 
@@ -304,7 +410,12 @@ fn strip_meta_status(obj: &Value) -> Value {
 }
 
 /// An update of the status subresource: the stored object with only its status replaced.
-pub fn status_update(res: &ResourceInfo, input: &Value, old: &Value, name: &str) -> Result<Value, ApiError> {
+pub fn status_update(
+    res: &ResourceInfo,
+    input: &Value,
+    old: &Value,
+    name: &str,
+) -> Result<Value, ApiError> {
     check_type(res, input)?;
     let body_name = input["metadata"]["name"].as_str().unwrap_or(name);
     if body_name != name {
@@ -333,9 +444,15 @@ mod tests {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
                          "spec": {"containers": [{"name": "c", "image": "nginx", "bogus": 1}]}});
         let ok = admit(pods, pod.clone(), None, FieldValidation::Warn).unwrap();
-        assert_eq!(ok.warnings, vec!["unknown field \"spec.containers[0].bogus\""]);
+        assert_eq!(
+            ok.warnings,
+            vec!["unknown field \"spec.containers[0].bogus\""]
+        );
         let err = admit(pods, pod, None, FieldValidation::Strict).unwrap_err();
-        assert!(err.to_string().contains("strict decoding error: unknown field \"spec.containers[0].bogus\""));
+        assert!(
+            err.to_string()
+                .contains("strict decoding error: unknown field \"spec.containers[0].bogus\"")
+        );
     }
 
     #[test]
@@ -344,7 +461,10 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": "nope"}});
         let err = admit(pods, pod, None, FieldValidation::Warn).unwrap_err();
         assert_eq!(err.code(), 400);
-        assert!(err.to_string().starts_with("Pod in version \"v1\" cannot be handled as a Pod"));
+        assert!(
+            err.to_string()
+                .starts_with("Pod in version \"v1\" cannot be handled as a Pod")
+        );
     }
 
     #[test]
@@ -356,7 +476,12 @@ mod tests {
         assert!(admit(pods, image, Some(&old), FieldValidation::Warn).is_ok());
         let mut node = old.clone();
         node["spec"]["nodeName"] = json!("n1");
-        assert_eq!(admit(pods, node, Some(&old), FieldValidation::Warn).unwrap_err().code(), 422);
+        assert_eq!(
+            admit(pods, node, Some(&old), FieldValidation::Warn)
+                .unwrap_err()
+                .code(),
+            422
+        );
     }
 
     #[test]

@@ -84,7 +84,11 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("Age", "string", 0),
         ],
         "ConfigMap" => &[Col("Data", "integer", 0), Col("Age", "string", 0)],
-        "Secret" => &[Col("Type", "string", 0), Col("Data", "integer", 0), Col("Age", "string", 0)],
+        "Secret" => &[
+            Col("Type", "string", 0),
+            Col("Data", "integer", 0),
+            Col("Age", "string", 0),
+        ],
         "ServiceAccount" => &[Col("Secrets", "integer", 0), Col("Age", "string", 0)],
         "Lease" => &[Col("Holder", "string", 0), Col("Age", "string", 0)],
         "Event" => &[
@@ -115,8 +119,12 @@ fn or_none(v: String) -> String {
 }
 
 fn label_map(v: &Value) -> String {
-    let mut parts: Vec<String> =
-        v.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+    let mut parts: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
     parts.sort();
     parts.join(",")
 }
@@ -130,7 +138,12 @@ fn selector(v: &Value) -> String {
         .map(|(k, v)| format!("{k}={}", s(v)))
         .collect();
     for e in v["matchExpressions"].as_array().into_iter().flatten() {
-        let values: Vec<&str> = e["values"].as_array().into_iter().flatten().map(s).collect();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         parts.push(match s(&e["operator"]) {
             "In" => format!("{} in ({})", s(&e["key"]), values.join(",")),
             "NotIn" => format!("{} notin ({})", s(&e["key"]), values.join(",")),
@@ -138,7 +151,11 @@ fn selector(v: &Value) -> String {
             _ => format!("!{}", s(&e["key"])),
         });
     }
-    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn containers_and_images(spec: &Value) -> (String, String) {
@@ -150,12 +167,19 @@ fn containers_and_images(spec: &Value) -> (String, String) {
 
 fn pod_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let st = &o["status"];
-    let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let statuses = st["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
     let ready = statuses.iter().filter(|c| c["ready"] == true).count();
     let mut restarts = 0;
     let mut last_restart: Option<String> = None;
-    let mut reason = if s(&st["reason"]).is_empty() { s(&st["phase"]).to_string() } else { s(&st["reason"]).to_string() };
+    let mut reason = if s(&st["reason"]).is_empty() {
+        s(&st["phase"]).to_string()
+    } else {
+        s(&st["reason"]).to_string()
+    };
     let mut has_running = false;
     for c in statuses.iter().rev() {
         restarts += c["restartCount"].as_i64().unwrap_or(0);
@@ -183,8 +207,15 @@ fn pod_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     if reason == "Completed" && has_running {
         reason = "Running".into();
     }
-    if o["metadata"].get("deletionTimestamp").is_some_and(|d| !d.is_null()) {
-        reason = if s(&st["reason"]) == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+    if o["metadata"]
+        .get("deletionTimestamp")
+        .is_some_and(|d| !d.is_null())
+    {
+        reason = if s(&st["reason"]) == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     let restarts = match last_restart {
         Some(t) if restarts > 0 => format!("{restarts} ({} ago)", age(Some(&t), now)),
@@ -203,7 +234,10 @@ fn pod_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
 }
 
 fn node_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
-    let conditions = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = o["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let ready = conditions.iter().find(|c| c["type"] == "Ready");
     let mut status = match ready.map(|c| s(&c["status"])) {
         Some("True") => "Ready".to_string(),
@@ -238,7 +272,13 @@ fn node_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             .unwrap_or_else(|| "<none>".into())
     };
     let info = &o["status"]["nodeInfo"];
-    let unknown = |v: &Value| if s(v).is_empty() { "<unknown>".to_string() } else { s(v).to_string() };
+    let unknown = |v: &Value| {
+        if s(v).is_empty() {
+            "<unknown>".to_string()
+        } else {
+            s(v).to_string()
+        }
+    };
     vec![
         json!(status),
         json!(or_none(roles.join(","))),
@@ -255,7 +295,12 @@ fn node_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
 fn service_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let spec = &o["spec"];
     let kind = s(&spec["type"]);
-    let external_ips: Vec<&str> = spec["externalIPs"].as_array().into_iter().flatten().map(s).collect();
+    let external_ips: Vec<&str> = spec["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
     let external = match kind {
         "ExternalName" => s(&spec["externalName"]).to_string(),
         "LoadBalancer" => {
@@ -263,10 +308,20 @@ fn service_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|i| if s(&i["ip"]).is_empty() { s(&i["hostname"]) } else { s(&i["ip"]) })
+                .map(|i| {
+                    if s(&i["ip"]).is_empty() {
+                        s(&i["hostname"])
+                    } else {
+                        s(&i["ip"])
+                    }
+                })
                 .collect();
             ips.extend(external_ips.iter());
-            if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
         }
         _ => or_none(external_ips.join(",")),
     };
@@ -279,7 +334,11 @@ fn service_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             _ => format!("{}/{}", p["port"], s(&p["protocol"])),
         })
         .collect();
-    let cluster_ip = if s(&spec["clusterIP"]).is_empty() { "<none>" } else { s(&spec["clusterIP"]) };
+    let cluster_ip = if s(&spec["clusterIP"]).is_empty() {
+        "<none>"
+    } else {
+        s(&spec["clusterIP"])
+    };
     vec![
         json!(kind),
         json!(cluster_ip),
@@ -295,7 +354,11 @@ fn endpoints_summary(addrs: Vec<String>) -> String {
         return "<none>".into();
     }
     let shown = addrs.iter().take(3).cloned().collect::<Vec<_>>().join(",");
-    if addrs.len() > 3 { format!("{shown} + {} more...", addrs.len() - 3) } else { shown }
+    if addrs.len() > 3 {
+        format!("{shown} + {} more...", addrs.len() - 3)
+    } else {
+        shown
+    }
 }
 
 fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
@@ -309,7 +372,11 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             let st = &o["status"];
             let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
             vec![
-                json!(format!("{}/{}", st["readyReplicas"].as_i64().unwrap_or(0), o["spec"]["replicas"].as_i64().unwrap_or(0))),
+                json!(format!(
+                    "{}/{}",
+                    st["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(0)
+                )),
                 int(&st["updatedReplicas"]),
                 int(&st["availableReplicas"]),
                 json!(created),
@@ -334,8 +401,12 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "Endpoints" => {
             let mut addrs = Vec::new();
             for subset in o["subsets"].as_array().into_iter().flatten() {
-                let ports: Vec<i64> =
-                    subset["ports"].as_array().into_iter().flatten().filter_map(|p| p["port"].as_i64()).collect();
+                let ports: Vec<i64> = subset["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["port"].as_i64())
+                    .collect();
                 for a in subset["addresses"].as_array().into_iter().flatten() {
                     if ports.is_empty() {
                         addrs.push(s(&a["ip"]).to_string());
@@ -352,7 +423,11 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| p["port"].as_i64().map_or("<unset>".into(), |p| p.to_string()))
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map_or("<unset>".into(), |p| p.to_string())
+                })
                 .collect();
             let addrs: Vec<String> = o["endpoints"]
                 .as_array()
@@ -361,16 +436,36 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
                 .map(|a| s(&a).to_string())
                 .collect();
-            let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
-            vec![json!(s(&o["addressType"])), json!(ports), json!(endpoints_summary(addrs)), json!(created)]
+            let ports = if ports.is_empty() {
+                "<unset>".to_string()
+            } else {
+                ports.join(",")
+            };
+            vec![
+                json!(s(&o["addressType"])),
+                json!(ports),
+                json!(endpoints_summary(addrs)),
+                json!(created),
+            ]
         }
         "ConfigMap" => {
-            let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
+            let n = o["data"].as_object().map_or(0, |m| m.len())
+                + o["binaryData"].as_object().map_or(0, |m| m.len());
             vec![json!(n), json!(created)]
         }
-        "Secret" => vec![json!(s(&o["type"])), json!(o["data"].as_object().map_or(0, |m| m.len())), json!(created)],
-        "ServiceAccount" => vec![json!(o["secrets"].as_array().map_or(0, Vec::len)), json!(created)],
-        "Lease" => vec![json!(or_none(s(&o["spec"]["holderIdentity"]).to_string())), json!(created)],
+        "Secret" => vec![
+            json!(s(&o["type"])),
+            json!(o["data"].as_object().map_or(0, |m| m.len())),
+            json!(created),
+        ],
+        "ServiceAccount" => vec![
+            json!(o["secrets"].as_array().map_or(0, Vec::len)),
+            json!(created),
+        ],
+        "Lease" => vec![
+            json!(or_none(s(&o["spec"]["holderIdentity"]).to_string())),
+            json!(created),
+        ],
         "Event" => {
             let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
                 .iter()
@@ -382,7 +477,11 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(last),
                 json!(s(&o["type"])),
                 json!(s(&o["reason"])),
-                json!(format!("{}/{}", s(&io["kind"]).to_lowercase(), s(&io["name"]))),
+                json!(format!(
+                    "{}/{}",
+                    s(&io["kind"]).to_lowercase(),
+                    s(&io["name"])
+                )),
                 json!(s(&o["message"]).trim()),
             ]
         }
@@ -460,20 +559,35 @@ mod tests {
                           "status": {"conditions": [{"type": "Ready", "status": "True"}],
                                      "addresses": [{"type": "InternalIP", "address": "192.168.56.11"}],
                                      "nodeInfo": {"kubeletVersion": "v1.33.0"}}});
-        let t = table(find("", "nodes").unwrap(), &[node], IncludeObject::None, true, json!({}));
+        let t = table(
+            find("", "nodes").unwrap(),
+            &[node],
+            IncludeObject::None,
+            true,
+            json!({}),
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "w1");
         assert_eq!(cells[1], "Ready,SchedulingDisabled");
         assert_eq!(cells[2], "control-plane");
         assert_eq!(cells[5], "192.168.56.11");
-        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), cells.as_array().unwrap().len());
+        assert_eq!(
+            t["columnDefinitions"].as_array().unwrap().len(),
+            cells.as_array().unwrap().len()
+        );
     }
 
     #[test]
     fn service_ports_show_node_ports() {
         let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIP": "10.96.3.4",
                          "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
-        let t = table(find("", "services").unwrap(), &[svc], IncludeObject::Metadata, true, json!({}));
+        let t = table(
+            find("", "services").unwrap(),
+            &[svc],
+            IncludeObject::Metadata,
+            true,
+            json!({}),
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[1], "NodePort");
         assert_eq!(cells[3], "<none>");

@@ -8,7 +8,11 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("failed to read or write {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to generate a certificate")]
     Generate(#[from] rcgen::Error),
     #[error("failed to build the TLS configuration")]
@@ -26,7 +30,10 @@ pub struct Pki {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a file readable by its owner only.
@@ -47,9 +54,15 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
 /// The CA's parameters are fixed, so the issuer can be rebuilt from its key alone.
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "tinykube-ca");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tinykube-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -70,7 +83,12 @@ impl Pki {
             write_private(&ca_cert, &cert.pem())?;
             (cert.pem(), key)
         };
-        let mut pki = Self { ca_pem, ca_key, server_cert_pem: String::new(), server_key_pem: String::new() };
+        let mut pki = Self {
+            ca_pem,
+            ca_key,
+            server_cert_pem: String::new(),
+            server_key_pem: String::new(),
+        };
         let (cert, key) = pki.issue("kube-apiserver", sans)?;
         write_private(&dir.join("server.crt"), &cert)?;
         write_private(&dir.join("server.key"), &key)?;
@@ -83,7 +101,9 @@ impl Pki {
     pub fn issue(&self, common_name: &str, sans: &[String]) -> Result<(String, String), TlsError> {
         let issuer = Issuer::new(ca_params(), &self.ca_key);
         let mut params = CertificateParams::new(sans.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))

@@ -29,21 +29,29 @@ pub enum NameRule {
 pub fn object_meta(meta: &ObjectMeta, rule: NameRule, namespaced: bool) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match meta.name.as_deref() {
-        None | Some("") => errs.push(FieldError::required("metadata.name", "name or generateName is required")),
+        None | Some("") => errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
         Some(name) => {
             let msgs = match rule {
                 NameRule::Subdomain => v::dns1123_subdomain(name),
                 NameRule::Label => v::dns1123_label(name),
                 NameRule::Dns1035 => v::dns1035_label(name),
             };
-            errs.extend(msgs.into_iter().map(|m| FieldError::invalid("metadata.name", name, m)));
+            errs.extend(
+                msgs.into_iter()
+                    .map(|m| FieldError::invalid("metadata.name", name, m)),
+            );
         }
     }
     if namespaced {
         match meta.namespace.as_deref() {
             None | Some("") => errs.push(FieldError::required("metadata.namespace", "")),
             Some(ns) => errs.extend(
-                v::dns1123_label(ns).into_iter().map(|m| FieldError::invalid("metadata.namespace", ns, m)),
+                v::dns1123_label(ns)
+                    .into_iter()
+                    .map(|m| FieldError::invalid("metadata.namespace", ns, m)),
             ),
         }
     }
@@ -74,7 +82,12 @@ fn port(field: String, value: i32, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn containers(list: &[Container], path: &str, names: &mut HashSet<String>, errs: &mut Vec<FieldError>) {
+fn containers(
+    list: &[Container],
+    path: &str,
+    names: &mut HashSet<String>,
+    errs: &mut Vec<FieldError>,
+) {
     for (i, c) in list.iter().enumerate() {
         let p = format!("{path}[{i}]");
         if c.name.is_empty() {
@@ -91,11 +104,19 @@ fn containers(list: &[Container], path: &str, names: &mut HashSet<String>, errs:
             errs.push(FieldError::required(format!("{p}.image"), ""));
         }
         for (j, cp) in c.ports.iter().flatten().enumerate() {
-            port(format!("{p}.ports[{j}].containerPort"), cp.container_port, errs);
+            port(
+                format!("{p}.ports[{j}].containerPort"),
+                cp.container_port,
+                errs,
+            );
             if let Some(proto) = cp.protocol.as_deref()
                 && !["TCP", "UDP", "SCTP"].contains(&proto)
             {
-                errs.push(FieldError::not_supported(format!("{p}.ports[{j}].protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                errs.push(FieldError::not_supported(
+                    format!("{p}.ports[{j}].protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
             }
         }
         for (j, e) in c.env.iter().flatten().enumerate() {
@@ -121,28 +142,53 @@ pub fn pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
     let mut names = HashSet::new();
-    containers(&spec.containers, &format!("{path}.containers"), &mut names, &mut errs);
+    containers(
+        &spec.containers,
+        &format!("{path}.containers"),
+        &mut names,
+        &mut errs,
+    );
     if let Some(init) = &spec.init_containers {
-        containers(init, &format!("{path}.initContainers"), &mut names, &mut errs);
+        containers(
+            init,
+            &format!("{path}.initContainers"),
+            &mut names,
+            &mut errs,
+        );
     }
     if let Some(policy) = spec.restart_policy.as_deref()
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {
-        errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
     }
     let mut volumes = HashSet::new();
     for (i, vol) in spec.volumes.iter().flatten().enumerate() {
         for m in v::dns1123_label(&vol.name) {
-            errs.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), &vol.name, m));
+            errs.push(FieldError::invalid(
+                format!("{path}.volumes[{i}].name"),
+                &vol.name,
+                m,
+            ));
         }
         if !volumes.insert(vol.name.clone()) {
-            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &vol.name));
+            errs.push(FieldError::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                &vol.name,
+            ));
         }
     }
     if let Some(g) = spec.termination_grace_period_seconds
         && g < 0
     {
-        errs.push(FieldError::invalid(format!("{path}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than or equal to 0",
+        ));
     }
     errs
 }
@@ -156,18 +202,33 @@ fn selector_and_template(
     if let Some(r) = replicas
         && r < 0
     {
-        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
-    let empty = selector.is_none_or(|s| s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()));
+    let empty = selector.is_none_or(|s| {
+        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+    });
     if empty {
         errs.push(FieldError::required("spec.selector", ""));
-        errs.push(FieldError::invalid("spec.selector", "", "empty selector is invalid for deployment"));
+        errs.push(FieldError::invalid(
+            "spec.selector",
+            "",
+            "empty selector is invalid for deployment",
+        ));
     }
     let Some(template) = template else {
         errs.push(FieldError::required("spec.template", ""));
         return;
     };
-    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     errs.extend(v::labels(&labels, "spec.template.metadata.labels"));
     if !empty {
         match Selector::from_label_selector(selector) {
@@ -188,7 +249,11 @@ fn selector_and_template(
             if let Some(policy) = spec.restart_policy.as_deref()
                 && policy != "Always"
             {
-                errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", policy, &["Always"]));
+                errs.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    policy,
+                    &["Always"],
+                ));
             }
         }
     }
@@ -199,16 +264,29 @@ pub fn deployment(d: &Deployment, old: Option<&Deployment>) -> Vec<FieldError> {
     let Some(spec) = d.spec.as_ref() else {
         return vec![FieldError::required("spec", "")];
     };
-    selector_and_template(Some(&spec.selector), Some(&spec.template), spec.replicas, &mut errs);
+    selector_and_template(
+        Some(&spec.selector),
+        Some(&spec.template),
+        spec.replicas,
+        &mut errs,
+    );
     if let Some(kind) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
         && !["RollingUpdate", "Recreate"].contains(&kind)
     {
-        errs.push(FieldError::not_supported("spec.strategy.type", kind, &["Recreate", "RollingUpdate"]));
+        errs.push(FieldError::not_supported(
+            "spec.strategy.type",
+            kind,
+            &["Recreate", "RollingUpdate"],
+        ));
     }
     if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
         && old_spec.selector != spec.selector
     {
-        errs.push(FieldError::invalid("spec.selector", format!("{:?}", spec.selector), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.selector",
+            format!("{:?}", spec.selector),
+            "field is immutable",
+        ));
     }
     errs
 }
@@ -218,11 +296,20 @@ pub fn replica_set(rs: &ReplicaSet, old: Option<&ReplicaSet>) -> Vec<FieldError>
     let Some(spec) = rs.spec.as_ref() else {
         return vec![FieldError::required("spec", "")];
     };
-    selector_and_template(Some(&spec.selector), spec.template.as_ref(), spec.replicas, &mut errs);
+    selector_and_template(
+        Some(&spec.selector),
+        spec.template.as_ref(),
+        spec.replicas,
+        &mut errs,
+    );
     if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
         && old_spec.selector != spec.selector
     {
-        errs.push(FieldError::invalid("spec.selector", format!("{:?}", spec.selector), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.selector",
+            format!("{:?}", spec.selector),
+            "field is immutable",
+        ));
     }
     errs
 }
@@ -253,7 +340,9 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
     for (i, p) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         match p.name.as_deref() {
-            None | Some("") if ports.len() > 1 => errs.push(FieldError::required(format!("{path}.name"), "")),
+            None | Some("") if ports.len() > 1 => {
+                errs.push(FieldError::required(format!("{path}.name"), ""))
+            }
             Some(n) if !n.is_empty() => {
                 for m in v::dns1123_label(n) {
                     errs.push(FieldError::invalid(format!("{path}.name"), n, m));
@@ -267,10 +356,17 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
         port(format!("{path}.port"), p.port, &mut errs);
         let proto = p.protocol.as_deref().unwrap_or("TCP");
         if !["TCP", "UDP", "SCTP"].contains(&proto) {
-            errs.push(FieldError::not_supported(format!("{path}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+            errs.push(FieldError::not_supported(
+                format!("{path}.protocol"),
+                proto,
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
         if !seen.insert((p.port, proto.to_string())) {
-            errs.push(FieldError::duplicate(format!("{path}"), format!("{}/{proto}", p.port)));
+            errs.push(FieldError::duplicate(
+                format!("{path}"),
+                format!("{}/{proto}", p.port),
+            ));
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) => port(format!("{path}.targetPort"), *t, &mut errs),
@@ -287,8 +383,13 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
         }
         if let Some(np) = p.node_port {
             if kind == "ClusterIP" && np != 0 {
-                errs.push(FieldError::forbidden(format!("{path}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
-            } else if np != 0 && !(i32::from(NODE_PORT_MIN)..=i32::from(NODE_PORT_MAX)).contains(&np) {
+                errs.push(FieldError::forbidden(
+                    format!("{path}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
+            } else if np != 0
+                && !(i32::from(NODE_PORT_MIN)..=i32::from(NODE_PORT_MAX)).contains(&np)
+            {
                 errs.push(FieldError::invalid(
                     format!("{path}.nodePort"),
                     np,
@@ -297,19 +398,32 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
             }
         }
     }
-    if let Some(old_ip) = old.and_then(|o| o.spec.as_ref()).and_then(|sp| sp.cluster_ip.as_deref())
+    if let Some(old_ip) = old
+        .and_then(|o| o.spec.as_ref())
+        .and_then(|sp| sp.cluster_ip.as_deref())
         && !old_ip.is_empty()
-        && spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty() && ip != old_ip)
+        && spec
+            .cluster_ip
+            .as_deref()
+            .is_some_and(|ip| !ip.is_empty() && ip != old_ip)
         && kind != "ExternalName"
     {
-        errs.push(FieldError::invalid("spec.clusterIPs[0]", spec.cluster_ip.clone().unwrap_or_default(), "may not change once set"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            spec.cluster_ip.clone().unwrap_or_default(),
+            "may not change once set",
+        ));
     }
     errs
 }
 
 fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut Vec<FieldError>) {
     for k in keys {
-        let ok = !k.is_empty() && k != "." && k != ".." && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        let ok = !k.is_empty()
+            && k != "."
+            && k != ".."
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
         if !ok {
             errs.push(FieldError::invalid(
                 format!("{path}[{k}]"),
@@ -323,14 +437,22 @@ fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut 
 pub fn config_map(cm: &ConfigMap) -> Vec<FieldError> {
     let mut errs = Vec::new();
     data_keys(cm.data.iter().flatten().map(|(k, _)| k), "data", &mut errs);
-    data_keys(cm.binary_data.iter().flatten().map(|(k, _)| k), "binaryData", &mut errs);
+    data_keys(
+        cm.binary_data.iter().flatten().map(|(k, _)| k),
+        "binaryData",
+        &mut errs,
+    );
     errs
 }
 
 pub fn secret(s: &Secret) -> Vec<FieldError> {
     let mut errs = Vec::new();
     data_keys(s.data.iter().flatten().map(|(k, _)| k), "data", &mut errs);
-    data_keys(s.string_data.iter().flatten().map(|(k, _)| k), "stringData", &mut errs);
+    data_keys(
+        s.string_data.iter().flatten().map(|(k, _)| k),
+        "stringData",
+        &mut errs,
+    );
     errs
 }
 
@@ -376,7 +498,10 @@ mod tests {
             "containers": [{"name": "a", "image": "", "ports": [{"containerPort": 70000}]}, {"name": "a", "image": "x"}]
         }))
         .unwrap();
-        let msgs: Vec<String> = pod_spec(&spec, "spec").iter().map(ToString::to_string).collect();
+        let msgs: Vec<String> = pod_spec(&spec, "spec")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert!(msgs.contains(&"spec.containers[0].image: Required value".to_string()));
         assert!(msgs.contains(&"spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
         assert!(msgs.contains(&"spec.containers[1].name: Duplicate value: \"a\"".to_string()));

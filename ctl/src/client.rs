@@ -24,7 +24,11 @@ impl Resource {
     /// `deployment.apps` or `pod`, the prefix of `-o name`.
     pub fn type_name(&self) -> String {
         let k = self.kind.to_lowercase();
-        if self.group.is_empty() { k } else { format!("{k}.{}", self.group) }
+        if self.group.is_empty() {
+            k
+        } else {
+            format!("{k}.{}", self.group)
+        }
     }
 
     pub fn url(&self, ns: Option<&str>, name: Option<&str>) -> String {
@@ -56,33 +60,58 @@ fn kubeconfig_path(flag: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(p);
     }
     if let Some(p) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        let first = std::env::split_paths(&p).next().context("KUBECONFIG is empty")?;
+        let first = std::env::split_paths(&p)
+            .next()
+            .context("KUBECONFIG is empty")?;
         return Ok(first);
     }
-    let home = std::env::var_os("HOME").context("neither --kubeconfig, KUBECONFIG nor HOME is set")?;
+    let home =
+        std::env::var_os("HOME").context("neither --kubeconfig, KUBECONFIG nor HOME is set")?;
     Ok(PathBuf::from(home).join(".kube/config"))
 }
 
 impl Ctx {
     pub async fn connect(kubeconfig: Option<PathBuf>, namespace: Option<String>) -> Result<Self> {
         let path = kubeconfig_path(kubeconfig)?;
-        let kc = Kubeconfig::read_from(&path).with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+        let kc = Kubeconfig::read_from(&path)
+            .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
         let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
         let default_ns = config.default_namespace.clone();
-        let client = kube::Client::try_from(config).context("cannot build a client from the kubeconfig")?;
-        Ok(Self { client, namespace: namespace.unwrap_or(default_ns), resources: Vec::new() })
+        let client =
+            kube::Client::try_from(config).context("cannot build a client from the kubeconfig")?;
+        Ok(Self {
+            client,
+            namespace: namespace.unwrap_or(default_ns),
+            resources: Vec::new(),
+        })
     }
 
     async fn discover(&mut self) -> Result<()> {
         if !self.resources.is_empty() {
             return Ok(());
         }
-        let mut lists = vec![self.client.list_core_api_resources("v1").await.map_err(server_error)?];
-        for g in self.client.list_api_groups().await.map_err(server_error)?.groups {
+        let mut lists = vec![
+            self.client
+                .list_core_api_resources("v1")
+                .await
+                .map_err(server_error)?,
+        ];
+        for g in self
+            .client
+            .list_api_groups()
+            .await
+            .map_err(server_error)?
+            .groups
+        {
             if let Some(v) = g.preferred_version.or_else(|| g.versions.first().cloned()) {
-                lists.push(self.client.list_api_group_resources(&v.group_version).await.map_err(server_error)?);
+                lists.push(
+                    self.client
+                        .list_api_group_resources(&v.group_version)
+                        .await
+                        .map_err(server_error)?,
+                );
             }
         }
         for list in lists {
@@ -94,7 +123,11 @@ impl Ctx {
                 self.resources.push(Resource {
                     group: group.clone(),
                     version: version.clone(),
-                    singular: if r.singular_name.is_empty() { r.kind.to_lowercase() } else { r.singular_name },
+                    singular: if r.singular_name.is_empty() {
+                        r.kind.to_lowercase()
+                    } else {
+                        r.singular_name
+                    },
                     plural: r.name,
                     kind: r.kind,
                     namespaced: r.namespaced,
@@ -117,7 +150,10 @@ impl Ctx {
             .iter()
             .find(|r| {
                 group.as_ref().is_none_or(|g| *g == r.group)
-                    && (r.plural == base || r.singular == base || r.kind.to_lowercase() == base || r.short_names.contains(&base))
+                    && (r.plural == base
+                        || r.singular == base
+                        || r.kind.to_lowercase() == base
+                        || r.short_names.contains(&base))
             })
             .cloned()
             .ok_or_else(|| anyhow!("the server doesn't have a resource type \"{name}\""))
@@ -136,13 +172,24 @@ impl Ctx {
             .ok_or_else(|| anyhow!("no matches for kind \"{kind}\" in version \"{api_version}\""))
     }
 
-    pub async fn send(&self, method: &str, url: &str, content_type: Option<&str>, accept: Option<&str>, body: Vec<u8>) -> Result<Value> {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        accept: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Value> {
         let mut req = Request::builder().method(method).uri(url);
         if let Some(ct) = content_type {
             req = req.header(http::header::CONTENT_TYPE, ct);
         }
         req = req.header(http::header::ACCEPT, accept.unwrap_or("application/json"));
-        let text = self.client.request_text(req.body(body)?).await.map_err(server_error)?;
+        let text = self
+            .client
+            .request_text(req.body(body)?)
+            .await
+            .map_err(server_error)?;
         serde_json::from_str(&text).context("the server sent a body that is not JSON")
     }
 

@@ -133,8 +133,22 @@ enum ServiceCmd {
 pub async fn run(args: CtlArgs) -> Result<()> {
     let mut ctx = Ctx::connect(args.kubeconfig, args.namespace).await?;
     match args.command {
-        Cmd::Get { args, output, selector, all_namespaces, watch } => {
-            get(&mut ctx, &args, output.as_deref(), selector.as_deref(), all_namespaces, watch).await
+        Cmd::Get {
+            args,
+            output,
+            selector,
+            all_namespaces,
+            watch,
+        } => {
+            get(
+                &mut ctx,
+                &args,
+                output.as_deref(),
+                selector.as_deref(),
+                all_namespaces,
+                watch,
+            )
+            .await
         }
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
         Cmd::Apply { files } => {
@@ -145,13 +159,22 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             Ok(())
         }
         Cmd::Create { files, what } => match what {
-            Some(CreateCmd::Deployment { name, image, replicas, port }) => {
+            Some(CreateCmd::Deployment {
+                name,
+                image,
+                replicas,
+                port,
+            }) => {
                 let obj = deployment(&name, &image, replicas, port);
                 create(&mut ctx, obj).await
             }
             Some(CreateCmd::Service { kind }) => {
                 let (name, tcp, kind, node_port) = match kind {
-                    ServiceCmd::Nodeport { name, tcp, node_port } => (name, tcp, "NodePort", node_port),
+                    ServiceCmd::Nodeport {
+                        name,
+                        tcp,
+                        node_port,
+                    } => (name, tcp, "NodePort", node_port),
                     ServiceCmd::Clusterip { name, tcp } => (name, tcp, "ClusterIP", None),
                 };
                 let obj = service(&name, &tcp, kind, node_port)?;
@@ -167,12 +190,23 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 Ok(())
             }
         },
-        Cmd::Expose { kind, name, port, target_port, service_type, name_override } => {
+        Cmd::Expose {
+            kind,
+            name,
+            port,
+            target_port,
+            service_type,
+            name_override,
+        } => {
             let res = ctx.resource(&kind).await?;
-            let obj = ctx.get_json(&res.url(Some(&ctx.namespace), Some(&name))).await?;
+            let obj = ctx
+                .get_json(&res.url(Some(&ctx.namespace), Some(&name)))
+                .await?;
             let selector = obj["spec"]["selector"]["matchLabels"].clone();
             if !selector.is_object() {
-                bail!("couldn't retrieve selectors via --selector flag or introspection: the {kind} has no matchLabels");
+                bail!(
+                    "couldn't retrieve selectors via --selector flag or introspection: the {kind} has no matchLabels"
+                );
             }
             let target: Value = match target_port {
                 Some(t) => t.parse::<i64>().map(Value::from).unwrap_or(Value::from(t)),
@@ -183,20 +217,37 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 "spec": {"type": service_type.unwrap_or_else(|| "ClusterIP".into()), "selector": selector,
                          "ports": [{"port": port, "protocol": "TCP", "targetPort": target}]}});
             let created = post(&mut ctx, svc).await?;
-            println!("service/{} exposed", created["metadata"]["name"].as_str().unwrap_or_default());
+            println!(
+                "service/{} exposed",
+                created["metadata"]["name"].as_str().unwrap_or_default()
+            );
             Ok(())
         }
         Cmd::Scale { args, replicas } => {
             let (res, names) = type_and_names(&mut ctx, &args).await?;
             for name in names {
                 let url = format!("{}/scale", res.url(Some(&ctx.namespace), Some(&name)));
-                let body = json!({"spec": {"replicas": replicas}}).to_string().into_bytes();
-                ctx.send("PATCH", &url, Some("application/merge-patch+json"), None, body).await?;
+                let body = json!({"spec": {"replicas": replicas}})
+                    .to_string()
+                    .into_bytes();
+                ctx.send(
+                    "PATCH",
+                    &url,
+                    Some("application/merge-patch+json"),
+                    None,
+                    body,
+                )
+                .await?;
                 println!("{}/{name} scaled", res.type_name());
             }
             Ok(())
         }
-        Cmd::Label { kind, name, labels, overwrite } => {
+        Cmd::Label {
+            kind,
+            name,
+            labels,
+            overwrite,
+        } => {
             let res = ctx.resource(&kind).await?;
             let url = res.url(Some(&ctx.namespace), Some(&name));
             let current = ctx.get_json(&url).await?;
@@ -205,27 +256,49 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 if let Some(key) = l.strip_suffix('-') {
                     patch.insert(key.into(), Value::Null);
                 } else {
-                    let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("invalid label spec: {l}"))?;
+                    let (k, v) = l
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("invalid label spec: {l}"))?;
                     if !overwrite && current["metadata"]["labels"].get(k).is_some_and(|c| c != v) {
-                        bail!("'{k}' already has a value ({}), and --overwrite is false", current["metadata"]["labels"][k].as_str().unwrap_or_default());
+                        bail!(
+                            "'{k}' already has a value ({}), and --overwrite is false",
+                            current["metadata"]["labels"][k]
+                                .as_str()
+                                .unwrap_or_default()
+                        );
                     }
                     patch.insert(k.into(), json!(v));
                 }
             }
-            let body = json!({"metadata": {"labels": patch}}).to_string().into_bytes();
-            ctx.send("PATCH", &url, Some("application/merge-patch+json"), None, body).await?;
+            let body = json!({"metadata": {"labels": patch}})
+                .to_string()
+                .into_bytes();
+            ctx.send(
+                "PATCH",
+                &url,
+                Some("application/merge-patch+json"),
+                None,
+                body,
+            )
+            .await?;
             println!("{}/{name} labeled", res.type_name());
             Ok(())
         }
         Cmd::Cordon { node } => set_unschedulable(&mut ctx, &node, true).await,
         Cmd::Uncordon { node } => set_unschedulable(&mut ctx, &node, false).await,
-        Cmd::Delete { args, files, selector } => delete(&mut ctx, &args, &files, selector.as_deref()).await,
+        Cmd::Delete {
+            args,
+            files,
+            selector,
+        } => delete(&mut ctx, &args, &files, selector.as_deref()).await,
     }
 }
 
 /// `TYPE NAME...` or `TYPE/NAME...`.
 async fn type_and_names(ctx: &mut Ctx, args: &[String]) -> Result<(Resource, Vec<String>)> {
-    let first = args.first().ok_or_else(|| anyhow!("you must specify the type of resource"))?;
+    let first = args
+        .first()
+        .ok_or_else(|| anyhow!("you must specify the type of resource"))?;
     if let Some((t, n)) = first.split_once('/') {
         let res = ctx.resource(t).await?;
         let mut names = vec![n.to_string()];
@@ -242,9 +315,20 @@ async fn type_and_names(ctx: &mut Ctx, args: &[String]) -> Result<(Resource, Vec
     Ok((res, args[1..].to_vec()))
 }
 
-async fn get(ctx: &mut Ctx, args: &[String], output: Option<&str>, selector: Option<&str>, all: bool, watch: bool) -> Result<()> {
+async fn get(
+    ctx: &mut Ctx,
+    args: &[String],
+    output: Option<&str>,
+    selector: Option<&str>,
+    all: bool,
+    watch: bool,
+) -> Result<()> {
     let (res, names) = type_and_names(ctx, args).await?;
-    let ns = if all || !res.namespaced { None } else { Some(ctx.namespace.clone()) };
+    let ns = if all || !res.namespaced {
+        None
+    } else {
+        Some(ctx.namespace.clone())
+    };
     let mut query = Vec::new();
     if let Some(s) = selector {
         query.push(format!("labelSelector={}", urlencode(s)));
@@ -254,8 +338,14 @@ async fn get(ctx: &mut Ctx, args: &[String], output: Option<&str>, selector: Opt
     let mut objects = Vec::new();
     if names.is_empty() {
         let url = format!("{}?{}", res.url(ns.as_deref(), None), query.join("&"));
-        let accept = if table_output { TABLE_ACCEPT } else { "application/json" };
-        let body = ctx.send("GET", &url, None, Some(accept), Vec::new()).await?;
+        let accept = if table_output {
+            TABLE_ACCEPT
+        } else {
+            "application/json"
+        };
+        let body = ctx
+            .send("GET", &url, None, Some(accept), Vec::new())
+            .await?;
         if table_output {
             let rows = body["rows"].as_array().map_or(0, Vec::len);
             if rows == 0 && !watch {
@@ -269,14 +359,21 @@ async fn get(ctx: &mut Ctx, args: &[String], output: Option<&str>, selector: Opt
                 }
             }
             if watch {
-                let rv = body["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+                let rv = body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 return watch_table(ctx, &res, ns.as_deref(), &query, &rv, wide, all).await;
             }
             return Ok(());
         }
         objects = body["items"].as_array().cloned().unwrap_or_default();
         for o in &mut objects {
-            o["apiVersion"] = json!(if res.group.is_empty() { res.version.clone() } else { format!("{}/{}", res.group, res.version) });
+            o["apiVersion"] = json!(if res.group.is_empty() {
+                res.version.clone()
+            } else {
+                format!("{}/{}", res.group, res.version)
+            });
             o["kind"] = json!(res.kind);
         }
     } else {
@@ -284,14 +381,22 @@ async fn get(ctx: &mut Ctx, args: &[String], output: Option<&str>, selector: Opt
         for n in &names {
             let url = res.url(ns.as_deref(), Some(n));
             if table_output {
-                tables.push(ctx.send("GET", &url, None, Some(TABLE_ACCEPT), Vec::new()).await?);
+                tables.push(
+                    ctx.send("GET", &url, None, Some(TABLE_ACCEPT), Vec::new())
+                        .await?,
+                );
             } else {
                 objects.push(ctx.get_json(&url).await?);
             }
         }
         if table_output {
             let mut merged = tables.first().cloned().unwrap_or(json!({}));
-            merged["rows"] = Value::Array(tables.iter().flat_map(|t| t["rows"].as_array().cloned().unwrap_or_default()).collect());
+            merged["rows"] = Value::Array(
+                tables
+                    .iter()
+                    .flat_map(|t| t["rows"].as_array().cloned().unwrap_or_default())
+                    .collect(),
+            );
             for line in print::table(&merged, wide, false, true) {
                 println!("{line}");
             }
@@ -301,42 +406,79 @@ async fn get(ctx: &mut Ctx, args: &[String], output: Option<&str>, selector: Opt
     let single = !names.is_empty() && names.len() == 1;
     match output {
         Some("json") => {
-            let v = if single { objects.remove(0) } else { json!({"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}}) };
+            let v = if single {
+                objects.remove(0)
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}})
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Some("yaml") => {
-            let v = if single { objects.remove(0) } else { json!({"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}}) };
+            let v = if single {
+                objects.remove(0)
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}})
+            };
             print!("{}", print::yaml(&v));
         }
         Some("name") => {
             for o in &objects {
-                println!("{}/{}", res.type_name(), o["metadata"]["name"].as_str().unwrap_or_default());
+                println!(
+                    "{}/{}",
+                    res.type_name(),
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                );
             }
         }
-        Some(other) => bail!("unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,name,wide,yaml"),
+        Some(other) => bail!(
+            "unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,name,wide,yaml"
+        ),
         None => unreachable!("tables are printed above"),
     }
     Ok(())
 }
 
-async fn watch_table(ctx: &Ctx, res: &Resource, ns: Option<&str>, query: &[String], rv: &str, wide: bool, all: bool) -> Result<()> {
+async fn watch_table(
+    ctx: &Ctx,
+    res: &Resource,
+    ns: Option<&str>,
+    query: &[String],
+    rv: &str,
+    wide: bool,
+    all: bool,
+) -> Result<()> {
     let mut q = query.to_vec();
     q.push("watch=true".into());
     q.push(format!("resourceVersion={rv}"));
     let url = format!("{}?{}", res.url(ns, None), q.join("&"));
-    let req = http::Request::builder().method("GET").uri(url).header(http::header::ACCEPT, TABLE_ACCEPT).body(Vec::new())?;
-    let stream = ctx.client.request_stream(req).await.map_err(client::server_error)?;
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(url)
+        .header(http::header::ACCEPT, TABLE_ACCEPT)
+        .body(Vec::new())?;
+    let stream = ctx
+        .client
+        .request_stream(req)
+        .await
+        .map_err(client::server_error)?;
     let mut lines = stream.lines();
     let mut defs = Value::Null;
     use futures::StreamExt;
     while let Some(line) = lines.next().await {
         let line = line.context("the watch stream broke")?;
-        let ev: Value = serde_json::from_str(&line).context("the server sent a watch event that is not JSON")?;
+        let ev: Value = serde_json::from_str(&line)
+            .context("the server sent a watch event that is not JSON")?;
         if ev["type"] == "ERROR" {
-            bail!("Error from server: {}", ev["object"]["message"].as_str().unwrap_or_default());
+            bail!(
+                "Error from server: {}",
+                ev["object"]["message"].as_str().unwrap_or_default()
+            );
         }
         let mut t = ev["object"].clone();
-        if t["columnDefinitions"].as_array().is_some_and(|d| !d.is_empty()) {
+        if t["columnDefinitions"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+        {
             defs = t["columnDefinitions"].clone();
         } else {
             t["columnDefinitions"] = defs.clone();
@@ -351,7 +493,9 @@ async fn watch_table(ctx: &Ctx, res: &Resource, ns: Option<&str>, query: &[Strin
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -363,11 +507,19 @@ async fn describe(ctx: &mut Ctx, args: &[String]) -> Result<()> {
         bail!("describe needs a name");
     }
     for name in names {
-        let obj = ctx.get_json(&res.url(Some(&ctx.namespace), Some(&name))).await?;
+        let obj = ctx
+            .get_json(&res.url(Some(&ctx.namespace), Some(&name)))
+            .await?;
         let meta = &obj["metadata"];
-        println!("Name:         {}", meta["name"].as_str().unwrap_or_default());
+        println!(
+            "Name:         {}",
+            meta["name"].as_str().unwrap_or_default()
+        );
         if res.namespaced {
-            println!("Namespace:    {}", meta["namespace"].as_str().unwrap_or_default());
+            println!(
+                "Namespace:    {}",
+                meta["namespace"].as_str().unwrap_or_default()
+            );
         }
         for (title, key) in [("Labels:", "labels"), ("Annotations:", "annotations")] {
             let map = meta[key].as_object().cloned().unwrap_or_default();
@@ -379,7 +531,10 @@ async fn describe(ctx: &mut Ctx, args: &[String]) -> Result<()> {
                 println!("{head:<14}{k}={}", v.as_str().unwrap_or_default());
             }
         }
-        println!("CreationTimestamp:  {}", meta["creationTimestamp"].as_str().unwrap_or_default());
+        println!(
+            "CreationTimestamp:  {}",
+            meta["creationTimestamp"].as_str().unwrap_or_default()
+        );
         for section in ["spec", "status", "subsets", "data"] {
             if let Some(v) = obj.get(section).filter(|v| !v.is_null()) {
                 println!("{}:", section[..1].to_uppercase() + &section[1..]);
@@ -388,8 +543,15 @@ async fn describe(ctx: &mut Ctx, args: &[String]) -> Result<()> {
                 }
             }
         }
-        let selector = format!("involvedObject.name={name},involvedObject.kind={}", res.kind);
-        let events_url = format!("/api/v1/namespaces/{}/events?fieldSelector={}", ctx.namespace, urlencode(&selector));
+        let selector = format!(
+            "involvedObject.name={name},involvedObject.kind={}",
+            res.kind
+        );
+        let events_url = format!(
+            "/api/v1/namespaces/{}/events?fieldSelector={}",
+            ctx.namespace,
+            urlencode(&selector)
+        );
         let events = ctx.get_json(&events_url).await.unwrap_or(json!({}));
         let items = events["items"].as_array().cloned().unwrap_or_default();
         if items.is_empty() {
@@ -418,7 +580,8 @@ fn read_documents(sources: &[String]) -> Result<Vec<Value>> {
     for s in sources {
         if s == "-" {
             let mut buf = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).context("cannot read standard input")?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                .context("cannot read standard input")?;
             texts.push(("stdin".to_string(), buf));
             continue;
         }
@@ -427,21 +590,27 @@ fn read_documents(sources: &[String]) -> Result<Vec<Value>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
                 .with_context(|| format!("cannot read directory {s}"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
                 .collect();
             entries.sort();
             for p in entries {
-                let t = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                let t = std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
                 texts.push((p.display().to_string(), t));
             }
         } else {
-            let t = std::fs::read_to_string(&path).with_context(|| format!("the path \"{s}\" does not exist"))?;
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("the path \"{s}\" does not exist"))?;
             texts.push((s.clone(), t));
         }
     }
     let mut docs = Vec::new();
     for (name, text) in texts {
-        let parsed: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| anyhow!("error parsing {name}: {e}"))?;
+        let parsed: Vec<Value> =
+            serde_saphyr::from_multiple(&text).map_err(|e| anyhow!("error parsing {name}: {e}"))?;
         for doc in parsed.into_iter().filter(|d| !d.is_null()) {
             if doc["kind"] == "List" {
                 docs.extend(doc["items"].as_array().cloned().unwrap_or_default());
@@ -454,24 +623,47 @@ fn read_documents(sources: &[String]) -> Result<Vec<Value>> {
 }
 
 async fn target(ctx: &mut Ctx, obj: &Value) -> Result<(Resource, Option<String>, String)> {
-    let kind = obj["kind"].as_str().ok_or_else(|| anyhow!("error validating data: kind not set"))?;
-    let api_version = obj["apiVersion"].as_str().ok_or_else(|| anyhow!("error validating data: apiVersion not set"))?;
+    let kind = obj["kind"]
+        .as_str()
+        .ok_or_else(|| anyhow!("error validating data: kind not set"))?;
+    let api_version = obj["apiVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow!("error validating data: apiVersion not set"))?;
     let res = ctx.resource_for_kind(api_version, kind).await?;
-    let ns = res.namespaced.then(|| obj["metadata"]["namespace"].as_str().map(str::to_string).unwrap_or_else(|| ctx.namespace.clone()));
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = res.namespaced.then(|| {
+        obj["metadata"]["namespace"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| ctx.namespace.clone())
+    });
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     Ok((res, ns, name))
 }
 
 async fn post(ctx: &mut Ctx, obj: Value) -> Result<Value> {
     let (res, ns, _) = target(ctx, &obj).await?;
     let url = format!("{}?fieldValidation=Strict", res.url(ns.as_deref(), None));
-    ctx.send("POST", &url, Some("application/json"), None, serde_json::to_vec(&obj)?).await
+    ctx.send(
+        "POST",
+        &url,
+        Some("application/json"),
+        None,
+        serde_json::to_vec(&obj)?,
+    )
+    .await
 }
 
 async fn create(ctx: &mut Ctx, obj: Value) -> Result<()> {
     let (res, _, _) = target(ctx, &obj).await?;
     let created = post(ctx, obj).await?;
-    println!("{}/{} created", res.type_name(), created["metadata"]["name"].as_str().unwrap_or_default());
+    println!(
+        "{}/{} created",
+        res.type_name(),
+        created["metadata"]["name"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
 
@@ -491,7 +683,8 @@ async fn apply(ctx: &mut Ctx, mut obj: Value) -> Result<String> {
         Err(e) if e.to_string().contains("(NotFound)") => {
             let body = serde_json::to_vec(&obj)?;
             let coll = format!("{}?fieldValidation=Strict", res.url(ns.as_deref(), None));
-            ctx.send("POST", &coll, Some("application/json"), None, body).await?;
+            ctx.send("POST", &coll, Some("application/json"), None, body)
+                .await?;
             return Ok(format!("{}/{name} created", res.type_name()));
         }
         Err(e) => return Err(e),
@@ -504,9 +697,21 @@ async fn apply(ctx: &mut Ctx, mut obj: Value) -> Result<String> {
     add_deletions(&last, &mut patch);
     let before = current.clone();
     let body = serde_json::to_vec(&patch)?;
-    let after = ctx.send("PATCH", &format!("{url}?fieldValidation=Strict"), Some("application/merge-patch+json"), None, body).await?;
+    let after = ctx
+        .send(
+            "PATCH",
+            &format!("{url}?fieldValidation=Strict"),
+            Some("application/merge-patch+json"),
+            None,
+            body,
+        )
+        .await?;
     let changed = before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"];
-    Ok(format!("{}/{name} {}", res.type_name(), if changed { "configured" } else { "unchanged" }))
+    Ok(format!(
+        "{}/{name} {}",
+        res.type_name(),
+        if changed { "configured" } else { "unchanged" }
+    ))
 }
 
 /// Sets to null every map key the last applied configuration had and the new one drops.
@@ -524,7 +729,13 @@ fn add_deletions(last: &Value, patch: &mut Value) {
 }
 
 fn deployment(name: &str, image: &str, replicas: i32, port: Option<i32>) -> Value {
-    let container_name = image.rsplit('/').next().unwrap_or(image).split([':', '@']).next().unwrap_or(image);
+    let container_name = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .split([':', '@'])
+        .next()
+        .unwrap_or(image);
     let mut container = json!({"name": container_name, "image": image});
     if let Some(p) = port {
         container["ports"] = json!([{"containerPort": p}]);
@@ -539,16 +750,22 @@ fn service(name: &str, tcp: &[String], kind: &str, node_port: Option<i32>) -> Re
     let mut ports = Vec::new();
     for spec in tcp {
         let (port, target) = spec.split_once(':').unwrap_or((spec, spec));
-        let port: i32 = port.parse().map_err(|_| anyhow!("invalid port {port:?} in --tcp={spec}"))?;
-        let target: i32 = target.parse().map_err(|_| anyhow!("invalid target port {target:?} in --tcp={spec}"))?;
+        let port: i32 = port
+            .parse()
+            .map_err(|_| anyhow!("invalid port {port:?} in --tcp={spec}"))?;
+        let target: i32 = target
+            .parse()
+            .map_err(|_| anyhow!("invalid target port {target:?} in --tcp={spec}"))?;
         let mut p = json!({"name": format!("{port}-{target}"), "port": port, "targetPort": target, "protocol": "TCP"});
         if let Some(np) = node_port {
             p["nodePort"] = json!(np);
         }
         ports.push(p);
     }
-    Ok(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"type": kind, "selector": {"app": name}, "ports": ports}}))
+    Ok(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"type": kind, "selector": {"app": name}, "ports": ports}}),
+    )
 }
 
 async fn set_unschedulable(ctx: &mut Ctx, node: &str, value: bool) -> Result<()> {
@@ -560,13 +777,27 @@ async fn set_unschedulable(ctx: &mut Ctx, node: &str, value: bool) -> Result<()>
         println!("node/{node} already {verb}");
         return Ok(());
     }
-    let body = json!({"spec": {"unschedulable": if value { json!(true) } else { Value::Null }}}).to_string().into_bytes();
-    ctx.send("PATCH", &url, Some("application/strategic-merge-patch+json"), None, body).await?;
+    let body = json!({"spec": {"unschedulable": if value { json!(true) } else { Value::Null }}})
+        .to_string()
+        .into_bytes();
+    ctx.send(
+        "PATCH",
+        &url,
+        Some("application/strategic-merge-patch+json"),
+        None,
+        body,
+    )
+    .await?;
     println!("node/{node} {verb}");
     Ok(())
 }
 
-async fn delete(ctx: &mut Ctx, args: &[String], files: &[String], selector: Option<&str>) -> Result<()> {
+async fn delete(
+    ctx: &mut Ctx,
+    args: &[String],
+    files: &[String],
+    selector: Option<&str>,
+) -> Result<()> {
     let mut targets: Vec<(Resource, Option<String>, String)> = Vec::new();
     for doc in read_documents(files)? {
         targets.push(target(ctx, &doc).await?);
@@ -575,10 +806,25 @@ async fn delete(ctx: &mut Ctx, args: &[String], files: &[String], selector: Opti
         let (res, names) = type_and_names(ctx, args).await?;
         let ns = res.namespaced.then(|| ctx.namespace.clone());
         if names.is_empty() {
-            let Some(sel) = selector else { bail!("resource(s) were provided, but no name was specified") };
-            let list = ctx.get_json(&format!("{}?labelSelector={}", res.url(ns.as_deref(), None), urlencode(sel))).await?;
+            let Some(sel) = selector else {
+                bail!("resource(s) were provided, but no name was specified")
+            };
+            let list = ctx
+                .get_json(&format!(
+                    "{}?labelSelector={}",
+                    res.url(ns.as_deref(), None),
+                    urlencode(sel)
+                ))
+                .await?;
             for item in list["items"].as_array().into_iter().flatten() {
-                targets.push((res.clone(), ns.clone(), item["metadata"]["name"].as_str().unwrap_or_default().to_string()));
+                targets.push((
+                    res.clone(),
+                    ns.clone(),
+                    item["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
             }
             if targets.is_empty() {
                 eprintln!("No resources found");
@@ -588,9 +834,19 @@ async fn delete(ctx: &mut Ctx, args: &[String], files: &[String], selector: Opti
             targets.push((res.clone(), ns.clone(), n));
         }
     }
-    client::ensure(!targets.is_empty() || selector.is_some(), "you must provide one or more resources by argument or filename")?;
+    client::ensure(
+        !targets.is_empty() || selector.is_some(),
+        "you must provide one or more resources by argument or filename",
+    )?;
     for (res, ns, name) in targets {
-        ctx.send("DELETE", &res.url(ns.as_deref(), Some(&name)), None, None, Vec::new()).await?;
+        ctx.send(
+            "DELETE",
+            &res.url(ns.as_deref(), Some(&name)),
+            None,
+            None,
+            Vec::new(),
+        )
+        .await?;
         println!("{} \"{name}\" deleted", res.type_name());
     }
     Ok(())
@@ -605,14 +861,23 @@ mod tests {
         let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 3}});
         let mut patch = json!({"metadata": {"labels": {"a": "1"}}, "spec": {}});
         add_deletions(&last, &mut patch);
-        assert_eq!(patch, json!({"metadata": {"labels": {"a": "1", "b": null}}, "spec": {"replicas": null}}));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"labels": {"a": "1", "b": null}}, "spec": {"replicas": null}})
+        );
     }
 
     #[test]
     fn create_deployment_matches_kubectl_shape() {
         let d = deployment("server", "registry.local/toolbox:1", 2, Some(8080));
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["name"], "toolbox");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["name"],
+            "toolbox"
+        );
         assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "server");
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+            8080
+        );
     }
 }

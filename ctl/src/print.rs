@@ -5,7 +5,10 @@ use serde_json::Value;
 
 /// Formats Table rows like kubectl: upper-case headers, columns padded by three spaces.
 pub fn table(t: &Value, wide: bool, namespace_column: bool, headers: bool) -> Vec<String> {
-    let defs = t["columnDefinitions"].as_array().cloned().unwrap_or_default();
+    let defs = t["columnDefinitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let shown: Vec<usize> = defs
         .iter()
         .enumerate()
@@ -14,7 +17,10 @@ pub fn table(t: &Value, wide: bool, namespace_column: bool, headers: bool) -> Ve
         .collect();
     let mut rows: Vec<Vec<String>> = Vec::new();
     if headers {
-        let mut h: Vec<String> = shown.iter().map(|&i| defs[i]["name"].as_str().unwrap_or("").to_uppercase()).collect();
+        let mut h: Vec<String> = shown
+            .iter()
+            .map(|&i| defs[i]["name"].as_str().unwrap_or("").to_uppercase())
+            .collect();
         if namespace_column {
             h.insert(0, "NAMESPACE".into());
         }
@@ -31,7 +37,13 @@ pub fn table(t: &Value, wide: bool, namespace_column: bool, headers: bool) -> Ve
             })
             .collect();
         if namespace_column {
-            line.insert(0, r["object"]["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+            line.insert(
+                0,
+                r["object"]["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
         rows.push(line);
     }
@@ -40,8 +52,14 @@ pub fn table(t: &Value, wide: bool, namespace_column: bool, headers: bool) -> Ve
 
 pub fn align(rows: &[Vec<String>]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     rows.iter()
         .map(|r| {
             let mut line = String::new();
@@ -71,7 +89,13 @@ mod tests {
         let t = json!({"columnDefinitions": [{"name": "Name", "priority": 0}, {"name": "Status", "priority": 0}, {"name": "IP", "priority": 1}],
                        "rows": [{"cells": ["web-1", "Running", "10.244.1.2"]}, {"cells": ["a", "Pending", "<none>"]}]});
         let lines = table(&t, false, false, true);
-        assert_eq!(lines, vec!["NAME    STATUS", "web-1   Running", "a       Pending"]);
-        assert_eq!(table(&t, true, false, false)[0], "web-1   Running   10.244.1.2");
+        assert_eq!(
+            lines,
+            vec!["NAME    STATUS", "web-1   Running", "a       Pending"]
+        );
+        assert_eq!(
+            table(&t, true, false, false)[0],
+            "web-1   Running   10.244.1.2"
+        );
     }
 }

@@ -21,7 +21,11 @@ pub enum StoreError {
     #[error("object {0} already exists")]
     AlreadyExists(String),
     #[error("object {key} was modified: expected revision {expected}, found {found}")]
-    Conflict { key: String, expected: u64, found: u64 },
+    Conflict {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("revision {requested} has been compacted (oldest available is {oldest})")]
     Compacted { requested: u64, oldest: u64 },
     #[error("storage engine failed")]
@@ -67,9 +71,19 @@ pub struct Event {
 /// One write. `expect_rev` is an optimistic-concurrency precondition.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Create { key: String, object: Value },
-    Update { key: String, object: Value, expect_rev: Option<u64> },
-    Delete { key: String, expect_rev: Option<u64> },
+    Create {
+        key: String,
+        object: Value,
+    },
+    Update {
+        key: String,
+        object: Value,
+        expect_rev: Option<u64>,
+    },
+    Delete {
+        key: String,
+        expect_rev: Option<u64>,
+    },
 }
 
 impl WriteOp {

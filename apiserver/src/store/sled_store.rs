@@ -30,7 +30,10 @@ pub struct SledStoreOptions {
 
 impl Default for SledStoreOptions {
     fn default() -> Self {
-        Self { retain_revisions: 50_000, cache_bytes: 24 * 1024 * 1024 }
+        Self {
+            retain_revisions: 50_000,
+            cache_bytes: 24 * 1024 * 1024,
+        }
     }
 }
 
@@ -74,7 +77,8 @@ fn decode(key: &str, raw: &[u8]) -> Result<Stored, StoreError> {
         return Err(StoreError::Corrupt(key.to_string()));
     }
     let rev = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-    let object = serde_json::from_slice(&raw[8..]).map_err(|_| StoreError::Corrupt(key.to_string()))?;
+    let object =
+        serde_json::from_slice(&raw[8..]).map_err(|_| StoreError::Corrupt(key.to_string()))?;
     Ok(Stored { object, rev })
 }
 
@@ -115,7 +119,13 @@ impl SledStore {
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Engine(Box::new(e)))?;
-        Ok(Self { tree, rev, compacted, writes, events })
+        Ok(Self {
+            tree,
+            rev,
+            compacted,
+            writes,
+            events,
+        })
     }
 
     /// Oldest revision a watch can still resume after.
@@ -151,7 +161,10 @@ impl Store for SledStore {
             }
             None => full_prefix.clone(),
         };
-        let mut page = ListPage { rev, ..Default::default() };
+        let mut page = ListPage {
+            rev,
+            ..Default::default()
+        };
         let mut iter = self.tree.range(start..end);
         for entry in iter.by_ref() {
             let (k, v) = entry.map_err(engine)?;
@@ -190,7 +203,10 @@ impl Store for SledStore {
         let mut live = self.events.subscribe();
         let compacted = self.compacted.load(Ordering::Acquire);
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, oldest: compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: compacted,
+            });
         }
         let (tx, rx) = mpsc::channel(256);
         let tree = self.tree.clone();
@@ -198,7 +214,10 @@ impl Store for SledStore {
         let prefix = prefix.to_string();
         tokio::spawn(async move {
             let mut last = after;
-            if replay(&tree, &prefix, &mut last, &compacted, &tx).await.is_err() {
+            if replay(&tree, &prefix, &mut last, &compacted, &tx)
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -213,7 +232,10 @@ impl Store for SledStore {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if replay(&tree, &prefix, &mut last, &compacted, &tx).await.is_err() {
+                        if replay(&tree, &prefix, &mut last, &compacted, &tx)
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -243,7 +265,12 @@ async fn replay(
     loop {
         let oldest = compacted.load(Ordering::Acquire);
         if *last < oldest {
-            let _ = tx.send(Err(StoreError::Compacted { requested: *last, oldest })).await;
+            let _ = tx
+                .send(Err(StoreError::Compacted {
+                    requested: *last,
+                    oldest,
+                }))
+                .await;
             return Err(());
         }
         // Read a bounded chunk at a time so a long replay does not hold everything in memory.
@@ -306,7 +333,10 @@ impl Writer {
         }
         if rev != start_rev {
             batch.insert(META_REV, &rev.to_be_bytes());
-            let durable = self.tree.apply_batch(batch).and_then(|_| self.db.flush().map(|_| ()));
+            let durable = self
+                .tree
+                .apply_batch(batch)
+                .and_then(|_| self.db.flush().map(|_| ()));
             if let Err(e) = durable {
                 // Nothing of this batch is acknowledged; the revision counter is left as it
                 // was, so a retried write gets a fresh revision.
@@ -328,7 +358,11 @@ impl Writer {
         self.maybe_compact(rev);
     }
 
-    fn current(&self, key: &str, overlay: &HashMap<String, Option<Stored>>) -> Result<Option<Stored>, StoreError> {
+    fn current(
+        &self,
+        key: &str,
+        overlay: &HashMap<String, Option<Stored>>,
+    ) -> Result<Option<Stored>, StoreError> {
         if let Some(v) = overlay.get(key) {
             return Ok(v.clone());
         }
@@ -348,7 +382,11 @@ impl Writer {
         let key = op.key().to_string();
         let current = self.current(&key, overlay)?;
         let check = |expect: Option<u64>, found: u64| match expect {
-            Some(e) if e != found => Err(StoreError::Conflict { key: key.clone(), expected: e, found }),
+            Some(e) if e != found => Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: e,
+                found,
+            }),
             _ => Ok(()),
         };
         let next = *rev + 1;
@@ -358,20 +396,42 @@ impl Writer {
                     return Err(StoreError::AlreadyExists(key));
                 }
                 stamp(&mut object, next);
-                Event { rev: next, kind: EventType::Added, key: key.clone(), object, prev: None }
+                Event {
+                    rev: next,
+                    kind: EventType::Added,
+                    key: key.clone(),
+                    object,
+                    prev: None,
+                }
             }
-            WriteOp::Update { mut object, expect_rev, .. } => {
+            WriteOp::Update {
+                mut object,
+                expect_rev,
+                ..
+            } => {
                 let cur = current.ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 check(expect_rev, cur.rev)?;
                 stamp(&mut object, next);
-                Event { rev: next, kind: EventType::Modified, key: key.clone(), object, prev: Some(cur.object) }
+                Event {
+                    rev: next,
+                    kind: EventType::Modified,
+                    key: key.clone(),
+                    object,
+                    prev: Some(cur.object),
+                }
             }
             WriteOp::Delete { expect_rev, .. } => {
                 let cur = current.ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 check(expect_rev, cur.rev)?;
                 let mut object = cur.object;
                 stamp(&mut object, next);
-                Event { rev: next, kind: EventType::Deleted, key: key.clone(), object, prev: None }
+                Event {
+                    rev: next,
+                    kind: EventType::Deleted,
+                    key: key.clone(),
+                    object,
+                    prev: None,
+                }
             }
         };
         *rev = next;
@@ -380,9 +440,18 @@ impl Writer {
             overlay.insert(key, None);
         } else {
             batch.insert(obj_key(&key), encode(next, &event.object));
-            overlay.insert(key, Some(Stored { object: event.object.clone(), rev: next }));
+            overlay.insert(
+                key,
+                Some(Stored {
+                    object: event.object.clone(),
+                    rev: next,
+                }),
+            );
         }
-        batch.insert(log_key(next), serde_json::to_vec(&event).expect("events serialize"));
+        batch.insert(
+            log_key(next),
+            serde_json::to_vec(&event).expect("events serialize"),
+        );
         Ok(Arc::new(event))
     }
 
@@ -394,7 +463,11 @@ impl Writer {
         }
         let upto = rev - self.retain;
         let mut batch = sled::Batch::default();
-        for entry in self.tree.range(log_key(compacted)..log_key(upto + 1)).keys() {
+        for entry in self
+            .tree
+            .range(log_key(compacted)..log_key(upto + 1))
+            .keys()
+        {
             if let Ok(k) = entry {
                 batch.remove(k);
             }
@@ -421,17 +494,36 @@ mod tests {
     async fn revisions_and_preconditions() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
-        let a = store.write(WriteOp::Create { key: "p/default/a".into(), object: pod("a") }).await.unwrap();
+        let a = store
+            .write(WriteOp::Create {
+                key: "p/default/a".into(),
+                object: pod("a"),
+            })
+            .await
+            .unwrap();
         assert_eq!(a.rev, 1);
         assert_eq!(a.object["metadata"]["resourceVersion"], "1");
-        let dup = store.write(WriteOp::Create { key: "p/default/a".into(), object: pod("a") }).await;
+        let dup = store
+            .write(WriteOp::Create {
+                key: "p/default/a".into(),
+                object: pod("a"),
+            })
+            .await;
         assert!(matches!(dup, Err(StoreError::AlreadyExists(_))));
         let stale = store
-            .write(WriteOp::Update { key: "p/default/a".into(), object: pod("a"), expect_rev: Some(7) })
+            .write(WriteOp::Update {
+                key: "p/default/a".into(),
+                object: pod("a"),
+                expect_rev: Some(7),
+            })
             .await;
         assert!(matches!(stale, Err(StoreError::Conflict { found: 1, .. })));
         let b = store
-            .write(WriteOp::Update { key: "p/default/a".into(), object: pod("a"), expect_rev: Some(1) })
+            .write(WriteOp::Update {
+                key: "p/default/a".into(),
+                object: pod("a"),
+                expect_rev: Some(1),
+            })
             .await
             .unwrap();
         assert_eq!(b.rev, 2);
@@ -444,7 +536,13 @@ mod tests {
         {
             let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
             for i in 0..10 {
-                store.write(WriteOp::Create { key: format!("p/default/{i}"), object: pod("x") }).await.unwrap();
+                store
+                    .write(WriteOp::Create {
+                        key: format!("p/default/{i}"),
+                        object: pod("x"),
+                    })
+                    .await
+                    .unwrap();
             }
         }
         // sled holds a file lock until its threads wind down.
@@ -459,10 +557,28 @@ mod tests {
     async fn watch_replays_history_then_follows() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
-        store.write(WriteOp::Create { key: "p/default/a".into(), object: pod("a") }).await.unwrap();
-        store.write(WriteOp::Create { key: "s/default/a".into(), object: pod("a") }).await.unwrap();
+        store
+            .write(WriteOp::Create {
+                key: "p/default/a".into(),
+                object: pod("a"),
+            })
+            .await
+            .unwrap();
+        store
+            .write(WriteOp::Create {
+                key: "s/default/a".into(),
+                object: pod("a"),
+            })
+            .await
+            .unwrap();
         let mut rx = store.watch("p/", 0).unwrap();
-        store.write(WriteOp::Delete { key: "p/default/a".into(), expect_rev: None }).await.unwrap();
+        store
+            .write(WriteOp::Delete {
+                key: "p/default/a".into(),
+                expect_rev: None,
+            })
+            .await
+            .unwrap();
         let first = rx.recv().await.unwrap().unwrap();
         assert_eq!((first.rev, first.kind), (1, EventType::Added));
         let second = rx.recv().await.unwrap().unwrap();
@@ -472,12 +588,24 @@ mod tests {
     #[tokio::test]
     async fn compacted_history_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SledStoreOptions { retain_revisions: 10, ..Default::default() };
+        let options = SledStoreOptions {
+            retain_revisions: 10,
+            ..Default::default()
+        };
         let store = SledStore::open(dir.path(), options).unwrap();
         for i in 0..1100 {
-            store.write(WriteOp::Create { key: format!("p/default/{i}"), object: pod("x") }).await.unwrap();
+            store
+                .write(WriteOp::Create {
+                    key: format!("p/default/{i}"),
+                    object: pod("x"),
+                })
+                .await
+                .unwrap();
         }
-        assert!(matches!(store.watch("p/", 1), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            store.watch("p/", 1),
+            Err(StoreError::Compacted { .. })
+        ));
         assert!(store.watch("p/", 1095).is_ok());
     }
 }
