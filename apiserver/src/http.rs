@@ -277,16 +277,17 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     if res.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::NoRoute);
     }
-    auth::authorize(
-        &user,
-        &Attributes {
-            verb,
-            resource: res,
-            subresource: sub,
-            namespace: ns,
-            name,
-        },
-    )?;
+    // A create names its object in the body; authorization may depend on that name
+    // (a node may register itself only), so the body is read first.
+    let (body, created) = if verb == "create" && name.is_none() {
+        let bytes = read_body(body).await?;
+        let obj = decode_object(&parts.headers, &bytes)?;
+        (Body::empty(), Some(obj))
+    } else {
+        (body, None)
+    };
+    let auth_name = created.as_ref().and_then(|o| o["metadata"]["name"].as_str()).or(name);
+    auth::authorize(&user, &Attributes { verb, resource: res, subresource: sub, namespace: ns, name: auth_name })?;
     let output = negotiate(&parts.headers)?;
     let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
     let write_opts = || -> Result<WriteOptions, ApiError> {
@@ -329,8 +330,10 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             ))
         }
         "create" => {
-            let bytes = read_body(body).await?;
-            let obj = decode_object(&parts.headers, &bytes)?;
+            let obj = match created {
+                Some(obj) => obj,
+                None => decode_object(&parts.headers, &read_body(body).await?)?,
+            };
             match sub {
                 Some("binding") => {
                     let status = api
