@@ -171,6 +171,46 @@ fn decode_continue(token: &str) -> Result<String, ApiError> {
         })
 }
 
+/// A list whose items are still the stored JSON bytes.
+pub struct RawList {
+    pub kind: String,
+    pub api_version: String,
+    pub meta: Value,
+    pub items: Vec<bytes::Bytes>,
+}
+
+impl RawList {
+    /// The list's JSON, with the stored items spliced in as they are.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let size: usize = self.items.iter().map(|i| i.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 256);
+        out.extend_from_slice(b"{\"kind\":");
+        serde_json::to_writer(&mut out, &self.kind).expect("string");
+        out.extend_from_slice(b",\"apiVersion\":");
+        serde_json::to_writer(&mut out, &self.api_version).expect("string");
+        out.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut out, &self.meta).expect("json");
+        out.extend_from_slice(b",\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    pub fn into_value(self) -> Result<Value, ApiError> {
+        let items = self
+            .items
+            .iter()
+            .map(|b| serde_json::from_slice(b).map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}"))))
+            .collect::<Result<Vec<Value>, _>>()?;
+        Ok(json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": self.meta, "items": items}))
+    }
+}
+
 /// Options of a write: dry run and field validation.
 #[derive(Clone, Copy)]
 pub struct WriteOptions {
@@ -217,36 +257,28 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(res, name))
     }
 
-    pub fn list(
-        &self,
-        res: &ResourceInfo,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<Value, ApiError> {
+    /// A list as stored bytes, for serving without re-encoding.
+    pub fn list_raw(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<RawList, ApiError> {
         opts.check_fields(res)?;
         let filter = |o: &Value| opts.matches(res, o);
+        let selective = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let filter: Option<&dyn Fn(&Value) -> bool> = if selective { Some(&filter) } else { None };
         let page = self
             .store
-            .list(
-                &res.list_prefix(ns),
-                opts.continue_key.as_deref(),
-                opts.limit,
-                &filter,
-            )
+            .list(&res.list_prefix(ns), opts.continue_key.as_deref(), opts.limit, filter)
             .map_err(|e| ApiError::from_store(res, "", e))?;
         let mut meta = json!({"resourceVersion": page.rev.to_string()});
         if let Some(next) = &page.next_key {
             meta["continue"] = json!(encode_continue(next));
-            if opts.labels.is_empty() && opts.fields.is_empty() {
+            if !selective {
                 meta["remainingItemCount"] = json!(page.remaining);
             }
         }
-        Ok(json!({
-            "kind": format!("{}List", res.kind),
-            "apiVersion": res.api_version(),
-            "metadata": meta,
-            "items": page.items,
-        }))
+        Ok(RawList { kind: format!("{}List", res.kind), api_version: res.api_version(), meta, items: page.items })
+    }
+
+    pub fn list(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<Value, ApiError> {
+        self.list_raw(res, ns, opts)?.into_value()
     }
 
     async fn namespace_must_accept(

@@ -307,13 +307,13 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         }
         "list" => {
             let opts = ListOptions::from_query(&q)?;
-            let list = api.list(res, ns, &opts)?;
-            Ok(respond(
-                StatusCode::OK,
-                &present(res, list, output, include),
-                output,
-                &[],
-            ))
+            let list = api.list_raw(res, ns, &opts)?;
+            if output == Output::Json {
+                let body = list.to_json_bytes();
+                return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response());
+            }
+            let list = list.into_value()?;
+            Ok(respond(StatusCode::OK, &present(res, list, output, include), output, &[]))
         }
         "get" => {
             let stored = api.get(res, ns, name.expect("item"))?;

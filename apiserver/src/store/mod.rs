@@ -101,11 +101,11 @@ pub struct Stored {
     pub rev: u64,
 }
 
-/// A page of a list: objects in key order, the store revision it was read at, and the
-/// key to continue after when the page was cut short.
+/// A page of a list: objects (their stored JSON, unparsed) in key order, the store
+/// revision it was read at, and the key to continue after when the page was cut short.
 #[derive(Debug, Default)]
 pub struct ListPage {
-    pub items: Vec<Value>,
+    pub items: Vec<bytes::Bytes>,
     pub rev: u64,
     pub next_key: Option<String>,
     pub remaining: u64,
@@ -117,13 +117,14 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError>;
 
     /// Objects whose keys start with `prefix`, after `start_after`, at most `limit`
-    /// (0 = no limit), keeping only those `filter` accepts.
+    /// (0 = no limit), keeping only those `filter` accepts. Without a filter nothing is
+    /// parsed: lists are served from the stored bytes.
     fn list(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-        filter: &dyn Fn(&Value) -> bool,
+        filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<ListPage, StoreError>;
 
     /// Applies one write durably; resolves to the stored object (with its new

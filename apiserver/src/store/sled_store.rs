@@ -147,7 +147,7 @@ impl Store for SledStore {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-        filter: &dyn Fn(&Value) -> bool,
+        filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<ListPage, StoreError> {
         let rev = self.rev.load(Ordering::Acquire);
         let full_prefix = obj_key(prefix);
@@ -169,11 +169,15 @@ impl Store for SledStore {
         for entry in iter.by_ref() {
             let (k, v) = entry.map_err(engine)?;
             let key = String::from_utf8_lossy(&k[OBJ.len()..]).into_owned();
-            let stored = decode(&key, &v)?;
-            if !filter(&stored.object) {
+            if v.len() < 8 {
+                return Err(StoreError::Corrupt(key));
+            }
+            if let Some(filter) = filter
+                && !filter(&decode(&key, &v)?.object)
+            {
                 continue;
             }
-            page.items.push(stored.object);
+            page.items.push(bytes::Bytes::copy_from_slice(&v[8..]));
             if limit > 0 && page.items.len() >= limit {
                 page.next_key = Some(key);
                 break;
@@ -549,7 +553,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
         assert_eq!(store.current_revision(), 10);
-        let page = store.list("p/default/", None, 0, &|_| true).unwrap();
+        let page = store.list("p/default/", None, 0, None).unwrap();
         assert_eq!(page.items.len(), 10);
     }
 
