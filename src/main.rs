@@ -36,6 +36,15 @@ enum Command {
     Ctl(tinykube_ctl::CtlArgs),
 }
 
+/// Lets a CLI killed by a closed pipe (`tinykube ctl get pods | head`) end quietly, as
+/// command-line tools do, instead of panicking on the failed write.
+fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     // Invoked through a link named `ctl`, the binary is the CLI.
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -50,6 +59,9 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
+    if matches!(cli.command, Command::Ctl(_)) {
+        default_sigpipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG")
         .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()

@@ -205,9 +205,14 @@ impl RawList {
         let items = self
             .items
             .iter()
-            .map(|b| serde_json::from_slice(b).map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}"))))
+            .map(|b| {
+                serde_json::from_slice(b)
+                    .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))
+            })
             .collect::<Result<Vec<Value>, _>>()?;
-        Ok(json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": self.meta, "items": items}))
+        Ok(
+            json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": self.meta, "items": items}),
+        )
     }
 }
 
@@ -258,14 +263,24 @@ impl Api {
     }
 
     /// A list as stored bytes, for serving without re-encoding.
-    pub fn list_raw(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<RawList, ApiError> {
+    pub fn list_raw(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<RawList, ApiError> {
         opts.check_fields(res)?;
         let filter = |o: &Value| opts.matches(res, o);
         let selective = !opts.labels.is_empty() || !opts.fields.is_empty();
         let filter: Option<&dyn Fn(&Value) -> bool> = if selective { Some(&filter) } else { None };
         let page = self
             .store
-            .list(&res.list_prefix(ns), opts.continue_key.as_deref(), opts.limit, filter)
+            .list(
+                &res.list_prefix(ns),
+                opts.continue_key.as_deref(),
+                opts.limit,
+                filter,
+            )
             .map_err(|e| ApiError::from_store(res, "", e))?;
         let mut meta = json!({"resourceVersion": page.rev.to_string()});
         if let Some(next) = &page.next_key {
@@ -274,10 +289,20 @@ impl Api {
                 meta["remainingItemCount"] = json!(page.remaining);
             }
         }
-        Ok(RawList { kind: format!("{}List", res.kind), api_version: res.api_version(), meta, items: page.items })
+        Ok(RawList {
+            kind: format!("{}List", res.kind),
+            api_version: res.api_version(),
+            meta,
+            items: page.items,
+        })
     }
 
-    pub fn list(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<Value, ApiError> {
+    pub fn list(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Value, ApiError> {
         self.list_raw(res, ns, opts)?.into_value()
     }
 
@@ -439,6 +464,9 @@ impl Api {
         };
         let admitted = strategy::admit(res, merged, Some(&current.object), opts.validation)?;
         let mut obj = admitted.object;
+        if sub.is_none() {
+            strategy::bump_generation(&mut obj, &current.object);
+        }
         let held = if res.kind == "Service" {
             self.alloc
                 .assign(&mut obj, Some(&current.object))
@@ -450,6 +478,14 @@ impl Api {
             self.alloc.release(&held);
             return Ok(Written {
                 object: obj,
+                warnings: admitted.warnings,
+            });
+        }
+        // A write that changes nothing is not a write: no new revision, no event, as
+        // Kubernetes' GuaranteedUpdate short-circuits it.
+        if same_except_revision(&obj, &current.object) {
+            return Ok(Written {
+                object: current.object.clone(),
                 warnings: admitted.warnings,
             });
         }
@@ -847,6 +883,17 @@ impl Api {
         let written = self.write(res, name, op).await?;
         Ok(self.scale_of(res, &written))
     }
+}
+
+fn same_except_revision(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(a) == strip(b)
 }
 
 /// A pod object may leave storage once the kubelet is done with it (or none holds it).

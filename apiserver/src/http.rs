@@ -286,8 +286,20 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     } else {
         (body, None)
     };
-    let auth_name = created.as_ref().and_then(|o| o["metadata"]["name"].as_str()).or(name);
-    auth::authorize(&user, &Attributes { verb, resource: res, subresource: sub, namespace: ns, name: auth_name })?;
+    let auth_name = created
+        .as_ref()
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .or(name);
+    auth::authorize(
+        &user,
+        &Attributes {
+            verb,
+            resource: res,
+            subresource: sub,
+            namespace: ns,
+            name: auth_name,
+        },
+    )?;
     let output = negotiate(&parts.headers)?;
     let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
     let write_opts = || -> Result<WriteOptions, ApiError> {
@@ -310,10 +322,20 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let list = api.list_raw(res, ns, &opts)?;
             if output == Output::Json {
                 let body = list.to_json_bytes();
-                return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response());
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response());
             }
             let list = list.into_value()?;
-            Ok(respond(StatusCode::OK, &present(res, list, output, include), output, &[]))
+            Ok(respond(
+                StatusCode::OK,
+                &present(res, list, output, include),
+                output,
+                &[],
+            ))
         }
         "get" => {
             let stored = api.get(res, ns, name.expect("item"))?;

@@ -339,7 +339,7 @@ pub fn prepare_create(
 }
 
 /// Carries server-owned metadata (and status, when it is a subresource) over from the
-/// stored object into an update, and bumps `generation` when the spec changed.
+/// stored object into an update.
 pub fn prepare_update(
     res: &ResourceInfo,
     obj: &mut Value,
@@ -368,7 +368,6 @@ pub fn prepare_update(
             None => map.remove("status"),
         };
     }
-    let spec_changed = strip_meta_status(obj) != strip_meta_status(old);
     let old_meta = &old["metadata"];
     let meta = meta_mut(obj)?;
     meta.insert("name".into(), json!(name));
@@ -389,15 +388,17 @@ pub fn prepare_update(
         .get("generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    meta.insert(
-        "generation".into(),
-        json!(if spec_changed {
-            generation + 1
-        } else {
-            generation
-        }),
-    );
+    meta.insert("generation".into(), json!(generation));
     Ok(())
+}
+
+/// After admission (so defaults are in): bumps `generation` when anything but
+/// metadata and status changed, as Kubernetes does for objects with a spec.
+pub fn bump_generation(obj: &mut Value, old: &Value) {
+    if strip_meta_status(obj) != strip_meta_status(old) {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        obj["metadata"]["generation"] = json!(g + 1);
+    }
 }
 
 fn strip_meta_status(obj: &Value) -> Value {

@@ -609,8 +609,17 @@ fn read_documents(sources: &[String]) -> Result<Vec<Value>> {
     }
     let mut docs = Vec::new();
     for (name, text) in texts {
-        let parsed: Vec<Value> =
-            serde_saphyr::from_multiple(&text).map_err(|e| anyhow!("error parsing {name}: {e}"))?;
+        let parsed: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| {
+            // The parser's message carries a source excerpt; its first line says it all.
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string();
+            anyhow!("error parsing {name}: {first}")
+        })?;
         for doc in parsed.into_iter().filter(|d| !d.is_null()) {
             if doc["kind"] == "List" {
                 docs.extend(doc["items"].as_array().cloned().unwrap_or_default());

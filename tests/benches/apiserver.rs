@@ -67,7 +67,12 @@ async fn request(client: &kube::Client, method: &str, uri: &str, body: Vec<u8>) 
 }
 
 /// Creates `per_client` pods from each of `clients`; returns (pods/s, p50, p99 latency).
-async fn create_round(clients: &[kube::Client], ns: &str, round: usize, per_client: usize) -> (f64, Duration, Duration) {
+async fn create_round(
+    clients: &[kube::Client],
+    ns: &str,
+    round: usize,
+    per_client: usize,
+) -> (f64, Duration, Duration) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -78,7 +83,13 @@ async fn create_round(clients: &[kube::Client], ns: &str, round: usize, per_clie
             for i in 0..per_client {
                 let name = format!("r{round}-c{c}-{i}");
                 let t = Instant::now();
-                request(&client, "POST", &format!("/api/v1/namespaces/{ns}/pods"), pod_body(&ns, &name)).await;
+                request(
+                    &client,
+                    "POST",
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    pod_body(&ns, &name),
+                )
+                .await;
                 lat.push(t.elapsed());
             }
             lat
@@ -106,7 +117,10 @@ async fn store_baseline(total: usize) -> f64 {
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..total / CLIENTS {
-                let op = WriteOp::Create { key: format!("core/pods/b/{c}-{i}"), object: body.clone() };
+                let op = WriteOp::Create {
+                    key: format!("core/pods/b/{c}-{i}"),
+                    object: body.clone(),
+                };
                 store.write(op).await.unwrap();
             }
         }));
@@ -123,14 +137,17 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("master");
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let master = MasterProcess::start(&data, addr).expect("release master starts (run bench/apiserver)");
+    let master =
+        MasterProcess::start(&data, addr).expect("release master starts (run bench/apiserver)");
     let pid = master.child.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_mb(pid);
 
     let admin = client_for(&master.kubeconfig()).await;
     for ns in ["bench", "list1k"] {
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string().into_bytes();
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            .to_string()
+            .into_bytes();
         request(&admin, "POST", "/api/v1/namespaces", body).await;
     }
     let mut clients = Vec::new();
@@ -144,7 +161,11 @@ async fn main() {
     let mut p99s = Vec::new();
     for round in 0..ROUNDS {
         let (rate, p50, p99) = create_round(&clients, "bench", round, 3000 / CLIENTS + 1).await;
-        println!("creates round {round}: {rate:.0} pods/s, p50 {:.2} ms, p99 {:.2} ms", ms(p50), ms(p99));
+        println!(
+            "creates round {round}: {rate:.0} pods/s, p50 {:.2} ms, p99 {:.2} ms",
+            ms(p50),
+            ms(p99)
+        );
         rates.push(rate);
         p50s.push(ms(p50));
         p99s.push(ms(p99));
@@ -164,7 +185,13 @@ async fn main() {
         let client = clients[c].clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                request(&client, "POST", "/api/v1/namespaces/list1k/pods", pod_body("list1k", &format!("p{c}-{i}"))).await;
+                request(
+                    &client,
+                    "POST",
+                    "/api/v1/namespaces/list1k/pods",
+                    pod_body("list1k", &format!("p{c}-{i}")),
+                )
+                .await;
             }
         }));
     }
@@ -182,7 +209,13 @@ async fn main() {
                 let mut lat = Vec::new();
                 for i in 0..100 {
                     let t = Instant::now();
-                    request(&client, "GET", &format!("/api/v1/namespaces/list1k/pods/p{}-{}", i % 8, i), vec![]).await;
+                    request(
+                        &client,
+                        "GET",
+                        &format!("/api/v1/namespaces/list1k/pods/p{}-{}", i % 8, i),
+                        vec![],
+                    )
+                    .await;
                     lat.push(t.elapsed());
                 }
                 lat
@@ -205,7 +238,8 @@ async fn main() {
                 let mut lat = Vec::new();
                 for _ in 0..25 {
                     let t = Instant::now();
-                    let body = request(&client, "GET", "/api/v1/namespaces/list1k/pods", vec![]).await;
+                    let body =
+                        request(&client, "GET", "/api/v1/namespaces/list1k/pods", vec![]).await;
                     lat.push(t.elapsed());
                     assert!(body.len() > 1000 * 500, "the list holds 1,000 pods");
                 }
@@ -223,10 +257,14 @@ async fn main() {
     let mut watch_p99 = Vec::new();
     for round in 0..ROUNDS {
         let ns = format!("watch{round}");
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string().into_bytes();
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            .to_string()
+            .into_bytes();
         request(&admin, "POST", "/api/v1/namespaces", body).await;
         let req = Request::builder()
-            .uri(format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion=0"))
+            .uri(format!(
+                "/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion=0"
+            ))
             .body(vec![])
             .unwrap();
         let stream = clients[1].request_stream(req).await.unwrap();
@@ -236,7 +274,10 @@ async fn main() {
             let mut lines = stream.lines();
             while let Some(Ok(line)) = lines.next().await {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let name = v["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = v["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 if tx.send((name, Instant::now())).is_err() {
                     break;
                 }
@@ -245,7 +286,13 @@ async fn main() {
         let mut lat = Vec::new();
         for i in 0..300 {
             let name = format!("w{i}");
-            request(&clients[0], "POST", &format!("/api/v1/namespaces/{ns}/pods"), pod_body(&ns, &name)).await;
+            request(
+                &clients[0],
+                "POST",
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                pod_body(&ns, &name),
+            )
+            .await;
             let acked = Instant::now();
             let (got, at) = rx.recv().await.unwrap();
             assert_eq!(got, name);
@@ -261,11 +308,24 @@ async fn main() {
     println!();
     println!("| figure | target | measured (median of {ROUNDS}) |");
     println!("| --- | --- | --- |");
-    println!("| pod creates, 32 clients, durable | >= 2,000/s | {create_rate:.0}/s ({:.2}x the bare store's {baseline:.0} writes/s) |", create_rate / baseline);
-    println!("| create latency p50 / p99 | p99 <= 20 ms | {:.2} ms / {:.2} ms |", median(p50s), median(p99s));
+    println!(
+        "| pod creates, 32 clients, durable | >= 2,000/s | {create_rate:.0}/s ({:.2}x the bare store's {baseline:.0} writes/s) |",
+        create_rate / baseline
+    );
+    println!(
+        "| create latency p50 / p99 | p99 <= 20 ms | {:.2} ms / {:.2} ms |",
+        median(p50s),
+        median(p99s)
+    );
     println!("| get one pod p99 | <= 2 ms | {:.2} ms |", median(get_p99));
-    println!("| list 1,000 pods p99 | <= 50 ms | {:.2} ms |", median(list_p99));
-    println!("| watch delivery p99 | <= 5 ms | {:.2} ms |", median(watch_p99));
+    println!(
+        "| list 1,000 pods p99 | <= 50 ms | {:.2} ms |",
+        median(list_p99)
+    );
+    println!(
+        "| watch delivery p99 | <= 5 ms | {:.2} ms |",
+        median(watch_p99)
+    );
     println!("| master RSS idle | <= 30 MB | {idle_rss:.1} MB |");
     println!("| master RSS, 10,000 pods stored | <= 150 MB | {full_rss:.1} MB |");
     drop(master);

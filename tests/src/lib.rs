@@ -46,7 +46,10 @@ impl TestMasterBuilder {
         let mut cfg = MasterConfig::new(dir.path());
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         if let Some(n) = self.retain_revisions {
-            cfg.store = SledStoreOptions { retain_revisions: n, ..Default::default() };
+            cfg.store = SledStoreOptions {
+                retain_revisions: n,
+                ..Default::default()
+            };
         }
         if let Some(d) = self.bookmark_interval {
             cfg.bookmark_interval = d;
@@ -58,7 +61,10 @@ impl TestMasterBuilder {
 
 impl TestMaster {
     pub fn builder() -> TestMasterBuilder {
-        TestMasterBuilder { retain_revisions: None, bookmark_interval: None }
+        TestMasterBuilder {
+            retain_revisions: None,
+            bookmark_interval: None,
+        }
     }
 
     pub async fn start() -> Self {
@@ -82,7 +88,10 @@ impl TestMaster {
     }
 
     pub fn kubectl(&self) -> Kubectl {
-        Kubectl { kubeconfig: self.kubeconfig().to_path_buf(), home: self.home.path().to_path_buf() }
+        Kubectl {
+            kubeconfig: self.kubeconfig().to_path_buf(),
+            home: self.home.path().to_path_buf(),
+        }
     }
 
     pub async fn shutdown(self) {
@@ -93,7 +102,9 @@ impl TestMaster {
 pub async fn kube_config(kubeconfig: &Path) -> kube::Config {
     init_crypto();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
-    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid")
+    kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig valid")
 }
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
@@ -125,7 +136,10 @@ impl Kubectl {
 
     /// Runs kubectl; the test fails if kubectl cannot be started at all.
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = self.command(args).output().expect("kubectl must be installed (it is on every machine of this project)");
+        let out: Output = self
+            .command(args)
+            .output()
+            .expect("kubectl must be installed (it is on every machine of this project)");
         Run {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -136,14 +150,25 @@ impl Kubectl {
     /// Runs kubectl and fails the test with its output unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert!(r.ok, "kubectl {} failed:\nstdout: {}\nstderr: {}", args.join(" "), r.stdout, r.stderr);
+        assert!(
+            r.ok,
+            "kubectl {} failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            r.stdout,
+            r.stderr
+        );
         r.stdout
     }
 
     /// Runs kubectl and fails the test unless it fails; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert!(!r.ok, "kubectl {} should have failed, printed: {}", args.join(" "), r.stdout);
+        assert!(
+            !r.ok,
+            "kubectl {} should have failed, printed: {}",
+            args.join(" "),
+            r.stdout
+        );
         r.stderr
     }
 
@@ -157,9 +182,19 @@ impl Kubectl {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl runs");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -170,10 +205,16 @@ pub fn tinykube_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test binary has no parent directory")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no parent directory")?;
     let bin = dir.join("tinykube");
     if !bin.exists() {
-        bail!("{} does not exist: build it first (`cargo build --bin tinykube`, which scripts/test does)", bin.display());
+        bail!(
+            "{} does not exist: build it first (`cargo build --bin tinykube`, which scripts/test does)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -198,7 +239,11 @@ impl MasterProcess {
             .stderr(log)
             .spawn()
             .context("start tinykube master")?;
-        let mut p = Self { child, addr, data_dir: data_dir.to_path_buf() };
+        let mut p = Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        };
         p.wait_ready(Duration::from_secs(20))?;
         Ok(p)
     }
@@ -238,7 +283,11 @@ impl Drop for MasterProcess {
 
 /// A free port on loopback (bound and released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns Some or the timeout passes.

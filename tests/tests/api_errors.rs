@@ -11,7 +11,13 @@ struct Reply {
     body: Value,
 }
 
-async fn send(client: &kube::Client, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+async fn send(
+    client: &kube::Client,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Reply {
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -22,7 +28,8 @@ async fn send(client: &kube::Client, method: Method, path: &str, content_type: &
     let resp = client.send(req).await.expect("the server answers");
     let code = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
     Reply { code, body }
 }
 
@@ -32,7 +39,10 @@ fn assert_status(r: &Reply, code: u16, reason: &str, message_part: &str) {
     assert_eq!(r.body["code"], code);
     assert_eq!(r.body["reason"], reason, "{}", r.body);
     let msg = r.body["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(message_part), "message {msg:?} lacks {message_part:?}");
+    assert!(
+        msg.contains(message_part),
+        "message {msg:?} lacks {message_part:?}"
+    );
 }
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -43,15 +53,36 @@ async fn malformed_and_mismatched_bodies_get_a_status() {
     let c = m.client().await;
     let json_ct = "application/json";
 
-    let r = send(&c, Method::POST, PODS, json_ct, b"{\"kind\": \"Pod\", ".to_vec()).await;
+    let r = send(
+        &c,
+        Method::POST,
+        PODS,
+        json_ct,
+        b"{\"kind\": \"Pod\", ".to_vec(),
+    )
+    .await;
     assert_status(&r, 400, "BadRequest", "json parse error");
-    let r = send(&c, Method::POST, PODS, "application/yaml", b"kind: [unclosed".to_vec()).await;
+    let r = send(
+        &c,
+        Method::POST,
+        PODS,
+        "application/yaml",
+        b"kind: [unclosed".to_vec(),
+    )
+    .await;
     assert_status(&r, 400, "BadRequest", "yaml parse error");
     let r = send(&c, Method::POST, PODS, json_ct, b"[1, 2]".to_vec()).await;
     assert_status(&r, 400, "BadRequest", "must be a JSON object");
     let r = send(&c, Method::POST, PODS, "text/plain", b"hello".to_vec()).await;
     assert_status(&r, 415, "UnsupportedMediaType", "text/plain");
-    let r = send(&c, Method::POST, PODS, "application/vnd.kubernetes.protobuf", b"k8s\0garbage".to_vec()).await;
+    let r = send(
+        &c,
+        Method::POST,
+        PODS,
+        "application/vnd.kubernetes.protobuf",
+        b"k8s\0garbage".to_vec(),
+    )
+    .await;
     assert_status(&r, 400, "BadRequest", "protobuf");
 
     // A Deployment sent to the pods URL.
@@ -64,15 +95,35 @@ async fn malformed_and_mismatched_bodies_get_a_status() {
     let r = send(&c, Method::POST, PODS, json_ct, p.to_string().into_bytes()).await;
     assert_status(&r, 400, "BadRequest", "cannot be handled as a Pod");
     let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "i", "colour": "red"}]}});
-    let r = send(&c, Method::POST, &format!("{PODS}?fieldValidation=Strict"), json_ct, p.to_string().into_bytes()).await;
-    assert_status(&r, 400, "BadRequest", "unknown field \"spec.containers[0].colour\"");
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("{PODS}?fieldValidation=Strict"),
+        json_ct,
+        p.to_string().into_bytes(),
+    )
+    .await;
+    assert_status(
+        &r,
+        400,
+        "BadRequest",
+        "unknown field \"spec.containers[0].colour\"",
+    );
 
     // Invalid names, with the field cause.
     let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
     let r = send(&c, Method::POST, PODS, json_ct, p.to_string().into_bytes()).await;
-    assert_status(&r, 422, "Invalid", "Pod \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\"");
+    assert_status(
+        &r,
+        422,
+        "Invalid",
+        "Pod \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\"",
+    );
     assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
-    assert_eq!(r.body["details"]["causes"][0]["reason"], "FieldValueInvalid");
+    assert_eq!(
+        r.body["details"]["causes"][0]["reason"],
+        "FieldValueInvalid"
+    );
 
     // Oversize bodies.
     let big = vec![b' '; 4 * 1024 * 1024];
@@ -82,21 +133,63 @@ async fn malformed_and_mismatched_bodies_get_a_status() {
     // Unknown resources, versions and groups.
     let r = send(&c, Method::GET, "/api/v1/widgets", json_ct, vec![]).await;
     assert_status(&r, 404, "NotFound", "could not find the requested resource");
-    let r = send(&c, Method::GET, "/apis/apps/v2/deployments", json_ct, vec![]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        "/apis/apps/v2/deployments",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_status(&r, 404, "NotFound", "could not find");
-    let r = send(&c, Method::GET, "/apis/nope.example.com/v1", json_ct, vec![]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        "/apis/nope.example.com/v1",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_status(&r, 404, "NotFound", "could not find");
     let r = send(&c, Method::PUT, PODS, json_ct, b"{}".to_vec()).await;
     assert_status(&r, 405, "MethodNotAllowed", "does not allow");
-    let r = send(&c, Method::PATCH, &format!("{PODS}/x"), "application/apply-patch+yaml", b"{}".to_vec()).await;
+    let r = send(
+        &c,
+        Method::PATCH,
+        &format!("{PODS}/x"),
+        "application/apply-patch+yaml",
+        b"{}".to_vec(),
+    )
+    .await;
     assert_status(&r, 415, "UnsupportedMediaType", "server-side apply");
-    let r = send(&c, Method::GET, "/api/v1/pods?labelSelector=a%20in%20(b", json_ct, vec![]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        "/api/v1/pods?labelSelector=a%20in%20(b",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_status(&r, 400, "BadRequest", "unable to parse requirement");
-    let r = send(&c, Method::GET, "/api/v1/pods?watch=true&resourceVersion=abc", json_ct, vec![]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        "/api/v1/pods?watch=true&resourceVersion=abc",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_status(&r, 400, "BadRequest", "invalid resource version");
 
     // Still healthy.
-    let r = send(&c, Method::GET, "/api/v1/namespaces/default", json_ct, vec![]).await;
+    let r = send(
+        &c,
+        Method::GET,
+        "/api/v1/namespaces/default",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_eq!(r.code, 200);
     m.shutdown().await;
 }
@@ -116,24 +209,94 @@ async fn tokens_are_required_and_nodes_are_confined() {
     let r = send(&wrong, Method::GET, "/api", json_ct, vec![]).await;
     assert_status(&r, 401, "Unauthorized", "Unauthorized");
     // Health is public, as in Kubernetes.
-    assert_eq!(send(&anonymous, Method::GET, "/healthz", json_ct, vec![]).await.code, 200);
+    assert_eq!(
+        send(&anonymous, Method::GET, "/healthz", json_ct, vec![])
+            .await
+            .code,
+        200
+    );
 
-    let node = m.client_with_token(&format!("node:worker1:{}", m.master.tokens.node)).await;
-    assert_eq!(send(&node, Method::GET, PODS, json_ct, vec![]).await.code, 200);
+    let node = m
+        .client_with_token(&format!("node:worker1:{}", m.master.tokens.node))
+        .await;
+    assert_eq!(
+        send(&node, Method::GET, PODS, json_ct, vec![]).await.code,
+        200
+    );
     let own = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker1"}});
-    assert_eq!(send(&node, Method::POST, "/api/v1/nodes", json_ct, own.to_string().into_bytes()).await.code, 201);
+    assert_eq!(
+        send(
+            &node,
+            Method::POST,
+            "/api/v1/nodes",
+            json_ct,
+            own.to_string().into_bytes()
+        )
+        .await
+        .code,
+        201
+    );
     let admin = m.client().await;
     let other = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker2"}});
-    assert_eq!(send(&admin, Method::POST, "/api/v1/nodes", json_ct, other.to_string().into_bytes()).await.code, 201);
+    assert_eq!(
+        send(
+            &admin,
+            Method::POST,
+            "/api/v1/nodes",
+            json_ct,
+            other.to_string().into_bytes()
+        )
+        .await
+        .code,
+        201
+    );
 
-    let r = send(&node, Method::DELETE, "/api/v1/nodes/worker2", json_ct, vec![]).await;
-    assert_status(&r, 403, "Forbidden", "User \"system:node:worker1\" cannot delete resource \"nodes\"");
+    let r = send(
+        &node,
+        Method::DELETE,
+        "/api/v1/nodes/worker2",
+        json_ct,
+        vec![],
+    )
+    .await;
+    assert_status(
+        &r,
+        403,
+        "Forbidden",
+        "User \"system:node:worker1\" cannot delete resource \"nodes\"",
+    );
     let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
-    let r = send(&node, Method::POST, "/apis/apps/v1/namespaces/default/deployments", json_ct, d.to_string().into_bytes()).await;
-    assert_status(&r, 403, "Forbidden", "cannot create resource \"deployments\"");
-    let r = send(&node, Method::GET, "/api/v1/namespaces/default/secrets", json_ct, vec![]).await;
+    let r = send(
+        &node,
+        Method::POST,
+        "/apis/apps/v1/namespaces/default/deployments",
+        json_ct,
+        d.to_string().into_bytes(),
+    )
+    .await;
+    assert_status(
+        &r,
+        403,
+        "Forbidden",
+        "cannot create resource \"deployments\"",
+    );
+    let r = send(
+        &node,
+        Method::GET,
+        "/api/v1/namespaces/default/secrets",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_status(&r, 403, "Forbidden", "secrets");
-    let r = send(&node, Method::DELETE, "/api/v1/nodes/worker1", json_ct, vec![]).await;
+    let r = send(
+        &node,
+        Method::DELETE,
+        "/api/v1/nodes/worker1",
+        json_ct,
+        vec![],
+    )
+    .await;
     assert_eq!(r.code, 200, "a node may remove itself");
     m.shutdown().await;
 }
@@ -142,8 +305,18 @@ async fn tokens_are_required_and_nodes_are_confined() {
 async fn files_written_by_the_master_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let m = TestMaster::start().await;
-    for f in ["kubeconfig.yaml", "node-token", "admin-token", "tls/ca.key", "tls/server.key"] {
-        let mode = std::fs::metadata(m.dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+    for f in [
+        "kubeconfig.yaml",
+        "node-token",
+        "admin-token",
+        "tls/ca.key",
+        "tls/server.key",
+    ] {
+        let mode = std::fs::metadata(m.dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f} must be readable by its owner only");
     }
     m.shutdown().await;

@@ -17,7 +17,12 @@ fn cm(name: &str) -> ConfigMap {
 }
 
 fn rv(o: &ConfigMap) -> u64 {
-    o.metadata.resource_version.as_deref().unwrap().parse().unwrap()
+    o.metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -28,7 +33,15 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut master = MasterProcess::start(&data, addr).expect("master starts");
     let client = client_for(&master.kubeconfig()).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let start_rv: u64 = cms.list(&Default::default()).await.unwrap().metadata.resource_version.unwrap().parse().unwrap();
+    let start_rv: u64 = cms
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // A watcher that remembers the last revision it saw, as a client would.
     let last_seen = Arc::new(Mutex::new(start_rv));
@@ -38,7 +51,12 @@ async fn acknowledged_writes_survive_kill_9() {
         let last_seen = last_seen.clone();
         let out_of_order = out_of_order.clone();
         tokio::spawn(async move {
-            let Ok(stream) = cms.watch(&WatchParams::default(), &start_rv.to_string()).await else { return };
+            let Ok(stream) = cms
+                .watch(&WatchParams::default(), &start_rv.to_string())
+                .await
+            else {
+                return;
+            };
             let mut stream = stream.boxed();
             while let Some(Ok(ev)) = stream.next().await {
                 if let WatchEvent::Added(o) = ev {
@@ -78,8 +96,15 @@ async fn acknowledged_writes_survive_kill_9() {
     watcher.abort();
     let acked = acked.lock().unwrap().clone();
     let resume_from = *last_seen.lock().unwrap();
-    assert!(out_of_order.lock().unwrap().is_empty(), "watch events arrive in revision order");
-    assert!(acked.len() > 50, "the load acknowledged only {} writes", acked.len());
+    assert!(
+        out_of_order.lock().unwrap().is_empty(),
+        "watch events arrive in revision order"
+    );
+    assert!(
+        acked.len() > 50,
+        "the load acknowledged only {} writes",
+        acked.len()
+    );
 
     let master = MasterProcess::start(&data, addr).expect("master restarts on the same data dir");
     let client = client_for(&master.kubeconfig()).await;
@@ -93,16 +118,37 @@ async fn acknowledged_writes_survive_kill_9() {
         .map(|o| (o.metadata.name.clone().unwrap(), rv(o)))
         .collect();
     for (name, r) in &acked {
-        assert_eq!(stored.get(name), Some(r), "acknowledged write {name} at revision {r} was lost");
+        assert_eq!(
+            stored.get(name),
+            Some(r),
+            "acknowledged write {name} at revision {r} was lost"
+        );
     }
     let max_acked = *acked.values().max().unwrap();
-    let after = cms.create(&PostParams::default(), &cm("after-restart")).await.unwrap();
-    assert!(rv(&after) > max_acked, "revisions continue after the restart");
+    let after = cms
+        .create(&PostParams::default(), &cm("after-restart"))
+        .await
+        .unwrap();
+    assert!(
+        rv(&after) > max_acked,
+        "revisions continue after the restart"
+    );
 
     // The watcher resumes from its last revision and gets every later write, in order.
-    let wanted: Vec<u64> = stored.values().copied().filter(|r| *r > resume_from).collect();
-    let stream = cms.watch(&WatchParams::default().timeout(10), &resume_from.to_string()).await.unwrap();
-    let events: Vec<WatchEvent<ConfigMap>> = stream.take(wanted.len() + 1).try_collect().await.unwrap();
+    let wanted: Vec<u64> = stored
+        .values()
+        .copied()
+        .filter(|r| *r > resume_from)
+        .collect();
+    let stream = cms
+        .watch(
+            &WatchParams::default().timeout(10),
+            &resume_from.to_string(),
+        )
+        .await
+        .unwrap();
+    let events: Vec<WatchEvent<ConfigMap>> =
+        stream.take(wanted.len() + 1).try_collect().await.unwrap();
     let got: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {

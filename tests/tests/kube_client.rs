@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::json;
 use tinykube_tests::TestMaster;
 
@@ -24,11 +26,22 @@ async fn typed_crud_selectors_and_paging() {
     let m = TestMaster::start().await;
     let pods: Api<Pod> = Api::namespaced(m.client().await, "default");
     for i in 0..25 {
-        pods.create(&PostParams::default(), &pod(&format!("p{i:02}"), if i % 2 == 0 { "even" } else { "odd" })).await.unwrap();
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("p{i:02}"), if i % 2 == 0 { "even" } else { "odd" }),
+        )
+        .await
+        .unwrap();
     }
-    let even = pods.list(&ListParams::default().labels("app=even")).await.unwrap();
+    let even = pods
+        .list(&ListParams::default().labels("app=even"))
+        .await
+        .unwrap();
     assert_eq!(even.items.len(), 13);
-    let named = pods.list(&ListParams::default().fields("metadata.name=p03")).await.unwrap();
+    let named = pods
+        .list(&ListParams::default().fields("metadata.name=p03"))
+        .await
+        .unwrap();
     assert_eq!(named.items.len(), 1);
 
     // limit/continue pages through everything exactly once.
@@ -53,28 +66,53 @@ async fn typed_crud_selectors_and_paging() {
 
     // Every patch type.
     let merge = Patch::Merge(json!({"metadata": {"labels": {"m": "1"}}}));
-    pods.patch("p00", &PatchParams::default(), &merge).await.unwrap();
-    let strategic = Patch::Strategic(json!({"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}));
-    let p = pods.patch("p00", &PatchParams::default(), &strategic).await.unwrap();
-    assert_eq!(p.spec.unwrap().containers[0].image.as_deref(), Some("busybox:2"));
-    let ops: json_patch_ops::Ops = serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels/j", "value": "1"}])).unwrap();
-    let p = pods.patch("p00", &PatchParams::default(), &Patch::Json::<()>(ops)).await.unwrap();
+    pods.patch("p00", &PatchParams::default(), &merge)
+        .await
+        .unwrap();
+    let strategic =
+        Patch::Strategic(json!({"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}));
+    let p = pods
+        .patch("p00", &PatchParams::default(), &strategic)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.spec.unwrap().containers[0].image.as_deref(),
+        Some("busybox:2")
+    );
+    let ops: json_patch_ops::Ops =
+        serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels/j", "value": "1"}]))
+            .unwrap();
+    let p = pods
+        .patch("p00", &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
     let labels = p.metadata.labels.unwrap();
     assert_eq!((labels["m"].as_str(), labels["j"].as_str()), ("1", "1"));
 
     // Optimistic concurrency: replacing from a stale read is a 409.
     let stale = pods.get("p01").await.unwrap();
     let mut first = stale.clone();
-    first.metadata.labels.get_or_insert_default().insert("w".into(), "1".into());
-    pods.replace("p01", &PostParams::default(), &first).await.unwrap();
-    let err = pods.replace("p01", &PostParams::default(), &stale).await.unwrap_err();
+    first
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("w".into(), "1".into());
+    pods.replace("p01", &PostParams::default(), &first)
+        .await
+        .unwrap();
+    let err = pods
+        .replace("p01", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
         other => panic!("expected a conflict, got {other}"),
     }
 
     let missing = pods.get("nope").await.unwrap_err();
-    assert!(matches!(missing, kube::Error::Api(s) if s.code == 404 && s.message == "pods \"nope\" not found"));
+    assert!(
+        matches!(missing, kube::Error::Api(s) if s.code == 404 && s.message == "pods \"nope\" not found")
+    );
     m.shutdown().await;
 }
 
@@ -96,8 +134,18 @@ async fn deployments_scale_and_services_allocate() {
     deploys.create(&PostParams::default(), &d).await.unwrap();
     let scale = deploys.get_scale("web").await.unwrap();
     assert_eq!(scale.spec.unwrap().replicas, Some(1));
-    deploys.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 6}}))).await.unwrap();
-    assert_eq!(deploys.get("web").await.unwrap().spec.unwrap().replicas, Some(6));
+    deploys
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 6}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        deploys.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(6)
+    );
 
     let services: Api<Service> = Api::namespaced(client, "default");
     let s: Service = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap();
@@ -111,12 +159,20 @@ async fn deployments_scale_and_services_allocate() {
 
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version_without_gaps() {
-    let m = TestMaster::builder().bookmark_interval(Duration::from_millis(200)).start().await;
+    let m = TestMaster::builder()
+        .bookmark_interval(Duration::from_millis(200))
+        .start()
+        .await;
     let pods: Api<Pod> = Api::namespaced(m.client().await, "default");
-    let first = pods.create(&PostParams::default(), &pod("a", "x")).await.unwrap();
+    let first = pods
+        .create(&PostParams::default(), &pod("a", "x"))
+        .await
+        .unwrap();
     let rv = first.metadata.resource_version.clone().unwrap();
     for name in ["b", "c"] {
-        pods.create(&PostParams::default(), &pod(name, "x")).await.unwrap();
+        pods.create(&PostParams::default(), &pod(name, "x"))
+            .await
+            .unwrap();
     }
     pods.delete("a", &DeleteParams::default()).await.unwrap();
 
@@ -131,10 +187,20 @@ async fn watch_resumes_from_a_resource_version_without_gaps() {
             other => (format!("{other:?}"), String::new()),
         })
         .collect();
-    assert_eq!(seen, [("ADDED".into(), "b".into()), ("ADDED".into(), "c".into()), ("DELETED".into(), "a".into())]);
+    assert_eq!(
+        seen,
+        [
+            ("ADDED".into(), "b".into()),
+            ("ADDED".into(), "c".into()),
+            ("DELETED".into(), "a".into())
+        ]
+    );
 
     // Bookmarks carry the current revision.
-    let stream = pods.watch(&WatchParams::default().timeout(5), "0").await.unwrap();
+    let stream = pods
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap();
     let bookmark = stream
         .try_filter(|e| futures::future::ready(matches!(e, WatchEvent::Bookmark(_))))
         .boxed()
@@ -145,11 +211,29 @@ async fn watch_resumes_from_a_resource_version_without_gaps() {
     assert!(matches!(bookmark, WatchEvent::Bookmark(b) if !b.metadata.resource_version.is_empty()));
 
     // A label-selected watch sees an object that stops matching as DELETED.
-    let now = pods.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let stream = pods.watch(&WatchParams::default().labels("app=x").timeout(5), &now).await.unwrap();
-    pods.patch("b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}}))).await.unwrap();
+    let now = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = pods
+        .watch(&WatchParams::default().labels("app=x").timeout(5), &now)
+        .await
+        .unwrap();
+    pods.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}})),
+    )
+    .await
+    .unwrap();
     let ev: Vec<WatchEvent<Pod>> = stream.take(1).try_collect().await.unwrap();
-    assert!(matches!(&ev[0], WatchEvent::Deleted(p) if p.metadata.name.as_deref() == Some("b")), "{ev:?}");
+    assert!(
+        matches!(&ev[0], WatchEvent::Deleted(p) if p.metadata.name.as_deref() == Some("b")),
+        "{ev:?}"
+    );
     m.shutdown().await;
 }
 
@@ -158,7 +242,9 @@ async fn compacted_resource_version_is_410_gone() {
     let m = TestMaster::builder().retain_revisions(20).start().await;
     let pods: Api<Pod> = Api::namespaced(m.client().await, "default");
     for i in 0..1100 {
-        pods.create(&PostParams::default(), &pod(&format!("p{i}"), "x")).await.unwrap();
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), "x"))
+            .await
+            .unwrap();
     }
     let err = match pods.watch(&WatchParams::default(), "5").await {
         Err(e) => e,
@@ -173,7 +259,9 @@ async fn compacted_resource_version_is_410_gone() {
     }
     // The watcher helper relists after a 410 and keeps going.
     let watcher = kube::runtime::watcher(pods.clone(), Default::default());
-    let first = tokio::time::timeout(Duration::from_secs(10), watcher.boxed().next()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), watcher.boxed().next())
+        .await
+        .unwrap();
     assert!(first.unwrap().is_ok());
     m.shutdown().await;
 }

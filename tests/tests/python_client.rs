@@ -10,7 +10,10 @@ async fn official_python_client_works() {
     let script = format!("{}/python/client_test.py", env!("CARGO_MANIFEST_DIR"));
     let kubeconfig = m.kubeconfig().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python).arg(&script).env("KUBECONFIG", &kubeconfig).output()
+        std::process::Command::new(&python)
+            .arg(&script)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
     })
     .await
     .unwrap()
@@ -22,7 +25,10 @@ async fn official_python_client_works() {
         "the Python client is not installed for {}: run scripts/test, which installs it",
         std::env::var("TINYKUBE_PYTHON").unwrap_or_else(|_| "python3".into())
     );
-    assert!(out.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all checks passed"));
     m.shutdown().await;
 }
