@@ -416,7 +416,7 @@ mod tests {
         let d = apps::Deployment {
             metadata: Some(meta::ObjectMeta {
                 name: Some("web".into()),
-                labels: Some(labels.clone()).unwrap_or_default(),
+                labels: labels.clone(),
                 ..Default::default()
             }),
             spec: Some(apps::DeploymentSpec {

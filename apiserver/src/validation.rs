@@ -314,6 +314,15 @@ pub fn replica_set(rs: &ReplicaSet, old: Option<&ReplicaSet>) -> Vec<FieldError>
     errs
 }
 
+/// An IANA service name, as a named port: at most 15 characters, lowercase letters,
+/// digits and single inner hyphens, at least one letter.
+fn is_port_name(name: &str) -> bool {
+    name.len() <= 15
+        && v::dns1123_label(name).is_empty()
+        && !name.contains("--")
+        && name.chars().any(|c| c.is_ascii_lowercase())
+}
+
 pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let Some(spec) = s.spec.as_ref() else {
@@ -364,21 +373,20 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
         }
         if !seen.insert((p.port, proto.to_string())) {
             errs.push(FieldError::duplicate(
-                format!("{path}"),
+                path.clone(),
                 format!("{}/{proto}", p.port),
             ));
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) => port(format!("{path}.targetPort"), *t, &mut errs),
-            Some(IntOrString::String(name)) => {
-                if v::dns1123_label(name).len() > 0 || name.len() > 15 {
-                    errs.push(FieldError::invalid(
-                        format!("{path}.targetPort"),
-                        name,
-                        "must contain at least one letter (a-z), at most 15 characters, lowercase alphanumerics and '-'",
-                    ));
-                }
+            Some(IntOrString::String(name)) if !is_port_name(name) => {
+                errs.push(FieldError::invalid(
+                    format!("{path}.targetPort"),
+                    name,
+                    "must contain at least one letter (a-z), at most 15 characters, lowercase alphanumerics and '-'",
+                ));
             }
+            Some(IntOrString::String(_)) => {}
             None => {}
         }
         if let Some(np) = p.node_port {

@@ -181,8 +181,8 @@ async fn main() {
     // A namespace with exactly 1,000 pods, for the list figure.
     let per = 1000 / 8;
     let mut tasks = Vec::new();
-    for c in 0..8 {
-        let client = clients[c].clone();
+    for (c, client) in clients.iter().take(8).enumerate() {
+        let client = client.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
                 request(

@@ -467,14 +467,13 @@ impl Writer {
         }
         let upto = rev - self.retain;
         let mut batch = sled::Batch::default();
-        for entry in self
+        for k in self
             .tree
             .range(log_key(compacted)..log_key(upto + 1))
             .keys()
+            .flatten()
         {
-            if let Ok(k) = entry {
-                batch.remove(k);
-            }
+            batch.remove(k);
         }
         batch.insert(META_COMPACTED, &upto.to_be_bytes());
         // Publish the new floor first, so no watch starts reading entries being removed.
