@@ -251,31 +251,39 @@ impl Allocator {
     }
 
     fn pick_ip(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        // Like Kubernetes, keep the lowest addresses for fixed ones (10.96.0.1, .10).
-        let reserved = [KUBERNETES_SERVICE_IP, CLUSTER_DNS_IP];
-        let low = 16;
+        // Kubernetes keeps the lowest addresses for fixed ones (10.96.0.1, 10.96.0.10):
+        // a band of min(max(16, size/16), 256) that dynamic allocation tries last.
+        let low = (self.size / 16).clamp(16, 256);
         let span = self.size - low - 1;
         let mut rng = rand::rng();
         for _ in 0..64 {
             let ip = Ipv4Addr::from(self.base + low + rng.random_range(0..span));
-            if !used.contains(&ip) && !reserved.contains(&ip.to_string().as_str()) {
+            if !used.contains(&ip) {
                 return Some(ip);
             }
         }
+        let reserved = [KUBERNETES_SERVICE_IP, CLUSTER_DNS_IP];
         (1..self.size - 1)
             .map(|o| Ipv4Addr::from(self.base + o))
-            .find(|ip| !used.contains(ip))
+            .find(|ip| !used.contains(ip) && !reserved.contains(&ip.to_string().as_str()))
     }
 
+    /// Like Kubernetes (KEP-3668), dynamic NodePorts come from above a static band of
+    /// min(max(16, size/32), 128) ports, so fixed ports such as 30080 rarely collide.
     fn pick_port(&self, used: &HashSet<u16>) -> Option<u16> {
+        let size = u32::from(NODE_PORT_MAX - NODE_PORT_MIN) + 1;
+        let band = (size / 32).clamp(16, 128) as u16;
+        let dynamic = NODE_PORT_MIN + band..=NODE_PORT_MAX;
         let mut rng = rand::rng();
         for _ in 0..64 {
-            let p = rng.random_range(NODE_PORT_MIN..=NODE_PORT_MAX);
+            let p = rng.random_range(dynamic.clone());
             if !used.contains(&p) {
                 return Some(p);
             }
         }
-        (NODE_PORT_MIN..=NODE_PORT_MAX).find(|p| !used.contains(p))
+        dynamic
+            .chain(NODE_PORT_MIN..NODE_PORT_MIN + band)
+            .find(|p| !used.contains(p))
     }
 }
 
@@ -329,6 +337,22 @@ mod tests {
         let mut cluster_ip = svc("ClusterIP", None);
         a.assign(&mut cluster_ip, Some(&s)).unwrap();
         assert!(cluster_ip["spec"]["ports"][0].get("nodePort").is_none());
+    }
+
+    #[test]
+    fn dynamic_allocation_avoids_the_static_bands() {
+        let a = Allocator::default();
+        for _ in 0..200 {
+            let mut s = svc("NodePort", None);
+            a.assign(&mut s, None).unwrap();
+            let port = s["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+            assert!(port >= 30086, "{port} is in the static band");
+            let ip: Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+            assert!(
+                u32::from(ip) >= u32::from(Ipv4Addr::new(10, 96, 1, 0)),
+                "{ip} is in the static band"
+            );
+        }
     }
 
     #[test]

@@ -265,3 +265,107 @@ async fn compacted_resource_version_is_410_gone() {
     assert!(first.unwrap().is_ok());
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn pods_bind_once_and_delete_gracefully() {
+    let m = TestMaster::start().await;
+    let pods: Api<Pod> = Api::namespaced(m.client().await, "default");
+    pods.create(&PostParams::default(), &pod("web", "x"))
+        .await
+        .unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web"},
+                         "target": {"kind": "Node", "name": "worker1"}});
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "web", &PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let bound = pods.get("web").await.unwrap();
+    assert_eq!(
+        bound.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("worker1")
+    );
+    let scheduled = bound.status.unwrap().conditions.unwrap();
+    assert!(
+        scheduled
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+    );
+    let again = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "web",
+            &PostParams::default(),
+            &binding,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(kube::Error::Api(s)) if s.code == 409 && s.message.contains("already assigned"))
+    );
+
+    // A pod on a node is only marked; the node confirms with grace 0.
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    let marked = pods.get("web").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert!(pods.get_opt("web").await.unwrap().is_none());
+
+    // An unscheduled pod goes at once; eviction deletes too.
+    pods.create(&PostParams::default(), &pod("loose", "x"))
+        .await
+        .unwrap();
+    pods.delete("loose", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(pods.get_opt("loose").await.unwrap().is_none());
+    pods.create(&PostParams::default(), &pod("evicted", "x"))
+        .await
+        .unwrap();
+    pods.evict("evicted", &Default::default()).await.unwrap();
+    assert!(pods.get_opt("evicted").await.unwrap().is_none());
+
+    // Finalizers hold an object until they are removed.
+    let mut held = pod("held", "x");
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    pods.create(&PostParams::default(), &held).await.unwrap();
+    pods.delete("held", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pods.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    pods.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(pods.get_opt("held").await.unwrap().is_none());
+
+    // deletecollection by label.
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &pod(&format!("batch{i}"), "batch"))
+            .await
+            .unwrap();
+    }
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=batch"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.list(&ListParams::default().labels("app=batch"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    m.shutdown().await;
+}

@@ -381,6 +381,7 @@ async fn label_selectors_and_optimistic_concurrency() {
 async fn kubectl_watch_prints_new_objects() {
     let m = TestMaster::start().await;
     let k = m.kubectl();
+    k.ok(&["create", "deployment", "first", "--image=nginx"]);
     let mut child = k
         .command(&["get", "deployments", "--watch"])
         .stdout(Stdio::piped())
@@ -396,12 +397,24 @@ async fn kubectl_watch_prints_new_objects() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The watch is running once the existing deployment has been printed.
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !seen.iter().any(|l: &String| l.starts_with("first"))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.starts_with("first")),
+        "the watch printed the existing deployment: {seen:?}"
+    );
     k.ok(&["create", "deployment", "watched", "--image=nginx"]);
     k.ok(&["scale", "deployment", "watched", "--replicas=4"]);
     let start = Instant::now();
-    let mut seen = Vec::new();
-    while start.elapsed() < Duration::from_secs(15) {
+    while start.elapsed() < Duration::from_secs(20) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             seen.push(line);
             if seen
