@@ -193,6 +193,18 @@ impl Ctx {
         serde_json::from_str(&text).context("the server sent a body that is not JSON")
     }
 
+    pub async fn merge_patch(&self, url: &str, patch: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(patch)?;
+        self.send(
+            "PATCH",
+            url,
+            Some("application/merge-patch+json"),
+            None,
+            body,
+        )
+        .await
+    }
+
     pub async fn get_json(&self, url: &str) -> Result<Value> {
         self.send("GET", url, None, None, Vec::new()).await
     }

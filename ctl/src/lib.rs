@@ -227,17 +227,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             let (res, names) = type_and_names(&mut ctx, &args).await?;
             for name in names {
                 let url = format!("{}/scale", res.url(Some(&ctx.namespace), Some(&name)));
-                let body = json!({"spec": {"replicas": replicas}})
-                    .to_string()
-                    .into_bytes();
-                ctx.send(
-                    "PATCH",
-                    &url,
-                    Some("application/merge-patch+json"),
-                    None,
-                    body,
-                )
-                .await?;
+                ctx.merge_patch(&url, &json!({"spec": {"replicas": replicas}}))
+                    .await?;
                 println!("{}/{name} scaled", res.type_name());
             }
             Ok(())
@@ -270,17 +261,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                     patch.insert(k.into(), json!(v));
                 }
             }
-            let body = json!({"metadata": {"labels": patch}})
-                .to_string()
-                .into_bytes();
-            ctx.send(
-                "PATCH",
-                &url,
-                Some("application/merge-patch+json"),
-                None,
-                body,
-            )
-            .await?;
+            ctx.merge_patch(&url, &json!({"metadata": {"labels": patch}}))
+                .await?;
             println!("{}/{name} labeled", res.type_name());
             Ok(())
         }
@@ -704,18 +686,10 @@ async fn apply(ctx: &mut Ctx, mut obj: Value) -> Result<String> {
         .unwrap_or(json!({}));
     let mut patch = obj.clone();
     add_deletions(&last, &mut patch);
-    let before = current.clone();
-    let body = serde_json::to_vec(&patch)?;
     let after = ctx
-        .send(
-            "PATCH",
-            &format!("{url}?fieldValidation=Strict"),
-            Some("application/merge-patch+json"),
-            None,
-            body,
-        )
+        .merge_patch(&format!("{url}?fieldValidation=Strict"), &patch)
         .await?;
-    let changed = before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"];
+    let changed = current["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"];
     Ok(format!(
         "{}/{name} {}",
         res.type_name(),
