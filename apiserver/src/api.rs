@@ -22,6 +22,8 @@ pub struct Api {
     pub alloc: Allocator,
     /// Namespaces being deleted, for the cleanup task (`run_namespace_cleanup`).
     pub namespace_cleanup: tokio::sync::mpsc::UnboundedSender<String>,
+    /// `tolerationSeconds` of the not-ready/unreachable tolerations every pod gets.
+    pub default_toleration_seconds: i64,
 }
 
 /// The namespace controller's work: delete everything in a terminating namespace, then
@@ -349,6 +351,9 @@ impl Api {
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
         strategy::prepare_create(res, &mut body, ns)?;
+        if res.kind == "Pod" {
+            strategy::add_default_tolerations(&mut body, self.default_toleration_seconds);
+        }
         let admitted = strategy::admit(res, body, None, opts.validation)?;
         let mut obj = admitted.object;
         let name = name_of(&obj).to_string();

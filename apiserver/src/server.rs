@@ -55,6 +55,8 @@ pub struct MasterConfig {
     pub advertise: Option<IpAddr>,
     pub bookmark_interval: Duration,
     pub store: SledStoreOptions,
+    /// How long pods tolerate a not-ready or unreachable node (DefaultTolerationSeconds).
+    pub default_toleration_seconds: i64,
 }
 
 impl MasterConfig {
@@ -65,6 +67,7 @@ impl MasterConfig {
             advertise: None,
             bookmark_interval: Duration::from_secs(30),
             store: SledStoreOptions::default(),
+            default_toleration_seconds: 300,
         }
     }
 }
@@ -145,6 +148,7 @@ impl Master {
             store,
             alloc: Allocator::default(),
             namespace_cleanup: cleanup_tx,
+            default_toleration_seconds: cfg.default_toleration_seconds,
         });
         restore_allocations(&api)?;
         bootstrap(&api, advertise, addr.port()).await?;
@@ -182,6 +186,11 @@ impl Master {
 
     /// Runs until SIGINT or SIGTERM.
     pub async fn run_until_signal(self) {
+        self.run_until_signal_then(|| {}).await;
+    }
+
+    /// Runs until SIGINT or SIGTERM, calls `before_stop`, then shuts down.
+    pub async fn run_until_signal_then(self, before_stop: impl FnOnce()) {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -189,6 +198,7 @@ impl Master {
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
         }
         tracing::info!("shutting down");
+        before_stop();
         self.shutdown().await;
     }
 }

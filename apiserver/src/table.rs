@@ -239,10 +239,12 @@ fn node_cells(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         .cloned()
         .unwrap_or_default();
     let ready = conditions.iter().find(|c| c["type"] == "Ready");
+    // As Kubernetes prints it: a Ready condition that is not True (False or Unknown)
+    // is "NotReady"; no Ready condition at all is "Unknown".
     let mut status = match ready.map(|c| s(&c["status"])) {
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if o["spec"]["unschedulable"] == true {
         status.push_str(",SchedulingDisabled");

@@ -18,6 +18,10 @@ pub fn init_crypto() {
 /// A master running inside the test process, with its own data dir.
 pub struct TestMaster {
     pub master: Master,
+    control_plane: Option<(
+        tokio_util::sync::CancellationToken,
+        Vec<tokio::task::JoinHandle<()>>,
+    )>,
     pub dir: tempfile::TempDir,
     /// A HOME for kubectl, so its discovery cache stays per test.
     pub home: tempfile::TempDir,
@@ -26,11 +30,34 @@ pub struct TestMaster {
 pub struct TestMasterBuilder {
     retain_revisions: Option<u64>,
     bookmark_interval: Option<Duration>,
+    control_plane: Option<tinykube_controllers::Config>,
+    toleration_seconds: Option<i64>,
+    data_dir: Option<tempfile::TempDir>,
+    listen: Option<SocketAddr>,
 }
 
 impl TestMasterBuilder {
     pub fn retain_revisions(mut self, n: u64) -> Self {
         self.retain_revisions = Some(n);
+        self
+    }
+
+    /// Also run the controllers (with this config) and the scheduler, as `tinykube master` does.
+    pub fn control_plane(mut self, config: tinykube_controllers::Config) -> Self {
+        self.control_plane = Some(config);
+        self
+    }
+
+    /// Reuse a data dir (a restart) and a fixed address.
+    pub fn reuse(mut self, dir: tempfile::TempDir, listen: SocketAddr) -> Self {
+        self.data_dir = Some(dir);
+        self.listen = Some(listen);
+        self
+    }
+
+    /// The DefaultTolerationSeconds for not-ready/unreachable nodes.
+    pub fn toleration_seconds(mut self, s: i64) -> Self {
+        self.toleration_seconds = Some(s);
         self
     }
 
@@ -41,10 +68,14 @@ impl TestMasterBuilder {
 
     pub async fn start(self) -> TestMaster {
         init_crypto();
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = self
+            .data_dir
+            .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         let home = tempfile::tempdir().expect("temp home");
         let mut cfg = MasterConfig::new(dir.path());
-        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.listen = self
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         if let Some(n) = self.retain_revisions {
             cfg.store = SledStoreOptions {
                 retain_revisions: n,
@@ -54,8 +85,32 @@ impl TestMasterBuilder {
         if let Some(d) = self.bookmark_interval {
             cfg.bookmark_interval = d;
         }
+        if let Some(s) = self.toleration_seconds {
+            cfg.default_toleration_seconds = s;
+        }
         let master = Master::start(cfg).await.expect("master starts");
-        TestMaster { master, dir, home }
+        let control_plane = match self.control_plane {
+            Some(config) => {
+                let client = client_for(&master.kubeconfig).await;
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let tasks = vec![
+                    tokio::spawn(tinykube_controllers::run(
+                        client.clone(),
+                        config,
+                        cancel.clone(),
+                    )),
+                    tokio::spawn(tinykube_scheduler::run(client, cancel.clone())),
+                ];
+                Some((cancel, tasks))
+            }
+            None => None,
+        };
+        TestMaster {
+            master,
+            control_plane,
+            dir,
+            home,
+        }
     }
 }
 
@@ -64,6 +119,10 @@ impl TestMaster {
         TestMasterBuilder {
             retain_revisions: None,
             bookmark_interval: None,
+            control_plane: None,
+            toleration_seconds: None,
+            data_dir: None,
+            listen: None,
         }
     }
 
@@ -94,8 +153,43 @@ impl TestMaster {
         }
     }
 
-    pub async fn shutdown(self) {
+    /// Stops the master and hands back its data dir and address, for a restart.
+    pub async fn stop_keeping_data(self) -> (tempfile::TempDir, SocketAddr) {
+        let addr = self.master.addr;
+        if let Some((cancel, tasks)) = self.control_plane {
+            cancel.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
         self.master.shutdown().await;
+        (self.dir, addr)
+    }
+
+    pub async fn shutdown(self) {
+        if let Some((cancel, tasks)) = self.control_plane {
+            cancel.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        self.master.shutdown().await;
+    }
+
+    /// Hollow nodes registered against this master.
+    pub async fn hollow_nodes(
+        &self,
+        names: &[&str],
+        heartbeat: Duration,
+    ) -> tinykube_kubelet::hollow::HollowNodes {
+        let config = tinykube_kubelet::hollow::HollowConfig {
+            heartbeat,
+            ..Default::default()
+        };
+        let names = names.iter().map(|n| n.to_string()).collect();
+        tinykube_kubelet::hollow::HollowNodes::start(self.client().await, names, config)
+            .await
+            .expect("hollow nodes register")
     }
 }
 

@@ -1,0 +1,207 @@
+//! The garbage collector: dependents whose owners are gone are deleted (background);
+//! owners marked `foregroundDeletion` wait for their dependents; owners marked
+//! `orphan` let go of theirs. Owners and dependents come from the watch caches; an
+//! owner missing from the cache is confirmed gone with a GET before anything is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::Informers;
+use crate::owner::{name, namespace};
+
+/// One object as the collector sees it.
+struct Node {
+    kind: &'static str,
+    meta: ObjectMeta,
+}
+
+fn api_resource(kind: &str) -> ApiResource {
+    let gvk = match kind {
+        "Deployment" => GroupVersionKind::gvk("apps", "v1", "Deployment"),
+        "ReplicaSet" => GroupVersionKind::gvk("apps", "v1", "ReplicaSet"),
+        "Pod" => GroupVersionKind::gvk("", "v1", "Pod"),
+        "Service" => GroupVersionKind::gvk("", "v1", "Service"),
+        "Endpoints" => GroupVersionKind::gvk("", "v1", "Endpoints"),
+        _ => GroupVersionKind::gvk("discovery.k8s.io", "v1", "EndpointSlice"),
+    };
+    let mut ar = ApiResource::from_gvk(&gvk);
+    if kind == "Endpoints" {
+        ar.plural = "endpoints".into();
+    }
+    ar
+}
+
+fn api(client: &kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &api_resource(kind))
+}
+
+pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: CancellationToken) {
+    let triggers = futures::stream::select_all([
+        inf.deployments.subscribe().map(|_| ()).boxed(),
+        inf.replicasets.subscribe().map(|_| ()).boxed(),
+        inf.pods.subscribe().map(|_| ()).boxed(),
+        inf.services.subscribe().map(|_| ()).boxed(),
+    ]);
+    let mut triggers = triggers.ready_chunks(4096);
+    let mut resync = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            t = triggers.next() => if t.is_none() { return },
+            _ = resync.tick() => {}
+        }
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = pass(&client, &inf).await {
+            tracing::debug!(error = %e, "garbage collection pass failed");
+        }
+    }
+}
+
+fn snapshot(inf: &Informers) -> Vec<Node> {
+    let mut all = Vec::new();
+    all.extend(inf.deployments.store.state().iter().map(|o| Node {
+        kind: "Deployment",
+        meta: o.metadata.clone(),
+    }));
+    all.extend(inf.replicasets.store.state().iter().map(|o| Node {
+        kind: "ReplicaSet",
+        meta: o.metadata.clone(),
+    }));
+    all.extend(inf.pods.store.state().iter().map(|o| Node {
+        kind: "Pod",
+        meta: o.metadata.clone(),
+    }));
+    all.extend(inf.services.store.state().iter().map(|o| Node {
+        kind: "Service",
+        meta: o.metadata.clone(),
+    }));
+    all.extend(inf.endpoints.store.state().iter().map(|o| Node {
+        kind: "Endpoints",
+        meta: o.metadata.clone(),
+    }));
+    all.extend(inf.slices.store.state().iter().map(|o| Node {
+        kind: "EndpointSlice",
+        meta: o.metadata.clone(),
+    }));
+    all
+}
+
+async fn owner_exists(
+    client: &kube::Client,
+    ns: &str,
+    r: &OwnerReference,
+) -> Result<bool, kube::Error> {
+    match api(client, &r.kind, ns).get_opt(&r.name).await? {
+        Some(o) => Ok(o.metadata.uid.as_deref() == Some(r.uid.as_str())),
+        None => Ok(false),
+    }
+}
+
+async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error> {
+    let all = snapshot(inf);
+    let live: HashMap<&str, &Node> = all
+        .iter()
+        .filter_map(|n| Some((n.meta.uid.as_deref()?, n)))
+        .collect();
+    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
+    for n in &all {
+        for r in n.meta.owner_references.iter().flatten() {
+            dependents.entry(r.uid.as_str()).or_default().push(n);
+        }
+    }
+
+    // Dependents of vanished owners.
+    let mut confirmed_gone: HashSet<String> = HashSet::new();
+    for n in &all {
+        let refs = n.meta.owner_references.as_deref().unwrap_or_default();
+        if refs.is_empty() || n.meta.deletion_timestamp.is_some() {
+            continue;
+        }
+        let mut all_gone = true;
+        for r in refs {
+            if live.contains_key(r.uid.as_str()) {
+                all_gone = false;
+                break;
+            }
+            if !confirmed_gone.contains(&r.uid) {
+                if owner_exists(client, namespace(&n.meta), r).await? {
+                    all_gone = false;
+                    break;
+                }
+                confirmed_gone.insert(r.uid.clone());
+            }
+        }
+        if all_gone {
+            let _ = api(client, n.kind, namespace(&n.meta))
+                .delete(name(&n.meta), &DeleteParams::background())
+                .await;
+        }
+    }
+
+    // Owners being deleted with a propagation finalizer.
+    for n in &all {
+        if n.meta.deletion_timestamp.is_none() {
+            continue;
+        }
+        let finalizers = n.meta.finalizers.clone().unwrap_or_default();
+        let uid = n.meta.uid.clone().unwrap_or_default();
+        let deps = dependents.get(uid.as_str()).cloned().unwrap_or_default();
+        let ns = namespace(&n.meta);
+        if finalizers.iter().any(|f| f == "orphan") {
+            for d in &deps {
+                let refs: Vec<&OwnerReference> = d
+                    .meta
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.uid != uid)
+                    .collect();
+                let patch = json!({"metadata": {"ownerReferences": refs}});
+                let _ = api(client, d.kind, ns)
+                    .patch(name(&d.meta), &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            }
+            remove_finalizer(client, n, "orphan").await?;
+        } else if finalizers.iter().any(|f| f == "foregroundDeletion") {
+            let waiting: Vec<&&Node> = deps
+                .iter()
+                .filter(|d| d.meta.deletion_timestamp.is_none())
+                .collect();
+            for d in &waiting {
+                let _ = api(client, d.kind, ns)
+                    .delete(name(&d.meta), &DeleteParams::foreground())
+                    .await;
+            }
+            if deps.is_empty() {
+                remove_finalizer(client, n, "foregroundDeletion").await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn remove_finalizer(client: &kube::Client, n: &Node, f: &str) -> Result<(), kube::Error> {
+    let left: Vec<String> = n
+        .meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|x| *x != f)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": left, "resourceVersion": n.meta.resource_version}});
+    let r = api(client, n.kind, namespace(&n.meta))
+        .patch(name(&n.meta), &PatchParams::default(), &Patch::Merge(patch))
+        .await;
+    crate::owner::tolerate(r, &[404, 409])
+}

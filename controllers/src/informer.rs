@@ -1,0 +1,72 @@
+//! One watch per resource type, shared by every controller that needs it: a reflector
+//! cache (kube-runtime's `Store`) plus a broadcast of every change, deletions included,
+//! to feed `Controller::for_shared_stream` and friends.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+
+pub struct Informer<K: Resource + 'static>
+where
+    K::DynamicType: Hash + Eq + Clone,
+{
+    pub store: Store<K>,
+    changes: broadcast::Sender<Arc<K>>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
+{
+    /// Starts watching `api` until `cancel` fires.
+    pub fn start(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
+        let (store, mut writer) = reflector::store();
+        let (changes, _) = broadcast::channel(8192);
+        let tx = changes.clone();
+        tokio::spawn(async move {
+            let mut events = watcher::watcher(api, config).default_backoff().boxed();
+            loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = events.next() => ev,
+                };
+                match ev {
+                    None => return,
+                    Some(Err(e)) => tracing::debug!(error = %e, "watch restarting"),
+                    Some(Ok(ev)) => {
+                        writer.apply_watcher_event(&ev);
+                        match ev {
+                            Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => {
+                                let _ = tx.send(Arc::new(o));
+                            }
+                            Event::Init | Event::InitDone => {}
+                        }
+                    }
+                }
+            }
+        });
+        Arc::new(Self { store, changes })
+    }
+
+    /// Every later change (applied or deleted object). A subscriber that falls behind
+    /// skips what it missed; controllers also resync periodically.
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        BroadcastStream::new(self.changes.subscribe())
+            .filter_map(|r| futures::future::ready(r.ok()))
+    }
+
+    pub async fn ready(&self) {
+        let _ = self.store.wait_until_ready().await;
+    }
+}
