@@ -67,10 +67,12 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
 }
 
 /// A Service port resolved against one pod: (name, port, protocol).
-fn resolve_port(
-    p: &k8s_openapi::api::core::v1::ServicePort,
-    pod: &Pod,
-) -> Option<(String, i32, String)> {
+type ResolvedPort = (String, i32, String);
+/// Ready and not-ready addresses of the pods that share one set of resolved ports.
+type Subset = (Vec<Value>, Vec<Value>);
+
+/// A Service port resolved against one pod.
+fn resolve_port(p: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<ResolvedPort> {
     let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
     let port = match p.target_port.as_ref() {
         None => p.port,
@@ -142,10 +144,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     });
 
     // Endpoints: pods grouped by their resolved port sets.
-    let mut subsets: BTreeMap<Vec<(String, i32, String)>, (Vec<Value>, Vec<Value>)> =
-        BTreeMap::new();
+    let mut subsets: BTreeMap<Vec<ResolvedPort>, Subset> = BTreeMap::new();
     let mut slice_endpoints = Vec::new();
-    let mut slice_ports: Option<Vec<(String, i32, String)>> = None;
+    let mut slice_ports: Option<Vec<ResolvedPort>> = None;
     for pod in &pods {
         let ports: Vec<_> = spec
             .ports
@@ -174,7 +175,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             "conditions": {"ready": ready, "serving": ready, "terminating": false},
         }));
     }
-    let port_json = |ports: &[(String, i32, String)]| -> Vec<Value> {
+    let port_json = |ports: &[ResolvedPort]| -> Vec<Value> {
         ports
             .iter()
             .map(|(n, p, proto)| {

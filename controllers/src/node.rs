@@ -354,9 +354,21 @@ mod tests {
             serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [tol]}})).unwrap()
         };
         let later = |s: i64| jiff::Timestamp::from_second(added.as_second() + s).unwrap();
-        assert!(!must_evict(&pod(Some(300)), &[taint.clone()], later(299)));
-        assert!(must_evict(&pod(Some(300)), &[taint.clone()], later(300)));
-        assert!(!must_evict(&pod(None), &[taint.clone()], later(10_000)));
+        assert!(!must_evict(
+            &pod(Some(300)),
+            std::slice::from_ref(&taint),
+            later(299)
+        ));
+        assert!(must_evict(
+            &pod(Some(300)),
+            std::slice::from_ref(&taint),
+            later(300)
+        ));
+        assert!(!must_evict(
+            &pod(None),
+            std::slice::from_ref(&taint),
+            later(10_000)
+        ));
         let bare: Pod =
             serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
                 .unwrap();
