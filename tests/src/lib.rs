@@ -323,11 +323,17 @@ pub struct MasterProcess {
 impl MasterProcess {
     /// Starts `tinykube master` on `addr` with `data_dir` and waits until it answers.
     pub fn start(data_dir: &Path, addr: SocketAddr) -> Result<Self> {
+        Self::start_with(data_dir, addr, &[])
+    }
+
+    /// The same, with extra `tinykube master` flags.
+    pub fn start_with(data_dir: &Path, addr: SocketAddr, extra: &[&str]) -> Result<Self> {
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         let child = Command::new(tinykube_bin()?)
             .args(["master", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &addr.to_string(), "--no-kubelet"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
