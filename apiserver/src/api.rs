@@ -372,16 +372,22 @@ impl Api {
                 warnings: admitted.warnings,
             });
         }
-        let result = self
-            .write(
-                res,
-                &name,
-                WriteOp::Create {
-                    key: res.key(ns, &name),
-                    object: obj,
-                },
-            )
-            .await;
+        // A generated name that is taken is generated again (Kubernetes retries too):
+        // five random characters collide now and then across thousands of pods.
+        let prefix = obj["metadata"]["generateName"].as_str().filter(|p| !p.is_empty() && name.starts_with(p)).map(str::to_string);
+        let mut name = name;
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let op = WriteOp::Create { key: res.key(ns, &name), object: obj.clone() };
+            match self.write(res, &name, op).await {
+                Err(ApiError::AlreadyExists { .. }) if prefix.is_some() && attempts < 8 => {
+                    name = strategy::generate_name(prefix.as_deref().unwrap_or_default());
+                    obj["metadata"]["name"] = json!(name);
+                }
+                other => break other,
+            }
+        };
         if result.is_err() {
             self.alloc.release(&held);
         }
@@ -846,7 +852,33 @@ impl Api {
         })
     }
 
-    /// PUT or PATCH of `scale`: `new_scale` is the resulting Scale object.
+    /// PUT or PATCH of `scale`: `make` turns the current Scale into the wanted one.
+    /// Retried when the object moved underneath, unless the new Scale names a
+    /// resourceVersion (then that is a precondition).
+    pub async fn update_scale(
+        &self,
+        res: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        make: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let current = self.get(res, Some(ns), name)?;
+            let mut wanted = make(&self.scale_of(res, &current.object))?;
+            let pinned = wanted["metadata"]["resourceVersion"].as_str().is_some_and(|r| r != current.rev.to_string());
+            if !pinned && let Some(m) = wanted["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            match self.write_scale(res, ns, name, &wanted, &current).await {
+                Err(ApiError::Conflict { .. }) if !pinned && attempts < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes `new_scale`'s replicas into the object (precondition: `current`).
     pub async fn write_scale(
         &self,
         res: &ResourceInfo,

@@ -389,10 +389,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let obj = decode_object(&parts.headers, &bytes)?;
             let name = name.expect("item");
             if sub == Some("scale") {
-                let current = api.get(res, ns, name)?;
-                let scale = api
-                    .write_scale(res, ns.expect("namespaced"), name, &obj, &current)
-                    .await?;
+                let scale = api.update_scale(res, ns.expect("namespaced"), name, |_| Ok(obj.clone())).await?;
                 return Ok(respond(StatusCode::OK, &scale, output, &[]));
             }
             let w = api.update(res, ns, name, sub, obj, write_opts()?).await?;
@@ -413,11 +410,8 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let bytes = read_body(body).await?;
             let name = name.expect("item");
             if sub == Some("scale") {
-                let current = api.get(res, ns, name)?;
-                let scale = api.scale_of(res, &current.object);
-                let patched = crate::patch::apply(kind, &scale, &bytes, "Scale")?;
                 let out = api
-                    .write_scale(res, ns.expect("namespaced"), name, &patched, &current)
+                    .update_scale(res, ns.expect("namespaced"), name, |scale| crate::patch::apply(kind, scale, &bytes, "Scale"))
                     .await?;
                 return Ok(respond(StatusCode::OK, &out, output, &[]));
             }
