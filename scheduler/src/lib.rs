@@ -224,14 +224,10 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) {
         .await
     {
         Ok(_) => {
-            event(
-                client,
-                pod,
-                "Normal",
-                "Scheduled",
-                &format!("Successfully assigned {ns}/{name} to {node}"),
-            )
-            .await
+            // The event is a record, not part of the binding: it does not hold a bind slot.
+            let (client, pod) = (client.clone(), pod.clone());
+            let msg = format!("Successfully assigned {ns}/{name} to {node}");
+            tokio::spawn(async move { event(&client, &pod, "Normal", "Scheduled", &msg).await });
         }
         Err(e) => tracing::debug!(pod = name, error = %e, "binding failed"),
     }
