@@ -374,12 +374,18 @@ impl Api {
         }
         // A generated name that is taken is generated again (Kubernetes retries too):
         // five random characters collide now and then across thousands of pods.
-        let prefix = obj["metadata"]["generateName"].as_str().filter(|p| !p.is_empty() && name.starts_with(p)).map(str::to_string);
+        let prefix = obj["metadata"]["generateName"]
+            .as_str()
+            .filter(|p| !p.is_empty() && name.starts_with(p))
+            .map(str::to_string);
         let mut name = name;
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            let op = WriteOp::Create { key: res.key(ns, &name), object: obj.clone() };
+            let op = WriteOp::Create {
+                key: res.key(ns, &name),
+                object: obj.clone(),
+            };
             match self.write(res, &name, op).await {
                 Err(ApiError::AlreadyExists { .. }) if prefix.is_some() && attempts < 8 => {
                     name = strategy::generate_name(prefix.as_deref().unwrap_or_default());
@@ -867,7 +873,9 @@ impl Api {
             attempts += 1;
             let current = self.get(res, Some(ns), name)?;
             let mut wanted = make(&self.scale_of(res, &current.object))?;
-            let pinned = wanted["metadata"]["resourceVersion"].as_str().is_some_and(|r| r != current.rev.to_string());
+            let pinned = wanted["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|r| r != current.rev.to_string());
             if !pinned && let Some(m) = wanted["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }

@@ -389,7 +389,9 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let obj = decode_object(&parts.headers, &bytes)?;
             let name = name.expect("item");
             if sub == Some("scale") {
-                let scale = api.update_scale(res, ns.expect("namespaced"), name, |_| Ok(obj.clone())).await?;
+                let scale = api
+                    .update_scale(res, ns.expect("namespaced"), name, |_| Ok(obj.clone()))
+                    .await?;
                 return Ok(respond(StatusCode::OK, &scale, output, &[]));
             }
             let w = api.update(res, ns, name, sub, obj, write_opts()?).await?;
@@ -411,7 +413,9 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let name = name.expect("item");
             if sub == Some("scale") {
                 let out = api
-                    .update_scale(res, ns.expect("namespaced"), name, |scale| crate::patch::apply(kind, scale, &bytes, "Scale"))
+                    .update_scale(res, ns.expect("namespaced"), name, |scale| {
+                        crate::patch::apply(kind, scale, &bytes, "Scale")
+                    })
                     .await?;
                 return Ok(respond(StatusCode::OK, &out, output, &[]));
             }

@@ -27,15 +27,23 @@ fn vm(pid: u32, field: &str) -> f64 {
 
 async fn hollow(client: &kube::Client, n: usize) -> HollowNodes {
     let names = (1..=n).map(|i| format!("hollow{i:03}")).collect();
-    let config = HollowConfig { heartbeat: Duration::from_secs(10), cpu: "32".into(), memory: "64Gi".into(), max_pods: 250 };
-    HollowNodes::start(client.clone(), names, config).await.unwrap()
+    let config = HollowConfig {
+        heartbeat: Duration::from_secs(10),
+        cpu: "32".into(),
+        memory: "64Gi".into(),
+        max_pods: 250,
+    };
+    HollowNodes::start(client.clone(), names, config)
+        .await
+        .unwrap()
 }
 
 fn start_master(extra: &[&str]) -> (tempfile::TempDir, MasterProcess) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("master");
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let master = MasterProcess::start_with(&data, addr, extra).expect("release master starts (run bench/control-plane)");
+    let master = MasterProcess::start_with(&data, addr, extra)
+        .expect("release master starts (run bench/control-plane)");
     (dir, master)
 }
 
@@ -54,8 +62,18 @@ async fn scheduler_throughput() -> (f64, f64) {
         .buffer_unordered(32)
         .for_each(|_| futures::future::ready(()))
         .await;
-    let rv = pods.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
-    let mut stream = pods.watch(&WatchParams::default().timeout(300), &rv).await.unwrap().boxed();
+    let rv = pods
+        .list(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = pods
+        .watch(&WatchParams::default().timeout(300), &rv)
+        .await
+        .unwrap()
+        .boxed();
     let cancel = tokio_util::sync::CancellationToken::new();
     let start = Instant::now();
     let sched = tokio::spawn(tinykube_scheduler::run(client.clone(), cancel.clone()));
@@ -63,7 +81,9 @@ async fn scheduler_throughput() -> (f64, f64) {
     let mut first: Option<Instant> = None;
     while bound.len() < 10_000 {
         match stream.next().await {
-            Some(Ok(WatchEvent::Modified(p))) if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() => {
+            Some(Ok(WatchEvent::Modified(p)))
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() =>
+            {
                 first.get_or_insert_with(Instant::now);
                 bound.insert(p.metadata.name.unwrap());
             }
@@ -90,13 +110,24 @@ async fn end_to_end() -> (f64, f64, f64, f64) {
         "spec": {"replicas": 1000, "selector": {"matchLabels": {"app": "big"}},
                  "template": {"metadata": {"labels": {"app": "big"}}, "spec": {"containers": [{"name": "c", "image": "toolbox"}]}}}})).unwrap();
     let start = Instant::now();
-    deployments.create(&PostParams::default(), &d).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
     loop {
-        let s = deployments.get("big").await.unwrap().status.unwrap_or_default();
+        let s = deployments
+            .get("big")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
         if s.ready_replicas == Some(1000) && s.available_replicas == Some(1000) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "1,000 replicas not ready in 10 minutes");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "1,000 replicas not ready in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ready_secs = start.elapsed().as_secs_f64();
@@ -106,15 +137,33 @@ async fn end_to_end() -> (f64, f64, f64, f64) {
     let small: Deployment = serde_json::from_value(json!({"metadata": {"name": "small"},
         "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "small"}},
                  "template": {"metadata": {"labels": {"app": "small"}}, "spec": {"containers": [{"name": "c", "image": "toolbox"}]}}}})).unwrap();
-    deployments.create(&PostParams::default(), &small).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &small)
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let bound = |n: usize| {
         let pods = pods.clone();
         async move {
             loop {
-                let l = pods.list(&ListParams::default().labels("app=small")).await.unwrap().items;
-                let b = l.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && p.spec.as_ref().unwrap().node_name.is_some()).count();
-                if b == n && l.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count() == n {
+                let l = pods
+                    .list(&ListParams::default().labels("app=small"))
+                    .await
+                    .unwrap()
+                    .items;
+                let b = l
+                    .iter()
+                    .filter(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && p.spec.as_ref().unwrap().node_name.is_some()
+                    })
+                    .count();
+                if b == n
+                    && l.iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .count()
+                        == n
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -124,20 +173,49 @@ async fn end_to_end() -> (f64, f64, f64, f64) {
     bound(6).await;
     let mut lat = Vec::new();
     for _ in 0..50 {
-        let rv = pods.list(&ListParams::default().labels("app=small")).await.unwrap().metadata.resource_version.unwrap();
-        let mut stream = pods.watch(&WatchParams::default().labels("app=small").timeout(60), &rv).await.unwrap().boxed();
+        let rv = pods
+            .list(&ListParams::default().labels("app=small"))
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut stream = pods
+            .watch(&WatchParams::default().labels("app=small").timeout(60), &rv)
+            .await
+            .unwrap()
+            .boxed();
         let t = Instant::now();
-        deployments.patch_scale("small", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}}))).await.unwrap();
+        deployments
+            .patch_scale(
+                "small",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 7}})),
+            )
+            .await
+            .unwrap();
         loop {
             match stream.next().await {
-                Some(Ok(WatchEvent::Modified(p))) if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
-                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending") => break,
+                Some(Ok(WatchEvent::Modified(p)))
+                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref())
+                            == Some("Pending") =>
+                {
+                    break;
+                }
                 Some(Ok(_)) => {}
                 other => panic!("watch ended: {other:?}"),
             }
         }
         lat.push(t.elapsed());
-        deployments.patch_scale("small", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 6}}))).await.unwrap();
+        deployments
+            .patch_scale(
+                "small",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 6}})),
+            )
+            .await
+            .unwrap();
         bound(6).await;
     }
     lat.sort();
@@ -152,12 +230,20 @@ async fn end_to_end() -> (f64, f64, f64, f64) {
 async fn main() {
     tinykube_tests::init_crypto();
     let (rate, total) = scheduler_throughput().await;
-    println!("scheduler: {rate:.0} pods/s bound ({total:.1} s for 10,000 including the scheduler's start)");
+    println!(
+        "scheduler: {rate:.0} pods/s bound ({total:.1} s for 10,000 including the scheduler's start)"
+    );
     let (ready, peak, p50, p99) = end_to_end().await;
     println!();
     println!("| figure | target | measured |");
     println!("| --- | --- | --- |");
-    println!("| scheduler throughput, 100 hollow nodes, 10,000 pending pods | >= 1,000 pods/s | {rate:.0} pods/s ({total:.1} s in all, start-up included) |");
-    println!("| 1,000-replica deployment on 100 hollow nodes to 1000/1000 Ready | report | {ready:.1} s, master peak RSS {peak:.0} MB |");
-    println!("| scale 6 -> 7 to the new pod bound, 50 tries | p99 <= 100 ms | p50 {p50:.1} ms, p99 {p99:.1} ms |");
+    println!(
+        "| scheduler throughput, 100 hollow nodes, 10,000 pending pods | >= 1,000 pods/s | {rate:.0} pods/s ({total:.1} s in all, start-up included) |"
+    );
+    println!(
+        "| 1,000-replica deployment on 100 hollow nodes to 1000/1000 Ready | report | {ready:.1} s, master peak RSS {peak:.0} MB |"
+    );
+    println!(
+        "| scale 6 -> 7 to the new pod bound, 50 tries | p99 <= 100 ms | p50 {p50:.1} ms, p99 {p99:.1} ms |"
+    );
 }
