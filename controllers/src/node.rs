@@ -297,19 +297,9 @@ pub fn must_evict(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> bool {
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
     taints.iter().any(|t| {
-        let tol = tolerations.iter().find(|tol| {
-            let key_ok = tol
-                .key
-                .as_deref()
-                .is_none_or(|k| k.is_empty() || k == t.key);
-            let effect_ok = tol
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == t.effect);
-            let value_ok = tol.operator.as_deref() == Some("Exists")
-                || tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("");
-            key_ok && effect_ok && value_ok
-        });
+        let tol = tolerations
+            .iter()
+            .find(|tol| tinykube_api::taint::tolerates(tol, t));
         match tol {
             None => true,
             Some(tol) => match (tol.toleration_seconds, t.time_added.as_ref()) {

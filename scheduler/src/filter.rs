@@ -132,19 +132,7 @@ fn tolerates(p: &Pod, t: &Taint) -> bool {
     p.spec
         .iter()
         .flat_map(|s| s.tolerations.iter().flatten())
-        .any(|tol| {
-            let key_ok = tol
-                .key
-                .as_deref()
-                .is_none_or(|k| k.is_empty() || k == t.key);
-            let effect_ok = tol
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == t.effect);
-            let value_ok = tol.operator.as_deref() == Some("Exists")
-                || tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("");
-            key_ok && effect_ok && value_ok
-        })
+        .any(|tol| tinykube_api::taint::tolerates(tol, t))
 }
 
 fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
