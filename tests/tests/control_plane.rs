@@ -529,3 +529,103 @@ async fn master_restart_mid_rollout() {
     nodes.stop().await;
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recreate_foreground_and_named_ports() {
+    let (m, nodes, k) = lab().await;
+    let client = m.client().await;
+    let manifest = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: batch\nspec:\n  replicas: 3\n  strategy:\n    type: Recreate\n  selector:\n    matchLabels: {{app: batch}}\n  template:\n    metadata:\n      labels: {{app: batch}}\n    spec:\n      containers:\n      - name: c\n        image: {image}\n        ports:\n        - {{name: http, containerPort: 8080}}\n"
+        )
+    };
+    k.ok_stdin(&["apply", "-f", "-"], &manifest("app:1"));
+    k.ok(&["rollout", "status", "deployment/batch", "--timeout=30s"]);
+
+    // Recreate: old pods are all gone before any new one is created.
+    let overlap = Arc::new(AtomicI32::new(0));
+    let watcher = {
+        let (client, overlap) = (client.clone(), overlap.clone());
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            loop {
+                let images: std::collections::BTreeSet<String> = pods
+                    .list(&ListParams::default().labels("app=batch"))
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .map(|p| {
+                        p.spec.as_ref().unwrap().containers[0]
+                            .image
+                            .clone()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if images.len() > 1 {
+                    overlap.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    k.ok_stdin(&["apply", "-f", "-"], &manifest("app:2"));
+    k.ok(&["rollout", "status", "deployment/batch", "--timeout=60s"]);
+    watcher.abort();
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "old and new pods never coexist under Recreate"
+    );
+
+    // A named targetPort resolves to each pod's container port.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: batch\nspec:\n  selector: {app: batch}\n  ports:\n  - {port: 80, targetPort: http}\n";
+    k.ok_stdin(&["apply", "-f", "-"], svc);
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let resolved = eventually(WAIT, async || {
+        let e = eps.get_opt("batch").await.unwrap()?;
+        let s = e.subsets?.into_iter().next()?;
+        (s.addresses.as_ref().map_or(0, Vec::len) == 3 && s.ports.as_ref()?[0].port == 8080)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        resolved.is_some(),
+        "{}",
+        k.ok(&["get", "endpoints", "batch", "-o", "yaml"])
+    );
+
+    // Foreground: the deployment waits for its dependents, then goes.
+    k.ok(&[
+        "delete",
+        "deployment",
+        "batch",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let gone = eventually(WAIT, async || {
+        let d = deployments.get_opt("batch").await.unwrap();
+        let left = pods
+            .list(&ListParams::default().labels("app=batch"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        // While the deployment exists its pods may remain; once it is gone, so are they.
+        if d.is_some() {
+            assert!(d.unwrap().metadata.deletion_timestamp.is_some());
+            return None;
+        }
+        Some(left)
+    })
+    .await;
+    assert_eq!(
+        gone,
+        Some(0),
+        "the deployment is removed only after its pods"
+    );
+    nodes.stop().await;
+    m.shutdown().await;
+}
