@@ -614,8 +614,8 @@ async fn recreate_foreground_and_named_ports() {
             .items
             .len();
         // While the deployment exists its pods may remain; once it is gone, so are they.
-        if d.is_some() {
-            assert!(d.unwrap().metadata.deletion_timestamp.is_some());
+        if let Some(d) = d {
+            assert!(d.metadata.deletion_timestamp.is_some());
             return None;
         }
         Some(left)
