@@ -600,6 +600,7 @@ fn serve_watch(
         let mut last = from;
         loop {
             tokio::select! {
+                _ = tx.closed() => return,
                 ev = rx.recv() => {
                     let line = match ev {
                         None => return,

@@ -225,7 +225,12 @@ impl Store for SledStore {
                 return;
             }
             loop {
-                match live.recv().await {
+                // A watcher that went away ends its task now, not at the next event.
+                let next = tokio::select! {
+                    r = live.recv() => r,
+                    _ = tx.closed() => return,
+                };
+                match next {
                     Ok(ev) => {
                         if ev.rev <= last {
                             continue;
@@ -586,6 +591,22 @@ mod tests {
         assert_eq!((first.rev, first.kind), (1, EventType::Added));
         let second = rx.recv().await.unwrap().unwrap();
         assert_eq!((second.rev, second.kind), (3, EventType::Deleted));
+    }
+
+    #[tokio::test]
+    async fn watch_tasks_end_when_the_client_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
+        let rx = store.watch("p/", 0).unwrap();
+        assert_eq!(store.events.receiver_count(), 1);
+        drop(rx);
+        for _ in 0..100 {
+            if store.events.receiver_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the watch task outlived its client");
     }
 
     #[tokio::test]
