@@ -140,6 +140,13 @@ async fn schedule_pending(
     state
         .assumed
         .retain(|k, (_, at, _)| !bound.contains(k) && at.elapsed() < Duration::from_secs(30));
+    // Forget unschedulable pods that were bound or deleted since.
+    let waiting: HashSet<String> = all_pods
+        .iter()
+        .filter(|p| wants_us(p))
+        .map(|p| pod_key(p))
+        .collect();
+    state.unschedulable.retain(|k, _| waiting.contains(k));
     let mut pending: Vec<Arc<Pod>> = all_pods
         .iter()
         .filter(|p| wants_us(p) && !state.assumed.contains_key(&pod_key(p)))
