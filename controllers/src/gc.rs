@@ -51,7 +51,7 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
         inf.services.subscribe().map(|_| ()).boxed(),
     ]);
     let mut triggers = triggers.ready_chunks(4096);
-    let mut resync = tokio::time::interval(Duration::from_secs(30));
+    let mut resync = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -189,19 +189,35 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
     Ok(())
 }
 
+/// Removes finalizer `f`, as a compare-and-swap on the resourceVersion; when the cached
+/// copy is stale, the object is read again and the swap retried.
 async fn remove_finalizer(client: &kube::Client, n: &Node, f: &str) -> Result<(), kube::Error> {
-    let left: Vec<String> = n
-        .meta
-        .finalizers
-        .iter()
-        .flatten()
-        .filter(|x| *x != f)
-        .cloned()
-        .collect();
-    let patch =
-        json!({"metadata": {"finalizers": left, "resourceVersion": n.meta.resource_version}});
-    let r = api(client, n.kind, namespace(&n.meta))
-        .patch(name(&n.meta), &PatchParams::default(), &Patch::Merge(patch))
-        .await;
-    crate::owner::tolerate(r, &[404, 409])
+    let api = api(client, n.kind, namespace(&n.meta));
+    let mut meta = n.meta.clone();
+    for _ in 0..5 {
+        let left: Vec<String> = meta
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|x| *x != f)
+            .cloned()
+            .collect();
+        let patch =
+            json!({"metadata": {"finalizers": left, "resourceVersion": meta.resource_version}});
+        match api
+            .patch(name(&n.meta), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => match crate::owner::api_code(&e) {
+                Some(404) => return Ok(()),
+                Some(409) => match api.get_opt(name(&n.meta)).await? {
+                    Some(fresh) if fresh.metadata.uid == n.meta.uid => meta = fresh.metadata,
+                    _ => return Ok(()),
+                },
+                _ => return Err(e),
+            },
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
 use kube::api::{Api, ListParams};
 use tinykube_tests::{Kubectl, TestMaster, eventually};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn fast() -> tinykube_controllers::Config {
     tinykube_controllers::Config {
