@@ -78,6 +78,26 @@ async fn wait_placement(client: &kube::Client, app: &str, total: usize) -> BTree
     got.unwrap_or_else(|| panic!("{app} never reached {total} running pods"))
 }
 
+/// Lists the pods matching `selector` every 20 ms, handing each list to `f`, until aborted.
+fn sample(
+    client: &kube::Client,
+    selector: &str,
+    f: impl Fn(&[Pod]) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let selector = selector.to_string();
+    tokio::spawn(async move {
+        loop {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .unwrap();
+            f(&list.items);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 async fn endpoint_count(client: &kube::Client, svc: &str) -> usize {
     let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
     eps.get_opt(svc)
@@ -193,30 +213,19 @@ async fn rolling_update_keeps_availability_and_undo_goes_back() {
     // Watch availability through the rollout: maxUnavailable 25% of 6 is 1.
     let lowest = Arc::new(AtomicI32::new(i32::MAX));
     let watcher = {
-        let (client, lowest) = (client.clone(), lowest.clone());
-        tokio::spawn(async move {
-            let pods: Api<Pod> = Api::namespaced(client, "default");
-            loop {
-                let list = pods
-                    .list(&ListParams::default().labels("app=web"))
-                    .await
-                    .unwrap();
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .filter(|p| {
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
-                    })
-                    .count() as i32;
-                lowest.fetch_min(ready, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let lowest = lowest.clone();
+        sample(&client, "app=web", move |pods| {
+            let ready = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count() as i32;
+            lowest.fetch_min(ready, Ordering::SeqCst);
         })
     };
     k.ok(&["set", "image", "deployment/web", "nginx=nginx:2"]);
@@ -545,27 +554,19 @@ async fn recreate_foreground_and_named_ports() {
     // Recreate: old pods are all gone before any new one is created.
     let overlap = Arc::new(AtomicI32::new(0));
     let watcher = {
-        let (client, overlap) = (client.clone(), overlap.clone());
-        tokio::spawn(async move {
-            let pods: Api<Pod> = Api::namespaced(client, "default");
-            loop {
-                let images: std::collections::BTreeSet<String> = pods
-                    .list(&ListParams::default().labels("app=batch"))
-                    .await
-                    .unwrap()
-                    .items
-                    .iter()
-                    .map(|p| {
-                        p.spec.as_ref().unwrap().containers[0]
-                            .image
-                            .clone()
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                if images.len() > 1 {
-                    overlap.fetch_add(1, Ordering::SeqCst);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let overlap = overlap.clone();
+        sample(&client, "app=batch", move |pods| {
+            let images: std::collections::BTreeSet<String> = pods
+                .iter()
+                .map(|p| {
+                    p.spec.as_ref().unwrap().containers[0]
+                        .image
+                        .clone()
+                        .unwrap_or_default()
+                })
+                .collect();
+            if images.len() > 1 {
+                overlap.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
