@@ -1,1 +1,4 @@
-//! placeholder
+//! The pod network: network namespaces now; bridge, veth, pod IPAM and the overlay
+//! backends come with the node agent.
+
+pub mod netns;
