@@ -838,7 +838,7 @@ impl Api {
     }
 
     /// The `scale` subresource view of a deployment or replica set.
-    pub fn scale_of(&self, res: &ResourceInfo, obj: &Value) -> Value {
+    pub fn scale_of(obj: &Value) -> Value {
         let selector = Selector::from_label_selector(
             serde_json::from_value(obj["spec"]["selector"].clone())
                 .ok()
@@ -847,7 +847,6 @@ impl Api {
         .map(|s| s.to_string())
         .unwrap_or_default();
         let meta = &obj["metadata"];
-        let _ = res;
         json!({
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
@@ -872,7 +871,7 @@ impl Api {
         loop {
             attempts += 1;
             let current = self.get(res, Some(ns), name)?;
-            let mut wanted = make(&self.scale_of(res, &current.object))?;
+            let mut wanted = make(&Self::scale_of(&current.object))?;
             let pinned = wanted["metadata"]["resourceVersion"]
                 .as_str()
                 .is_some_and(|r| r != current.rev.to_string());
@@ -926,7 +925,7 @@ impl Api {
             expect_rev: Some(current.rev),
         };
         let written = self.write(res, name, op).await?;
-        Ok(self.scale_of(res, &written))
+        Ok(Self::scale_of(&written))
     }
 }
 

@@ -340,7 +340,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         "get" => {
             let stored = api.get(res, ns, name.expect("item"))?;
             let body = if sub == Some("scale") {
-                api.scale_of(res, &stored.object)
+                Api::scale_of(&stored.object)
             } else {
                 stored.object
             };

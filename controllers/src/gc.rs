@@ -67,32 +67,29 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
 }
 
 fn snapshot(inf: &Informers) -> Vec<Node> {
-    let mut all = Vec::new();
-    all.extend(inf.deployments.store.state().iter().map(|o| Node {
-        kind: "Deployment",
-        meta: o.metadata.clone(),
-    }));
-    all.extend(inf.replicasets.store.state().iter().map(|o| Node {
-        kind: "ReplicaSet",
-        meta: o.metadata.clone(),
-    }));
-    all.extend(inf.pods.store.state().iter().map(|o| Node {
-        kind: "Pod",
-        meta: o.metadata.clone(),
-    }));
-    all.extend(inf.services.store.state().iter().map(|o| Node {
-        kind: "Service",
-        meta: o.metadata.clone(),
-    }));
-    all.extend(inf.endpoints.store.state().iter().map(|o| Node {
-        kind: "Endpoints",
-        meta: o.metadata.clone(),
-    }));
-    all.extend(inf.slices.store.state().iter().map(|o| Node {
-        kind: "EndpointSlice",
-        meta: o.metadata.clone(),
-    }));
-    all
+    fn of<K>(kind: &'static str, informer: &crate::Informer<K>) -> impl Iterator<Item = Node>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
+    {
+        informer.store.state().into_iter().map(move |o| Node {
+            kind,
+            meta: o.meta().clone(),
+        })
+    }
+    of("Deployment", &inf.deployments)
+        .chain(of("ReplicaSet", &inf.replicasets))
+        .chain(of("Pod", &inf.pods))
+        .chain(of("Service", &inf.services))
+        .chain(of("Endpoints", &inf.endpoints))
+        .chain(of("EndpointSlice", &inf.slices))
+        .collect()
 }
 
 async fn owner_exists(

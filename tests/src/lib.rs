@@ -267,7 +267,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl with `input` on standard input.
-    pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
         use std::io::Write;
         let mut child = self
             .command(args)
@@ -283,13 +283,18 @@ impl Kubectl {
             .write_all(input.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs kubectl with `input` on standard input; it must succeed.
+    pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        let r = self.run_stdin(args, input);
+        assert!(r.ok, "kubectl {} failed: {}", args.join(" "), r.stderr);
+        r.stdout
     }
 }
 

@@ -347,22 +347,9 @@ async fn label_selectors_and_optimistic_concurrency() {
     k.ok_stdin(&["replace", "-f", "-"], &a.to_string());
     let mut b: serde_json::Value = serde_json::from_str(&stale).unwrap();
     b["metadata"]["labels"]["writer"] = "b".into();
-    let out = k
-        .command(&["replace", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = out;
-    use std::io::Write;
-    out.stdin
-        .take()
-        .unwrap()
-        .write_all(b.to_string().as_bytes())
-        .unwrap();
-    let res = out.wait_with_output().unwrap();
-    assert!(!res.status.success());
-    let err = String::from_utf8_lossy(&res.stderr);
+    let res = k.run_stdin(&["replace", "-f", "-"], &b.to_string());
+    assert!(!res.ok);
+    let err = res.stderr;
     assert!(err.contains("the object has been modified"), "{err}");
     assert_eq!(
         k.ok(&[
