@@ -1,4 +1,9 @@
-//! The pod network: network namespaces now; bridge, veth, pod IPAM and the overlay
-//! backends come with the node agent.
+//! The pod network: network namespaces, pod IPAM, the bridge and veth wiring of pods;
+//! the overlay backends come next.
 
+pub mod cidr;
+pub mod ipam;
+pub mod link;
 pub mod netns;
+
+pub use cidr::Ipv4Cidr;

@@ -1,0 +1,300 @@
+//! Same-node pod networking through rtnetlink: the `cni0` bridge holding the podCIDR's
+//! gateway, and per pod a veth pair with `eth0` inside the pod's namespace (what the
+//! bridge CNI plugin does for flannel).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::cidr::Ipv4Cidr;
+use crate::netns::{NetNs, NetnsError};
+
+const ENODEV: i32 = -libc::ENODEV;
+const EEXIST: i32 = -libc::EEXIST;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("failed to {what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("failed to open a netlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("failed to set {key}")]
+    Sysctl {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+    let what = what.into();
+    move |source| LinkError::Netlink { what, source }
+}
+
+fn code(e: &rtnetlink::Error) -> i32 {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.raw_code(),
+        _ => 0,
+    }
+}
+
+/// A netlink handle for the namespace the calling thread is in.
+pub fn connect() -> Result<Handle, LinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A netlink handle bound to `ns` (the socket is opened by a thread inside it; the
+/// connection then runs on the caller's runtime).
+pub fn connect_in(ns: &NetNs) -> Result<Handle, LinkError> {
+    let rt = tokio::runtime::Handle::current();
+    let (conn, handle, _) = ns
+        .run(move || {
+            let _in_runtime = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(LinkError::Socket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// The index of link `name`, or None if there is no such link.
+pub async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l.map(|l| l.header.index)),
+        Err(e) if code(&e) == ENODEV => Ok(None),
+        Err(e) => Err(nl(format!("look up link {name}"))(e)),
+    }
+}
+
+/// Deletes link `name` if it exists.
+pub async fn delete_link(h: &Handle, name: &str) -> Result<(), LinkError> {
+    if let Some(i) = link_index(h, name).await? {
+        match h.link().del(i).execute().await {
+            Ok(()) => {}
+            Err(e) if code(&e) == ENODEV => {}
+            Err(e) => return Err(nl(format!("delete link {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn set_up(h: &Handle, index: u32, what: &str) -> Result<(), LinkError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("bring {what} up")))
+}
+
+/// Adds `ip/prefix` to link `index`; an address already there is fine.
+pub async fn add_address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LinkError> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if code(&e) == EEXIST => Ok(()),
+        Err(e) => Err(nl(format!("add address {ip}/{prefix}"))(e)),
+    }
+}
+
+/// Makes sure bridge `name` exists, is up and holds `addr/prefix`; returns its index.
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<u32, LinkError> {
+    let index = match link_index(h, name).await? {
+        Some(i) => i,
+        None => {
+            match h.link().add(LinkBridge::new(name).build()).execute().await {
+                Ok(()) => {}
+                Err(e) if code(&e) == EEXIST => {}
+                Err(e) => return Err(nl(format!("create bridge {name}"))(e)),
+            }
+            link_index(h, name).await?.ok_or_else(|| {
+                LinkError::Socket(std::io::Error::other(format!("bridge {name} vanished")))
+            })?
+        }
+    };
+    add_address(h, index, addr, prefix).await?;
+    set_up(h, index, name).await?;
+    Ok(index)
+}
+
+/// Writes a sysctl of the calling process's network namespace.
+pub fn sysctl(key: &str, value: &str) -> Result<(), LinkError> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|source| LinkError::Sysctl {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// The node side of the pod network: the bridge and the wiring of each pod.
+#[derive(Clone)]
+pub struct Bridge {
+    handle: Handle,
+    name: String,
+    index: u32,
+    cidr: Ipv4Cidr,
+}
+
+impl Bridge {
+    /// Sets up `name` with the gateway of `cidr` in the calling process's namespace, and
+    /// turns on forwarding and bridge netfilter (so Services see same-node traffic).
+    pub async fn setup(name: &str, cidr: Ipv4Cidr) -> Result<Self, LinkError> {
+        let handle = connect()?;
+        let index = ensure_bridge(&handle, name, cidr.gateway(), cidr.prefix()).await?;
+        sysctl("net.ipv4.ip_forward", "1")?;
+        // Present once br_netfilter is loaded (it is on these machines); without it
+        // same-node Service traffic would skip iptables, so say so rather than fail.
+        if let Err(e) = sysctl("net.bridge.bridge-nf-call-iptables", "1") {
+            tracing::warn!(
+                "{e}: same-node traffic to Services may bypass iptables (is br_netfilter loaded?)"
+            );
+        }
+        Ok(Self {
+            handle,
+            name: name.to_string(),
+            index,
+            cidr,
+        })
+    }
+
+    pub fn cidr(&self) -> Ipv4Cidr {
+        self.cidr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Wires pod namespace `ns`: a veth pair `host_if` (on the bridge) and `eth0`
+    /// (inside, with `ip` and a default route via the gateway). Idempotent: an old
+    /// `host_if` is replaced.
+    pub async fn attach(&self, ns: &NetNs, host_if: &str, ip: Ipv4Addr) -> Result<(), LinkError> {
+        let h = &self.handle;
+        delete_link(h, host_if).await?;
+        let peer = format!("{host_if}p");
+        delete_link(h, &peer).await?;
+        h.link()
+            .add(LinkVeth::new(host_if, &peer).build())
+            .execute()
+            .await
+            .map_err(nl(format!("create veth {host_if}")))?;
+        let peer_index = link_index(h, &peer)
+            .await?
+            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth peer vanished")))?;
+        let nsfile = std::fs::File::open(ns.path()).map_err(|source| NetnsError::Sys {
+            what: "open",
+            name: ns.name().to_string(),
+            source,
+        })?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(nsfile.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("move {peer} into {}", ns.name())))?;
+        let host_index = link_index(h, host_if)
+            .await?
+            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth vanished")))?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(self.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("put {host_if} on {}", self.name)))?;
+
+        let inner = connect_in(ns)?;
+        let lo = link_index(&inner, "lo").await?.unwrap_or(1);
+        set_up(&inner, lo, "lo").await?;
+        let idx = link_index(&inner, &peer)
+            .await?
+            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth peer not in the pod")))?;
+        inner
+            .link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .name("eth0".to_string())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("rename the pod's interface to eth0"))?;
+        add_address(&inner, idx, ip, self.cidr.prefix()).await?;
+        set_up(&inner, idx, "eth0").await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(self.cidr.gateway())
+            .output_interface(idx)
+            .build();
+        match inner.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if code(&e) == EEXIST => Ok(()),
+            Err(e) => Err(nl("add the pod's default route")(e)),
+        }
+    }
+
+    /// Removes the node side of a pod's wiring (deleting one end removes both).
+    pub async fn detach(&self, host_if: &str) -> Result<(), LinkError> {
+        delete_link(&self.handle, host_if).await
+    }
+
+    /// The netlink handle of the node's namespace.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// The host-side interface name of a pod: `veth` + 8 hex digits of its UID's hash, to
+/// fit the kernel's 15-character limit with room for the peer's suffix.
+pub fn host_if_name(pod_uid: &str) -> String {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in pod_uid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("veth{h:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_interface_names_fit_the_kernel_limit() {
+        let n = host_if_name("0b4f6c2e-1111-2222-3333-444455556666");
+        assert_eq!(n.len(), 12);
+        assert!(format!("{n}p").len() <= 15);
+        assert_eq!(n, host_if_name("0b4f6c2e-1111-2222-3333-444455556666"));
+        assert_ne!(n, host_if_name("other"));
+    }
+}
