@@ -49,6 +49,33 @@ enum Command {
         /// The pod network; each node gets a /24 of it.
         #[arg(long, default_value = tinykube_api::constants::CLUSTER_CIDR)]
         cluster_cidr: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Run the node agent: register this machine and run the pods bound to it.
+    Worker {
+        /// The API server, e.g. https://192.168.56.10:6443.
+        #[arg(long)]
+        server: String,
+        /// The master's join token (its <data-dir>/node-token).
+        #[arg(long, env = "TINYKUBE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The cluster CA (the master's <data-dir>/tls/ca.crt); default <data-dir>/ca.crt.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, default_value = tinykube_api::constants::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// PID 1 of a pod sandbox (runs inside the pause image).
+    #[command(hide = true)]
+    Pause,
+    /// Programs of the toolbox image: `serve` (HTTP on 8080 saying which pod answered)
+    /// and `fetch URL` (requests it repeatedly and prints the answers).
+    Toolbox {
+        #[command(subcommand)]
+        command: ToolboxCommand,
     },
     /// Register fake nodes that run no containers but report pods Running (kubemark-style).
     HollowNodes {
@@ -61,6 +88,61 @@ enum Command {
     },
     /// A kubectl-like client.
     Ctl(tinykube_ctl::CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's address (default: the one on the route to the API server).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    #[arg(long, default_value = tinykube_kubelet::agent::CONTAINERD_SOCKET)]
+    containerd_socket: PathBuf,
+    /// Seconds of the first container restart back-off (doubling up to 5 minutes).
+    #[arg(long, default_value_t = 10)]
+    restart_backoff_seconds: u64,
+}
+
+impl NodeArgs {
+    fn config(
+        self,
+        server: &str,
+        token: &str,
+        ca_file: PathBuf,
+        data_dir: PathBuf,
+    ) -> tinykube_kubelet::agent::AgentConfig {
+        let name = self.node_name.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_lowercase())
+                .unwrap_or_else(|_| "node".into())
+        });
+        let mut cfg =
+            tinykube_kubelet::agent::AgentConfig::new(server, token, ca_file, &name, data_dir);
+        cfg.node_ip = self.node_ip;
+        cfg.containerd_socket = self.containerd_socket;
+        cfg.backoff_base = Duration::from_secs(self.restart_backoff_seconds);
+        cfg
+    }
+}
+
+#[derive(Subcommand)]
+enum ToolboxCommand {
+    /// Answer HTTP requests with this pod's name, namespace, node and IP.
+    Serve {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Request URL repeatedly and print each answer.
+    Fetch {
+        url: String,
+        /// How many requests (0: until stopped).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
 }
 
 /// Lets a CLI killed by a closed pipe (`tinykube ctl get pods | head`) end quietly, as
@@ -86,7 +168,9 @@ async fn run_master(
     cfg: tinykube_apiserver::MasterConfig,
     controllers: Option<tinykube_controllers::Config>,
     scheduler: bool,
+    node: Option<NodeArgs>,
 ) -> Result<(), String> {
+    let data_dir = cfg.data_dir.clone();
     let master = tinykube_apiserver::Master::start(cfg)
         .await
         .map_err(|e| tinykube_apiserver::error::error_chain(&e))?;
@@ -105,6 +189,22 @@ async fn run_master(
             client,
             cancel.clone(),
         )));
+    }
+    if let Some(node) = node {
+        // The master is a node too, tainted so ordinary pods go to the workers.
+        let mut agent = node.config(
+            &master.url,
+            &master.tokens.node,
+            data_dir.join("tls").join("ca.crt"),
+            data_dir.join("agent"),
+        );
+        agent.control_plane = true;
+        let cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tinykube_kubelet::agent::run(agent, cancel).await {
+                eprintln!("error: node agent: {}", tinykube_kubelet::error_chain(&e));
+            }
+        }));
     }
     master.run_until_signal_then(|| cancel.cancel()).await;
     for t in tasks {
@@ -130,6 +230,23 @@ async fn run_hollow_nodes(kubeconfig: PathBuf, count: usize, prefix: String) -> 
     Ok(())
 }
 
+async fn run_worker(agent: tinykube_kubelet::agent::AgentConfig) -> Result<(), String> {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop.cancel();
+    });
+    tinykube_kubelet::agent::run(agent, cancel)
+        .await
+        .map_err(|e| tinykube_kubelet::error_chain(&e))
+}
+
 fn main() -> ExitCode {
     // Invoked through a link named `ctl`, the binary is the CLI.
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -146,6 +263,33 @@ fn main() -> ExitCode {
     };
     if matches!(cli.command, Command::Ctl(_)) {
         default_sigpipe();
+    }
+    // The sandbox's PID 1 and the toolbox run inside containers: no async runtime, no
+    // log setup.
+    match cli.command {
+        Command::Pause => tinykube_kubelet::pause::run(),
+        Command::Toolbox { command } => {
+            let r = match command {
+                ToolboxCommand::Serve { port } => tinykube_kubelet::toolbox::serve(port),
+                ToolboxCommand::Fetch {
+                    url,
+                    count,
+                    interval_ms,
+                } => tinykube_kubelet::toolbox::fetch(
+                    &url,
+                    count,
+                    Duration::from_millis(interval_ms),
+                ),
+            };
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG")
         .unwrap_or_else(|_| "info".into());
@@ -169,12 +313,13 @@ fn main() -> ExitCode {
                 data_dir,
                 listen,
                 advertise_address,
-                no_kubelet: _,
+                no_kubelet,
                 disable_controllers,
                 disable_scheduler,
                 node_monitor_grace_period,
                 default_toleration_seconds,
                 cluster_cidr,
+                node,
             } => {
                 let mut cfg = tinykube_apiserver::MasterConfig::new(data_dir);
                 cfg.listen = listen;
@@ -185,7 +330,26 @@ fn main() -> ExitCode {
                     cluster_cidr,
                     ..Default::default()
                 });
-                run_master(cfg, controllers, !disable_scheduler).await
+                run_master(
+                    cfg,
+                    controllers,
+                    !disable_scheduler,
+                    (!no_kubelet).then_some(node),
+                )
+                .await
+            }
+            Command::Worker {
+                server,
+                token,
+                ca_file,
+                data_dir,
+                node,
+            } => {
+                let ca = ca_file.unwrap_or_else(|| data_dir.join("ca.crt"));
+                run_worker(node.config(&server, &token, ca, data_dir)).await
+            }
+            Command::Pause | Command::Toolbox { .. } => {
+                unreachable!("handled before the runtime starts")
             }
             Command::HollowNodes {
                 kubeconfig,

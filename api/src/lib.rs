@@ -4,6 +4,7 @@
 pub mod constants;
 pub mod format;
 pub mod kubeconfig;
+pub mod quantity;
 pub mod selector;
 pub mod taint;
 pub mod validation;

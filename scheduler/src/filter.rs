@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Service, Taint};
 
-use crate::quantity::milli;
+use tinykube_api::quantity::milli;
 
 /// A node and the pods counted on it.
 pub struct NodeInfo {

@@ -6,7 +6,6 @@
 //! changes.
 
 pub mod filter;
-pub mod quantity;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

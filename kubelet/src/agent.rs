@@ -1,0 +1,311 @@
+//! The node agent's life: connect to containerd (or start one), make the node's own
+//! images, register the Node, wait for its podCIDR, set up the bridge, then run pods,
+//! the Lease and status heartbeats until told to stop.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tinykube_net::Ipv4Cidr;
+use tinykube_net::ipam::Ipam;
+use tinykube_net::link::Bridge;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{self, NodeFacts};
+use crate::pods::{self, Images, PodContext};
+use crate::runtime::Runtime;
+use crate::runtime::image::{PAUSE_IMAGE, local_images, local_layer};
+
+/// containerd's own default socket.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub token: String,
+    /// The cluster CA (PEM) that signed the API server's certificate.
+    pub ca_file: PathBuf,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    pub data_dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    /// Register as a control-plane node (label and NoSchedule taint).
+    pub control_plane: bool,
+    /// First container restart back-off (Kubernetes: 10 s).
+    pub backoff_base: Duration,
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(
+        server: &str,
+        token: &str,
+        ca_file: PathBuf,
+        node_name: &str,
+        data_dir: PathBuf,
+    ) -> Self {
+        Self {
+            server: server.to_string(),
+            token: token.to_string(),
+            ca_file,
+            node_name: node_name.to_string(),
+            node_ip: None,
+            data_dir,
+            containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
+            control_plane: false,
+            backoff_base: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read the cluster CA {path}")]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make an API client for {server}: {message}")]
+    Client { server: String, message: String },
+    #[error("cannot register node {node}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot start containerd")]
+    Containerd(#[source] std::io::Error),
+    #[error("cannot set up the pod network")]
+    Network(#[from] tinykube_net::link::LinkError),
+    #[error("cannot open the pod address allocations")]
+    Ipam(#[from] tinykube_net::ipam::IpamError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A containerd this agent started because none answered.
+pub struct OwnContainerd {
+    child: tokio::process::Child,
+    pub socket: PathBuf,
+}
+
+impl OwnContainerd {
+    /// Starts containerd with its config, root and state under `dir`, as k3s does.
+    pub async fn start(dir: &Path) -> Result<Self, AgentError> {
+        let root = dir.join("root");
+        let state = dir.join("state");
+        let socket = dir.join("containerd.sock");
+        std::fs::create_dir_all(&root).map_err(AgentError::Containerd)?;
+        std::fs::create_dir_all(&state).map_err(AgentError::Containerd)?;
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}.ttrpc\"\n",
+            root.display(),
+            state.display(),
+            socket.display(),
+            socket.display()
+        );
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).map_err(AgentError::Containerd)?;
+        let log =
+            std::fs::File::create(dir.join("containerd.log")).map_err(AgentError::Containerd)?;
+        let child = tokio::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(log.try_clone().map_err(AgentError::Containerd)?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(AgentError::Containerd)?;
+        Ok(Self { child, socket })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child by pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn client(cfg: AgentConfig) -> Result<kube::Client, AgentError> {
+    let ca = std::fs::read_to_string(&cfg.ca_file).map_err(|source| AgentError::Ca {
+        path: cfg.ca_file.clone(),
+        source,
+    })?;
+    let token = format!("node:{}:{}", cfg.node_name, cfg.token);
+    let kc = tinykube_api::kubeconfig::Kubeconfig::admin(&cfg.node_name, &cfg.server, &ca, &token);
+    let path = cfg.data_dir.join("kubelet.kubeconfig");
+    let server = cfg.server.clone();
+    let bad = move |message: String| AgentError::Client {
+        server: server.clone(),
+        message,
+    };
+    std::fs::write(&path, kc.to_yaml()).map_err(|e| bad(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::read_from(&path).map_err(|e| bad(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+}
+
+fn server_addr(server: &str) -> Option<SocketAddr> {
+    let hostport = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))?;
+    let hostport = hostport.split('/').next()?;
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:443")
+    };
+    hostport.to_socket_addrs().ok()?.next()
+}
+
+/// Runs the node agent until `cancel`.
+pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let client = client(cfg.clone()).await?;
+    let namespace = format!("tinykube-{}", cfg.node_name);
+    let (runtime, own) = match Runtime::connect(
+        &cfg.containerd_socket,
+        &namespace,
+        Duration::from_secs(1),
+    )
+    .await
+    {
+        Ok(r) => (r, None),
+        Err(_) => {
+            tracing::info!(socket = %cfg.containerd_socket.display(), "no containerd answers; starting one");
+            let own = OwnContainerd::start(&cfg.data_dir.join("containerd")).await?;
+            let rt = Runtime::connect(&own.socket, &namespace, Duration::from_secs(20)).await?;
+            (rt, Some(own))
+        }
+    };
+    let result = run_with(cfg, client, runtime, cancel).await;
+    if let Some(own) = own {
+        own.stop().await;
+    }
+    result
+}
+
+async fn run_with(
+    cfg: AgentConfig,
+    client: kube::Client,
+    runtime: Runtime,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    runtime.ensure_namespace().await?;
+    let version = runtime.version().await?;
+    let binary = std::env::current_exe()
+        .map_err(|e| AgentError::Other(format!("cannot find the tinykube binary: {e}")))?;
+    let (layer, digest, size) = local_layer(&binary, &cfg.data_dir.join("images").join("local"))?;
+    let mut image_sizes = Vec::new();
+    for (name, blobs) in local_images(&layer, &digest, size) {
+        runtime.import(&name, &blobs).await?;
+        image_sizes.push((vec![name], size));
+    }
+    let pause = runtime
+        .resolve(PAUSE_IMAGE)
+        .await?
+        .ok_or_else(|| AgentError::Other("the pause image vanished after import".into()))?;
+    let ip = cfg
+        .node_ip
+        .or_else(|| server_addr(&cfg.server).and_then(node::address_towards))
+        .ok_or_else(|| {
+            AgentError::Other("cannot tell this node's address; pass --node-ip".into())
+        })?;
+    let facts = NodeFacts {
+        name: cfg.node_name.clone(),
+        ip,
+        control_plane: cfg.control_plane,
+        runtime_version: version,
+        max_pods: 110,
+    };
+    let registered = node::register(&client, &facts, node::status(&facts, &image_sizes))
+        .await
+        .map_err(|source| AgentError::Register {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
+    node::renew_lease(&client, &cfg.node_name, Duration::from_secs(40))
+        .await
+        .ok();
+    tracing::info!(node = %cfg.node_name, %ip, "node registered");
+
+    // The node IPAM controller hands out the podCIDR shortly after registration.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut cidr = registered.spec.and_then(|s| s.pod_cidr);
+    while cidr.is_none() {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        cidr = nodes
+            .get(&cfg.node_name)
+            .await
+            .ok()
+            .and_then(|n| n.spec)
+            .and_then(|s| s.pod_cidr);
+    }
+    let cidr: Ipv4Cidr = cidr
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: tinykube_net::cidr::CidrError| AgentError::Other(e.to_string()))?;
+    let bridge = Bridge::setup("cni0", cidr).await?;
+    let ipam = Ipam::open(&cfg.data_dir.join("ipam"), cidr)?;
+    let ctx = Arc::new(PodContext {
+        client: client.clone(),
+        runtime,
+        bridge,
+        ipam,
+        node: cfg.node_name.clone(),
+        node_ip: ip.to_string(),
+        pods_dir: cfg.data_dir.join("pods"),
+        backoff_base: cfg.backoff_base,
+        backoff_max: Duration::from_secs(300).max(cfg.backoff_base),
+        cgroup_parent: format!("/tinykube/{}", cfg.node_name),
+        pause_image: pause,
+        images: Images,
+    });
+    let pods = tokio::spawn(pods::run(ctx.clone(), cancel.clone()));
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = node::renew_lease(&client, &cfg.node_name, Duration::from_secs(40)).await {
+            tracing::warn!(error = %e, "cannot renew the node lease");
+        }
+        let status = node::status(&facts, &image_sizes);
+        if let Err(e) = nodes
+            .patch_status(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "cannot post node status");
+        }
+    }
+    let _ = pods.await;
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! The pods of this node: one worker task per pod (`worker`), fed by a watch on the
+//! pods bound to the node; on start, what containerd already runs is adopted and what
+//! belongs to no pod is removed (`config` builds each container's settings).
+
+pub mod config;
+pub(crate) mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+use tinykube_net::ipam::Ipam;
+use tinykube_net::link::Bridge;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::container::ContainerRecord;
+use crate::runtime::image::{LOCAL_REGISTRY, ResolvedImage, normalize};
+use crate::runtime::{Runtime, RuntimeError};
+use worker::{Ctr, Exit, PodState, Run, Sandbox, Terminated};
+
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub const LABEL_KIND: &str = "io.tinykube.kind";
+pub const LABEL_ATTEMPT: &str = "io.tinykube.attempt";
+pub const LABEL_STARTED: &str = "io.tinykube.started";
+
+/// Everything pod workers share.
+pub struct PodContext {
+    pub client: kube::Client,
+    pub runtime: Runtime,
+    pub bridge: Bridge,
+    pub ipam: Ipam,
+    pub node: String,
+    pub node_ip: String,
+    pub pods_dir: PathBuf,
+    /// First restart back-off (Kubernetes: 10 s) and its cap (5 min).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// cgroup under which every pod of this node lives.
+    pub cgroup_parent: String,
+    pub pause_image: ResolvedImage,
+    pub images: Images,
+}
+
+pub(crate) fn labels(
+    pod: &Pod,
+    container: &str,
+    kind: &str,
+    attempt: u32,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_POD_UID.to_string(), worker::uid(pod)),
+        (
+            LABEL_POD_NAME.to_string(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
+        (
+            LABEL_POD_NAMESPACE.to_string(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        ),
+        (LABEL_CONTAINER_NAME.to_string(), container.to_string()),
+        (LABEL_KIND.to_string(), kind.to_string()),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+    ])
+}
+
+/// Records a core/v1 Event about `pod` from this node's kubelet.
+pub(crate) async fn event(
+    client: &kube::Client,
+    pod: &Pod,
+    kind: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": pod.metadata.uid},
+        "reason": reason, "message": message, "type": kind, "count": 1,
+        "source": {"component": "kubelet", "host": pod.spec.as_ref().and_then(|s| s.node_name.clone())},
+        "firstTimestamp": tinykube_api::format::rfc3339(now), "lastTimestamp": tinykube_api::format::rfc3339(now),
+        "reportingComponent": "kubelet",
+    });
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    if let Ok(ev) = serde_json::from_value(ev) {
+        let _ = api.create(&PostParams::default(), &ev).await;
+    }
+}
+
+/// Waits for container `id` to exit and reports it; rides out containerd restarts.
+pub(crate) fn wait_for_exit(rt: Runtime, id: String, tx: mpsc::UnboundedSender<Exit>) {
+    tokio::spawn(async move {
+        loop {
+            match rt.wait_task(&id).await {
+                Ok(code) => {
+                    let _ = tx.send(Exit { id, code });
+                    return;
+                }
+                Err(e) if e.is_not_found() => {
+                    let _ = tx.send(Exit { id, code: 137 });
+                    return;
+                }
+                Err(_) if tx.is_closed() => return,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    });
+}
+
+/// Finds images for containers, honouring imagePullPolicy.
+pub struct Images;
+
+impl Images {
+    /// The image for `reference`, or the waiting reason and message Kubernetes shows.
+    pub async fn ensure(
+        &self,
+        rt: &Runtime,
+        reference: &str,
+        policy: Option<&str>,
+    ) -> Result<ResolvedImage, (String, String)> {
+        if reference.is_empty() {
+            return Err((
+                "InvalidImageName".into(),
+                "the container has no image".into(),
+            ));
+        }
+        let name = normalize(reference);
+        let local = name.starts_with(&format!("{LOCAL_REGISTRY}/"));
+        let found = rt
+            .resolve(&name)
+            .await
+            .map_err(|e| ("ErrImagePull".to_string(), crate::error_chain(&e)))?;
+        match (found, policy) {
+            (Some(i), _) => Ok(i),
+            (None, Some("Never")) => Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image \"{reference}\" is not present with pull policy of Never"),
+            )),
+            (None, _) if local => Err((
+                "ErrImagePull".into(),
+                format!("image \"{name}\" is made by the node itself and is not present"),
+            )),
+            (None, _) => Err((
+                "ErrImagePull".into(),
+                format!(
+                    "failed to pull and unpack image \"{name}\": no registry pull support on this node; import it from a tarball"
+                ),
+            )),
+        }
+    }
+}
+
+struct WorkerHandle {
+    tx: watch::Sender<Option<Pod>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_worker(
+    ctx: &Arc<PodContext>,
+    pod: Pod,
+    state: PodState,
+    exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
+) -> WorkerHandle {
+    let (tx, rx) = watch::channel(Some(pod));
+    let task = tokio::spawn(worker::run(ctx.clone(), rx, state, exits.0, exits.1));
+    WorkerHandle { tx, task }
+}
+
+/// Containers in containerd, by pod UID.
+async fn containers_by_pod(
+    rt: &Runtime,
+) -> Result<HashMap<String, Vec<ContainerRecord>>, RuntimeError> {
+    let mut out: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+    for c in rt.list_containers().await? {
+        if let Some(uid) = c.labels.get(LABEL_POD_UID) {
+            out.entry(uid.clone()).or_default().push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds a worker's state from what containerd runs for `pod` (after a restart of
+/// the agent): running containers are kept as they are, exited ones are recorded.
+async fn adopt(
+    ctx: &Arc<PodContext>,
+    pod: &Pod,
+    records: Vec<ContainerRecord>,
+    exits: &mpsc::UnboundedSender<Exit>,
+) -> PodState {
+    let mut st = PodState::default();
+    let uid = worker::uid(pod);
+    let attempt = |r: &ContainerRecord| {
+        r.labels
+            .get(LABEL_ATTEMPT)
+            .and_then(|a| a.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let sandbox = records
+        .iter()
+        .find(|r| r.labels.get(LABEL_KIND).map(String::as_str) == Some("sandbox"));
+    if let Some(s) = sandbox
+        && let Ok(Some(t)) = ctx.runtime.task_state(&s.id).await
+        && t.running
+        && let Some(ip) = ctx.ipam.lookup(&uid)
+    {
+        st.sandbox = Some(Sandbox {
+            id: s.id.clone(),
+            pid: t.pid,
+            ip,
+        });
+    }
+    if st.sandbox.is_none() {
+        // Without its sandbox nothing of the pod can be kept.
+        for r in &records {
+            ctx.runtime.remove_container(&r.id).await;
+        }
+        return with_api_history(pod, st);
+    }
+    let mut latest: HashMap<String, &ContainerRecord> = HashMap::new();
+    let apps: Vec<&ContainerRecord> = records
+        .iter()
+        .filter(|r| r.labels.get(LABEL_KIND).map(String::as_str) != Some("sandbox"))
+        .collect();
+    for r in apps {
+        let name = r
+            .labels
+            .get(LABEL_CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_default();
+        match latest.get(&name) {
+            Some(prev) if attempt(prev) >= attempt(r) => ctx.runtime.remove_container(&r.id).await,
+            Some(prev) => {
+                ctx.runtime.remove_container(&prev.id).await;
+                latest.insert(name, r);
+            }
+            None => {
+                latest.insert(name, r);
+            }
+        }
+    }
+    st = with_api_history(pod, st);
+    for (name, r) in latest {
+        let started_at = r
+            .labels
+            .get(LABEL_STARTED)
+            .cloned()
+            .unwrap_or_else(tinykube_api::format::now_rfc3339);
+        let mut ctr = st.containers.remove(&name).unwrap_or_else(Ctr::new);
+        ctr.attempts = attempt(r) + 1;
+        ctr.image_id = ctr.image_id.clone();
+        match ctx.runtime.task_state(&r.id).await {
+            Ok(Some(t)) if t.running => {
+                ctr.run = Run::Running { started_at };
+                ctr.id = Some(r.id.clone());
+                wait_for_exit(ctx.runtime.clone(), r.id.clone(), exits.clone());
+            }
+            Ok(Some(t)) => {
+                // Exited while the agent was away: handled like any exit.
+                ctr.run = Run::Running { started_at };
+                ctr.id = Some(r.id.clone());
+                let _ = exits.send(Exit {
+                    id: r.id.clone(),
+                    code: t.exit_status,
+                });
+            }
+            _ => ctx.runtime.remove_container(&r.id).await,
+        }
+        st.containers.insert(name, ctr);
+    }
+    st
+}
+
+/// What the API remembers of containers that no longer exist (restart counts, last
+/// terminations, image IDs).
+fn with_api_history(pod: &Pod, mut st: PodState) -> PodState {
+    let statuses = pod.status.iter().flat_map(|s| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+    });
+    for cs in statuses {
+        let mut ctr = Ctr::new();
+        ctr.attempts = cs.restart_count.max(0) as u32
+            + u32::from(
+                cs.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some()),
+            );
+        ctr.image_id = cs.image_id.clone();
+        let term = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| Terminated {
+            exit_code: t.exit_code,
+            reason: t.reason.clone().unwrap_or_default(),
+            started_at: t
+                .started_at
+                .as_ref()
+                .map(|x| tinykube_api::format::rfc3339(x.0))
+                .unwrap_or_default(),
+            finished_at: t
+                .finished_at
+                .as_ref()
+                .map(|x| tinykube_api::format::rfc3339(x.0))
+                .unwrap_or_default(),
+            container_id: t.container_id.clone().unwrap_or_default(),
+        };
+        ctr.last = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(term);
+        if let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            ctr.run = Run::Exited(term(t));
+        }
+        st.containers.insert(cs.name.clone(), ctr);
+    }
+    st
+}
+
+/// Runs the pods bound to this node until `cancel`.
+pub async fn run(ctx: Arc<PodContext>, cancel: CancellationToken) {
+    let mut existing = match containers_by_pod(&ctx.runtime).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers to adopt");
+            HashMap::new()
+        }
+    };
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
+    let mut events = watcher::watcher(api, wc).boxed();
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut initial = true;
+    let mut tidy = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tidy.tick() => {
+                workers.retain(|_, w| !w.task.is_finished());
+                continue;
+            }
+            ev = events.next() => ev,
+        };
+        match ev {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "pod watch restarting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(Ok(Event::Init)) => seen.clear(),
+            Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
+                let uid = worker::uid(&p);
+                seen.insert(uid.clone());
+                match workers.get(&uid) {
+                    Some(w) if !w.task.is_finished() => {
+                        let _ = w.tx.send(Some(p));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let state = match existing.remove(&uid) {
+                            Some(records) => adopt(&ctx, &p, records, &tx).await,
+                            None => with_api_history(&p, PodState::default()),
+                        };
+                        workers.insert(uid, spawn_worker(&ctx, p, state, (tx, rx)));
+                    }
+                }
+            }
+            Some(Ok(Event::Delete(p))) => {
+                if let Some(w) = workers.get(&worker::uid(&p)) {
+                    let _ = w.tx.send(None);
+                }
+            }
+            Some(Ok(Event::InitDone)) => {
+                for (uid, w) in &workers {
+                    if !seen.contains(uid) {
+                        let _ = w.tx.send(None);
+                    }
+                }
+                if initial {
+                    initial = false;
+                    // Pods deleted while the agent was down: remove what is left.
+                    for (uid, records) in existing.drain() {
+                        if seen.contains(&uid) {
+                            continue;
+                        }
+                        tracing::info!(pod = %uid, "removing the containers of a pod that no longer exists");
+                        for r in records {
+                            ctx.runtime.remove_container(&r.id).await;
+                        }
+                        worker::cleanup_pod(&ctx, &uid).await;
+                    }
+                    for (_, owner) in ctx.ipam.owners() {
+                        if !seen.contains(&owner) {
+                            worker::cleanup_pod(&ctx, &owner).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // On shutdown pods keep running (a restarted agent adopts them).
+    for (_, w) in workers {
+        w.task.abort();
+    }
+}

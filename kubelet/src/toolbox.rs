@@ -1,0 +1,155 @@
+//! `tinykube toolbox`: the course exercises' programs, shipped in the node-made
+//! `tinykube.local/toolbox` image. `serve` answers HTTP on 8080 with who answered
+//! (pod, namespace, node, IP); `fetch` requests a URL repeatedly and prints each
+//! answer, the client side of the load-balancing exercise.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Who this pod is: the downward API variables when the pod sets them (POD_NAME,
+/// POD_NAMESPACE, NODE_NAME, POD_IP), otherwise what the kubelet's files say
+/// (/etc/hostname, the namespace in /etc/resolv.conf's search path, /etc/hosts).
+pub fn identity() -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let name = env("POD_NAME").unwrap_or_else(|| hostname.clone());
+    let namespace = env("POD_NAMESPACE").unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("search "))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|d| d.split('.').next())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| "unknown".into())
+    });
+    let ip = env("POD_IP").unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hosts")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    let ip = f.next()?;
+                    f.any(|h| h == hostname).then(|| ip.to_string())
+                })
+            })
+            .unwrap_or_else(|| "unknown".into())
+    });
+    let node = env("NODE_NAME").unwrap_or_else(|| "unknown".into());
+    format!("pod={name} namespace={namespace} node={node} ip={ip}")
+}
+
+fn answer(mut s: TcpStream, me: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(match s.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    loop {
+        let mut h = String::new();
+        match reader.read_line(&mut h) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if h == "\r\n" || h == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let body = if path == "/healthz" {
+        "ok\n".to_string()
+    } else {
+        format!("{me}\n")
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+extern "C" fn exit_now(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) }
+}
+
+/// Serves forever on `port`. As PID 1 of its container it would ignore SIGTERM by
+/// default, so it exits on it (a pod deletion then takes no grace period).
+pub fn serve(port: u16) -> std::io::Result<()> {
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe {
+        libc::signal(libc::SIGTERM, exit_now as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, exit_now as *const () as libc::sighandler_t);
+    }
+    let me = identity();
+    let l = TcpListener::bind(("0.0.0.0", port))?;
+    eprintln!("serving on :{port} as {me}");
+    for s in l.incoming().flatten() {
+        let me = me.clone();
+        std::thread::spawn(move || answer(s, &me));
+    }
+    Ok(())
+}
+
+/// One GET of `url` (http only); returns the body.
+pub fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other(format!("only http:// URLs are supported: {url}")))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr_str = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = addr_str
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {hostport}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(resp))
+}
+
+/// Requests `url` `count` times (0: forever), printing each answer on a line.
+pub fn fetch(url: &str, count: u64, interval: Duration) -> std::io::Result<()> {
+    let mut i = 0;
+    loop {
+        match get(url, Duration::from_secs(5)) {
+            Ok(body) => print!(
+                "{}",
+                if body.ends_with('\n') {
+                    body
+                } else {
+                    format!("{body}\n")
+                }
+            ),
+            Err(e) => println!("error: {e}"),
+        }
+        let _ = std::io::stdout().flush();
+        i += 1;
+        if count != 0 && i >= count {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
+}
