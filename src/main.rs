@@ -68,6 +68,40 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Build a local cluster on this machine: a master and workers, each in its own
+    /// network namespace on a lab bridge (192.168.56.0/24 by default).
+    Up {
+        /// Cluster name (1-8 lowercase letters and digits); several can run side by side.
+        #[arg(long, default_value = tinykube_lab::DEFAULT_NAME)]
+        name: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The lab network, a /24: the host takes .1, the master .10, workers .11 on.
+        #[arg(long, default_value = tinykube_lab::DEFAULT_SUBNET)]
+        subnet: String,
+        /// Default: /var/lib/tinykube/clusters/<name>.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Use this containerd (default: the system's if it answers, else one of the lab's own).
+        #[arg(long)]
+        containerd_socket: Option<PathBuf>,
+        /// Seconds to wait for every node to be Ready.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Seconds of the first container restart back-off on every node.
+        #[arg(long, default_value_t = 10)]
+        restart_backoff_seconds: u64,
+    },
+    /// Remove a local cluster and everything it left behind.
+    Down {
+        #[arg(long, default_value = tinykube_lab::DEFAULT_NAME)]
+        name: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep the cluster's data directory.
+        #[arg(long)]
+        keep_data: bool,
+    },
     /// PID 1 of a pod sandbox (runs inside the pause image).
     #[command(hide = true)]
     Pause,
@@ -247,6 +281,40 @@ async fn run_worker(agent: tinykube_kubelet::agent::AgentConfig) -> Result<(), S
         .map_err(|e| tinykube_kubelet::error_chain(&e))
 }
 
+async fn run_up(cfg: tinykube_lab::LabConfig) -> Result<(), String> {
+    let mut progress = |line: &str| println!("{line}");
+    let lab = tinykube_lab::Lab::up(&cfg, &mut progress)
+        .await
+        .map_err(|e| {
+            format!(
+                "{}; `tinykube down{}` clears what is left",
+                tinykube_kubelet::error_chain(&e),
+                name_flag(&cfg.name)
+            )
+        })?;
+    let kc = lab.kubeconfig().display().to_string();
+    println!("\nkubeconfig: {kc}");
+    if let Some(p) = &lab.state.wrote_default_kubeconfig {
+        println!(
+            "(also written to {}, so kubectl finds it without KUBECONFIG)",
+            p.display()
+        );
+    }
+    println!(
+        "\nNext:\n  export KUBECONFIG={kc}\n  kubectl get nodes -o wide\n  kubectl create deployment server --image=tinykube.local/toolbox --replicas=3\n  kubectl get pods -o wide\n  tinykube down{}    # removes the cluster",
+        name_flag(&cfg.name)
+    );
+    Ok(())
+}
+
+fn name_flag(name: &str) -> String {
+    if name == tinykube_lab::DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
 fn main() -> ExitCode {
     // Invoked through a link named `ctl`, the binary is the CLI.
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -347,6 +415,52 @@ fn main() -> ExitCode {
             } => {
                 let ca = ca_file.unwrap_or_else(|| data_dir.join("ca.crt"));
                 run_worker(node.config(&server, &token, ca, data_dir)).await
+            }
+            Command::Up {
+                name,
+                workers,
+                subnet,
+                data_dir,
+                containerd_socket,
+                timeout,
+                restart_backoff_seconds,
+            } => {
+                let mut cfg = tinykube_lab::LabConfig::new(&name);
+                cfg.workers = workers;
+                cfg.subnet = subnet
+                    .parse()
+                    .map_err(|e: tinykube_net::cidr::CidrError| e.to_string())?;
+                cfg.data_dir = data_dir.unwrap_or_else(|| tinykube_lab::default_dir(&name));
+                cfg.containerd_socket = containerd_socket;
+                cfg.ready_timeout = Duration::from_secs(timeout);
+                cfg.default_kubeconfig = true;
+                cfg.node_args = vec![
+                    "--restart-backoff-seconds".into(),
+                    restart_backoff_seconds.to_string(),
+                ];
+                run_up(cfg).await
+            }
+            Command::Down {
+                name,
+                data_dir,
+                keep_data,
+            } => {
+                let dir = data_dir.unwrap_or_else(|| tinykube_lab::default_dir(&name));
+                match tinykube_lab::Lab::down(&name, &dir, keep_data).await {
+                    Ok(true) => {
+                        println!("cluster {name:?} removed");
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        println!("no cluster {name:?} here; nothing to remove");
+                        Ok(())
+                    }
+                    Err(e) => Err(format!(
+                        "{}; run `tinykube down{}` again after fixing it",
+                        tinykube_kubelet::error_chain(&e),
+                        name_flag(&name)
+                    )),
+                }
             }
             Command::Pause | Command::Toolbox { .. } => {
                 unreachable!("handled before the runtime starts")

@@ -238,7 +238,7 @@ async fn run_with(
         runtime_version: version,
         max_pods: 110,
     };
-    let registered = node::register(&client, &facts, node::status(&facts, &image_sizes))
+    let registered = node::register(&client, &facts, node::status(&facts, &image_sizes, false))
         .await
         .map_err(|source| AgentError::Register {
             node: cfg.node_name.clone(),
@@ -294,7 +294,7 @@ async fn run_with(
         if let Err(e) = node::renew_lease(&client, &cfg.node_name, Duration::from_secs(40)).await {
             tracing::warn!(error = %e, "cannot renew the node lease");
         }
-        let status = node::status(&facts, &image_sizes);
+        let status = node::status(&facts, &image_sizes, true);
         if let Err(e) = nodes
             .patch_status(
                 &cfg.node_name,

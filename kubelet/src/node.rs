@@ -85,7 +85,8 @@ pub fn arch() -> &'static str {
 }
 
 /// The status a node posts: addresses, capacity, nodeInfo, conditions and images.
-pub fn status(facts: &NodeFacts, images: &[(Vec<String>, i64)]) -> Value {
+/// Ready only once the pod network is set up, as the kubelet waits for its CNI.
+pub fn status(facts: &NodeFacts, images: &[(Vec<String>, i64)], ready: bool) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let now = tinykube_api::format::now_rfc3339();
     let capacity = json!({
@@ -122,7 +123,11 @@ pub fn status(facts: &NodeFacts, images: &[(Vec<String>, i64)]) -> Value {
             cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            if ready {
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+            } else {
+                cond("Ready", "False", "KubeletNotReady", "container runtime network not ready: waiting for the node's podCIDR")
+            },
         ],
         "images": images.iter().map(|(names, size)| json!({"names": names, "sizeBytes": size})).collect::<Vec<_>>(),
     })
@@ -224,7 +229,10 @@ mod tests {
         let s = status(
             &facts,
             &[(vec!["tinykube.local/pause:latest".into()], 1000)],
+            true,
         );
+        let not_ready = status(&facts, &[], false);
+        assert_eq!(not_ready["conditions"][3]["status"], "False");
         assert_eq!(s["addresses"][0]["address"], "192.168.56.11");
         assert_eq!(
             s["nodeInfo"]["containerRuntimeVersion"],

@@ -193,73 +193,16 @@ impl Bridge {
     /// (inside, with `ip` and a default route via the gateway). Idempotent: an old
     /// `host_if` is replaced.
     pub async fn attach(&self, ns: &NetNs, host_if: &str, ip: Ipv4Addr) -> Result<(), LinkError> {
-        let h = &self.handle;
-        delete_link(h, host_if).await?;
-        let peer = format!("{host_if}p");
-        delete_link(h, &peer).await?;
-        h.link()
-            .add(LinkVeth::new(host_if, &peer).build())
-            .execute()
-            .await
-            .map_err(nl(format!("create veth {host_if}")))?;
-        let peer_index = link_index(h, &peer)
-            .await?
-            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth peer vanished")))?;
-        let nsfile = std::fs::File::open(ns.path()).map_err(|source| NetnsError::Sys {
-            what: "open",
-            name: ns.name().to_string(),
-            source,
-        })?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(peer_index)
-                    .setns_by_fd(nsfile.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("move {peer} into {}", ns.name())))?;
-        let host_index = link_index(h, host_if)
-            .await?
-            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth vanished")))?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(host_index)
-                    .controller(self.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("put {host_if} on {}", self.name)))?;
-
-        let inner = connect_in(ns)?;
-        let lo = link_index(&inner, "lo").await?.unwrap_or(1);
-        set_up(&inner, lo, "lo").await?;
-        let idx = link_index(&inner, &peer)
-            .await?
-            .ok_or_else(|| LinkError::Socket(std::io::Error::other("veth peer not in the pod")))?;
-        inner
-            .link()
-            .set(
-                LinkUnspec::new_with_index(idx)
-                    .name("eth0".to_string())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("rename the pod's interface to eth0"))?;
-        add_address(&inner, idx, ip, self.cidr.prefix()).await?;
-        set_up(&inner, idx, "eth0").await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(self.cidr.gateway())
-            .output_interface(idx)
-            .build();
-        match inner.route().add(route).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if code(&e) == EEXIST => Ok(()),
-            Err(e) => Err(nl("add the pod's default route")(e)),
-        }
+        plug(
+            &self.handle,
+            self.index,
+            ns,
+            host_if,
+            ip,
+            self.cidr.prefix(),
+            self.cidr.gateway(),
+        )
+        .await
     }
 
     /// Removes the node side of a pod's wiring (deleting one end removes both).
@@ -270,6 +213,85 @@ impl Bridge {
     /// The netlink handle of the node's namespace.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+}
+
+/// Plugs namespace `ns` into the bridge with index `bridge`: a veth pair whose outer
+/// end `host_if` joins the bridge and whose inner end becomes `eth0` with `ip/prefix`
+/// and a default route via `gateway`. An old `host_if` is replaced.
+pub async fn plug(
+    h: &Handle,
+    bridge: u32,
+    ns: &NetNs,
+    host_if: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), LinkError> {
+    let gone = |what: &str| LinkError::Socket(std::io::Error::other(format!("{what} vanished")));
+    delete_link(h, host_if).await?;
+    let peer = format!("{host_if}p");
+    delete_link(h, &peer).await?;
+    h.link()
+        .add(LinkVeth::new(host_if, &peer).build())
+        .execute()
+        .await
+        .map_err(nl(format!("create veth {host_if}")))?;
+    let peer_index = link_index(h, &peer)
+        .await?
+        .ok_or_else(|| gone("veth peer"))?;
+    let nsfile = std::fs::File::open(ns.path()).map_err(|source| NetnsError::Sys {
+        what: "open",
+        name: ns.name().to_string(),
+        source,
+    })?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(peer_index)
+                .setns_by_fd(nsfile.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("move {peer} into {}", ns.name())))?;
+    let host_index = link_index(h, host_if).await?.ok_or_else(|| gone("veth"))?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(host_index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("put {host_if} on its bridge")))?;
+
+    let inner = connect_in(ns)?;
+    let lo = link_index(&inner, "lo").await?.unwrap_or(1);
+    set_up(&inner, lo, "lo").await?;
+    let idx = link_index(&inner, &peer)
+        .await?
+        .ok_or_else(|| gone("veth peer"))?;
+    inner
+        .link()
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .name("eth0".to_string())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl("rename the inner interface to eth0"))?;
+    add_address(&inner, idx, ip, prefix).await?;
+    set_up(&inner, idx, "eth0").await?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(idx)
+        .build();
+    match inner.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if code(&e) == EEXIST => Ok(()),
+        Err(e) => Err(nl("add the default route")(e)),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod image;
+pub mod purge;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
