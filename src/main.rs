@@ -177,6 +177,45 @@ enum ToolboxCommand {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// Print the environment, one VAR=value per line.
+    Env,
+    /// Print files.
+    Cat { files: Vec<PathBuf> },
+    /// Write TEXT (and a newline) to FILE.
+    Write { file: PathBuf, text: String },
+    /// Sleep (as PID 1 this ignores SIGTERM, like `sleep` in a container).
+    Sleep { seconds: u64 },
+    /// Exit with CODE.
+    Exit { code: u8 },
+    /// Allocate and touch MiB of memory, then sleep.
+    Alloc { mib: usize },
+}
+
+fn toolbox(command: ToolboxCommand) -> std::io::Result<ExitCode> {
+    use tinykube_kubelet::toolbox;
+    match command {
+        ToolboxCommand::Serve { port } => toolbox::serve(port)?,
+        ToolboxCommand::Fetch {
+            url,
+            count,
+            interval_ms,
+        } => toolbox::fetch(&url, count, Duration::from_millis(interval_ms))?,
+        ToolboxCommand::Env => {
+            for (k, v) in std::env::vars() {
+                println!("{k}={v}");
+            }
+        }
+        ToolboxCommand::Cat { files } => {
+            for f in files {
+                print!("{}", std::fs::read_to_string(&f)?);
+            }
+        }
+        ToolboxCommand::Write { file, text } => std::fs::write(file, format!("{text}\n"))?,
+        ToolboxCommand::Sleep { seconds } => std::thread::sleep(Duration::from_secs(seconds)),
+        ToolboxCommand::Exit { code } => return Ok(ExitCode::from(code)),
+        ToolboxCommand::Alloc { mib } => toolbox::alloc(mib),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Lets a CLI killed by a closed pipe (`tinykube ctl get pods | head`) end quietly, as
@@ -337,20 +376,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Pause => tinykube_kubelet::pause::run(),
         Command::Toolbox { command } => {
-            let r = match command {
-                ToolboxCommand::Serve { port } => tinykube_kubelet::toolbox::serve(port),
-                ToolboxCommand::Fetch {
-                    url,
-                    count,
-                    interval_ms,
-                } => tinykube_kubelet::toolbox::fetch(
-                    &url,
-                    count,
-                    Duration::from_millis(interval_ms),
-                ),
-            };
-            return match r {
-                Ok(()) => ExitCode::SUCCESS,
+            return match toolbox(command) {
+                Ok(code) => code,
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

@@ -153,3 +153,17 @@ pub fn fetch(url: &str, count: u64, interval: Duration) -> std::io::Result<()> {
         std::thread::sleep(interval);
     }
 }
+
+/// Allocates and touches `mib` MiB, then sleeps: a memory hog for limit exercises.
+pub fn alloc(mib: usize) -> ! {
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        blocks.push(vec![1u8; 1 << 20]);
+    }
+    println!("allocated {mib} MiB");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::hint::black_box(&blocks);
+    }
+}

@@ -122,6 +122,11 @@ pub struct LabNode {
     pub pid: Option<u32>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// How the node's process was started (to start it again).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// What `up` made, kept in `<data-dir>/lab.json` for `down`.
@@ -142,6 +147,7 @@ pub struct LabState {
 pub struct Lab {
     pub state: LabState,
     pub dir: PathBuf,
+    binary: PathBuf,
 }
 
 fn bridge_name(name: &str) -> String {
@@ -366,6 +372,8 @@ impl Lab {
                             n.strip_prefix(&format!("{}-", cfg.name)).unwrap_or(n)
                         )),
                         data_dir: dir,
+                        args: Vec::new(),
+                        env: Vec::new(),
                     }
                 })
                 .collect(),
@@ -460,6 +468,7 @@ impl Lab {
         args.extend(cfg.master_args.iter().cloned());
         let ns = NetNs::open(&master.netns)?;
         state.nodes[0].pid = Some(spawn_in(Some(&ns), &cfg.binary, &args, &[], &master.log)?);
+        state.nodes[0].args = args;
         write_state(&cfg.data_dir, &state)?;
         progress(&format!(
             "master: {} at {master_url} (log {})",
@@ -517,6 +526,8 @@ impl Lab {
                 &[("TINYKUBE_TOKEN", token.trim())],
                 &n.log,
             )?);
+            state.nodes[i].args = args;
+            state.nodes[i].env = vec![("TINYKUBE_TOKEN".into(), token.trim().to_string())];
             write_state(&cfg.data_dir, &state)?;
             progress(&format!(
                 "worker: {} at {} (log {})",
@@ -596,7 +607,50 @@ impl Lab {
         Ok(Lab {
             state,
             dir: cfg.data_dir.clone(),
+            binary: cfg.binary.clone(),
         })
+    }
+
+    /// Kills node `name`'s process with SIGKILL (a crash), leaving its pods running.
+    pub async fn kill_node(&mut self, name: &str) -> Result<(), LabError> {
+        let n = self
+            .state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::Failed(format!("no node {name}")))?;
+        if let Some(pid) = n.pid.take()
+            && alive(pid)
+            && cmdline(pid).contains(&self.dir.display().to_string())
+        {
+            // SAFETY: kill(2) on the node process this lab started, checked by cmdline.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            while alive(pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        write_state(&self.dir, &self.state)
+    }
+
+    /// Starts node `name`'s process again, as `up` started it.
+    pub fn start_node(&mut self, name: &str) -> Result<(), LabError> {
+        let n = self
+            .state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::Failed(format!("no node {name}")))?;
+        let ns = NetNs::open(&n.netns)?;
+        let env: Vec<(&str, &str)> = n
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let log = n.log.with_extension("restarted.log");
+        n.pid = Some(spawn_in(Some(&ns), &self.binary, &n.args, &env, &log)?);
+        write_state(&self.dir, &self.state)
     }
 
     /// Removes cluster `name` and everything it left: its processes (by pid, checked),

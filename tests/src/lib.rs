@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use tinykube_apiserver::store::SledStoreOptions;
 use tinykube_apiserver::{Master, MasterConfig};
 
+pub mod lab;
+
 /// Installs rustls' ring provider once per process, for kube-rs clients.
 pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

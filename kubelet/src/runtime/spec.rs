@@ -102,7 +102,9 @@ impl ContainerSpec {
         });
         let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
         if let Some(m) = self.memory_limit {
-            resources["memory"] = json!({"limit": m});
+            // Memory plus swap capped at the same value: no swapping past the limit
+            // (what the kubelet asks of cgroup v1).
+            resources["memory"] = json!({"limit": m, "swap": m});
         }
         let mut cpu = serde_json::Map::new();
         if let Some(s) = self.cpu_shares {

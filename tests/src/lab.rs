@@ -1,0 +1,143 @@
+//! Local clusters for end-to-end tests, built by the same code as `tinykube up`: each
+//! test gets its own cluster name and lab subnet, so tests run side by side, and the
+//! cluster is removed when the test ends, also when it fails.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tinykube_kubelet::runtime::Runtime;
+use tinykube_lab::{Lab, LabConfig};
+
+use crate::Kubectl;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test unless it runs as root (CI does).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this end-to-end test needs root; CI runs as root"
+    );
+}
+
+pub struct TestLab {
+    lab: Option<Lab>,
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl TestLab {
+    /// A cluster with a master and `workers` workers; container restarts back off from
+    /// 1 s instead of 10 s so crash loops are quick to watch.
+    pub async fn start(workers: usize) -> Self {
+        require_root();
+        crate::init_crypto();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let name = format!("t{}{n:02}", pid % 100_000);
+        let dir = std::env::temp_dir().join(format!("tinykube-e2e-{name}"));
+        let mut cfg = LabConfig::new(&name);
+        cfg.workers = workers;
+        cfg.subnet = format!("172.30.{}.0/24", (pid * 7 + n) % 250 + 1)
+            .parse()
+            .expect("subnet");
+        cfg.data_dir = dir.clone();
+        cfg.binary = crate::tinykube_bin().expect("tinykube binary");
+        cfg.node_args = vec!["--restart-backoff-seconds".into(), "1".into()];
+        cfg.ready_timeout = Duration::from_secs(90);
+        let mut quiet = |_: &str| {};
+        let lab = Lab::up(&cfg, &mut quiet).await.unwrap_or_else(|e| {
+            panic!(
+                "cluster {name} did not come up: {}",
+                tinykube_kubelet::error_chain(&e)
+            )
+        });
+        Self {
+            lab: Some(lab),
+            name,
+            dir,
+        }
+    }
+
+    pub fn lab(&self) -> &Lab {
+        self.lab.as_ref().expect("cluster is up")
+    }
+
+    pub fn lab_mut(&mut self) -> &mut Lab {
+        self.lab.as_mut().expect("cluster is up")
+    }
+
+    pub fn kubectl(&self) -> Kubectl {
+        let home = self.dir.join("home");
+        let _ = std::fs::create_dir_all(&home);
+        Kubectl {
+            kubeconfig: self.lab().kubeconfig().to_path_buf(),
+            home,
+        }
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        self.lab().client().await.expect("client")
+    }
+
+    /// The containerd namespace of node `node`.
+    pub async fn runtime(&self, node: &str) -> Runtime {
+        let socket = &self.lab().state.containerd_socket;
+        Runtime::connect(socket, &format!("tinykube-{node}"), Duration::from_secs(5))
+            .await
+            .expect("containerd")
+    }
+
+    /// Removes the cluster and checks that `down` reports it removed something.
+    pub async fn down(mut self) {
+        let lab = self.lab.take().expect("cluster is up");
+        let removed = Lab::down(&self.name, &lab.dir, false).await.expect("down");
+        assert!(removed, "down found the cluster");
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if self.lab.take().is_none() {
+            return;
+        }
+        let (name, dir) = (self.name.clone(), self.dir.clone());
+        // Drop may run inside the test's runtime: tear down from a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            if let Err(e) = rt.block_on(Lab::down(&name, &dir, false)) {
+                eprintln!(
+                    "cleanup of cluster {name} failed: {}",
+                    tinykube_kubelet::error_chain(&e)
+                );
+            }
+        })
+        .join();
+    }
+}
+
+impl TestLab {
+    /// The log file of a container attempt on its node.
+    pub fn log_file(&self, node: &str, uid: &str, container: &str, attempt: u32) -> String {
+        let n = self.lab().node(node).expect("node of this cluster");
+        let base = if n.args.first().map(String::as_str) == Some("master") {
+            n.data_dir.join("agent")
+        } else {
+            n.data_dir.clone()
+        };
+        std::fs::read_to_string(
+            base.join("pods")
+                .join(uid)
+                .join("logs")
+                .join(container)
+                .join(format!("{attempt}.log")),
+        )
+        .unwrap_or_default()
+    }
+}

@@ -1,0 +1,597 @@
+//! End-to-end tests of the node agent on local clusters (root, real containerd, runc,
+//! network namespaces): nodes, pod sandboxes, configuration, restarts, deletion and
+//! agent restarts, and `down` leaving nothing behind.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use tinykube_tests::eventually;
+use tinykube_tests::lab::TestLab;
+
+async fn pod(client: &kube::Client, name: &str) -> Pod {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .get(name)
+        .await
+        .expect("pod")
+}
+
+/// Waits until `pred` holds for pod `name`; fails with the pod's status otherwise.
+async fn wait_pod(
+    client: &kube::Client,
+    name: &str,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&Pod) -> bool,
+) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let got = eventually(Duration::from_secs(secs), async || {
+        api.get(name).await.ok().filter(|p| pred(p))
+    })
+    .await;
+    match got {
+        Some(p) => p,
+        None => {
+            let p = api.get(name).await.ok();
+            panic!(
+                "pod {name}: {what} did not happen in {secs} s; status: {:#?}",
+                p.and_then(|p| p.status)
+            );
+        }
+    }
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn running(p: &Pod) -> bool {
+    phase(p) == "Running"
+        && p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().all(|c| c.ready))
+}
+
+fn ino(path: &str) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .ino()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_has_ready_nodes_and_down_removes_every_trace() {
+    let cluster = TestLab::start(2).await;
+    let kubectl = cluster.kubectl();
+    let out = kubectl.ok(&["get", "nodes", "-o", "wide", "--no-headers"]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let subnet = cluster
+        .lab()
+        .state
+        .subnet
+        .trim_end_matches(".0/24")
+        .to_string();
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l[1], "Ready", "{out}");
+        assert_eq!(
+            l[5],
+            format!("{subnet}.{}", 10 + i),
+            "InternalIP of {}: {out}",
+            l[0]
+        );
+        assert!(
+            l.last().unwrap().starts_with("containerd://1."),
+            "runtime column: {out}"
+        );
+    }
+    assert_eq!(lines[0][0], format!("{}-master", cluster.name));
+    assert_eq!(lines[0][2], "control-plane");
+    assert_eq!(lines[1][2], "<none>");
+    let taints = kubectl.ok(&[
+        "get",
+        "node",
+        lines[0][0],
+        "-o",
+        "jsonpath={.spec.taints[*].key}",
+    ]);
+    assert_eq!(taints, "node-role.kubernetes.io/control-plane");
+
+    // A second `up` of the same cluster refuses.
+    let mut cfg = tinykube_lab::LabConfig::new(&cluster.name);
+    cfg.data_dir = cluster.dir.clone();
+    let mut quiet = |_: &str| {};
+    let again = tinykube_lab::Lab::up(&cfg, &mut quiet).await;
+    assert!(
+        matches!(again, Err(tinykube_lab::LabError::Exists { .. })),
+        "second up must refuse"
+    );
+
+    // A running pod, so `down` has containers, a pod netns and a veth to remove.
+    let client = cluster.client().await;
+    kubectl.ok(&[
+        "run",
+        "web",
+        "--image=tinykube.local/toolbox",
+        "--image-pull-policy=IfNotPresent",
+    ]);
+    let p = wait_pod(&client, "web", 60, "Running", running).await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let nodes: Vec<String> = cluster
+        .lab()
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let (name, dir) = (cluster.name.clone(), cluster.dir.clone());
+    let socket = cluster.lab().state.containerd_socket.clone();
+    let pids: Vec<u32> = cluster
+        .lab()
+        .state
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid)
+        .collect();
+    cluster.down().await;
+
+    let netns: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !netns.iter().any(|n| n.starts_with(&format!("tk-{name}-"))),
+        "node namespaces left: {netns:?}"
+    );
+    assert!(
+        !netns.contains(&format!("tk-{uid}")),
+        "pod namespace left: {netns:?}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/tkbr-{name}")).exists(),
+        "bridge left"
+    );
+    assert!(!dir.exists(), "data dir left");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left"
+        );
+    }
+    for n in nodes {
+        let rt = tinykube_kubelet::runtime::Runtime::connect(
+            &socket,
+            &format!("tinykube-{n}"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !rt.namespace_exists().await.unwrap(),
+            "containerd namespace of {n} left"
+        );
+    }
+    // `down` again finds nothing.
+    assert!(!tinykube_lab::Lab::down(&name, &dir, false).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_one_network_namespace_and_ip() {
+    let cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    cluster.kubectl().ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pair}
+spec:
+  containers:
+  - name: server
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+  - name: client
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "fetch", "http://127.0.0.1:8080/", "--interval-ms", "200"]
+"#,
+    );
+    let p = wait_pod(&client, "pair", 60, "Running", running).await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert!(
+        ip.starts_with("10.244."),
+        "pod IP from the node's podCIDR: {ip}"
+    );
+
+    // The client reached the server over localhost and saw the pod's own IP.
+    let log = eventually(Duration::from_secs(20), async || {
+        let l = cluster.log_file(&node, &uid, "client", 0);
+        l.contains("pod=pair").then_some(l)
+    })
+    .await
+    .expect("the client container logged the server's answer");
+    assert!(log.contains(&format!("ip={ip}")), "{log}");
+
+    // The pause container is there; all three share the pinned namespace.
+    let rt = cluster.runtime(&node).await;
+    let containers = rt.list_containers().await.unwrap();
+    let mine: Vec<_> = containers
+        .iter()
+        .filter(|c| c.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+        .collect();
+    let sandbox = mine
+        .iter()
+        .find(|c| c.labels.get("io.tinykube.kind").map(String::as_str) == Some("sandbox"))
+        .expect("pause container");
+    assert_eq!(sandbox.image, "tinykube.local/pause:latest");
+    assert_eq!(mine.len(), 3, "pause + two containers: {mine:?}");
+    let pinned = ino(&format!("/var/run/netns/tk-{uid}"));
+    for c in &mine {
+        let t = rt.task_state(&c.id).await.unwrap().expect("task");
+        assert!(t.running, "{} runs", c.id);
+        assert_eq!(
+            ino(&format!("/proc/{}/ns/net", t.pid)),
+            pinned,
+            "{} is in the pod's netns",
+            c.id
+        );
+    }
+    let pause_pid = rt.task_state(&sandbox.id).await.unwrap().unwrap().pid;
+    let server = mine
+        .iter()
+        .find(|c| {
+            c.labels
+                .get("io.kubernetes.container.name")
+                .map(String::as_str)
+                == Some("server")
+        })
+        .unwrap();
+    let server_pid = rt.task_state(&server.id).await.unwrap().unwrap().pid;
+    assert_eq!(
+        ino(&format!("/proc/{server_pid}/ns/ipc")),
+        ino(&format!("/proc/{pause_pid}/ns/ipc")),
+        "ipc shared"
+    );
+    assert_eq!(
+        ino(&format!("/proc/{server_pid}/ns/uts")),
+        ino(&format!("/proc/{pause_pid}/ns/uts")),
+        "uts shared"
+    );
+    assert_ne!(
+        ino(&format!("/proc/{server_pid}/ns/pid")),
+        ino(&format!("/proc/{pause_pid}/ns/pid")),
+        "own pid namespace"
+    );
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_downward_api_config_maps_and_shared_empty_dirs_reach_containers() {
+    let cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    cluster.kubectl().ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-from-configmap, colour: blue}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: conf, labels: {app: conf}}
+spec:
+  restartPolicy: Never
+  volumes:
+  - {name: config, configMap: {name: settings}}
+  - {name: shared, emptyDir: {}}
+  initContainers:
+  - name: prepare
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "write", "/shared/note", "written-by-init"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  containers:
+  - name: env
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "env"]
+    env:
+    - {name: LITERAL, value: plain}
+    - {name: EXPANDED, value: "$(LITERAL)-and-more"}
+    - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: MY_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+    - {name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: MY_HOST, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: MY_APP, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}}
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    envFrom:
+    - {prefix: CM_, configMapRef: {name: settings}}
+  - name: files
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "cat", "/shared/note", "/config/greeting"]
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+    - {name: config, mountPath: /config}
+"#,
+    );
+    let p = wait_pod(&client, "conf", 60, "Succeeded", |p| {
+        phase(p) == "Succeeded"
+    })
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let status = p.status.clone().unwrap();
+    let ip = status.pod_ip.clone().unwrap();
+    let host_ip = status.host_ip.clone().unwrap();
+    let init = &status.init_container_statuses.unwrap()[0];
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("Completed")
+    );
+    let env = cluster.log_file(&node, &uid, "env", 0);
+    for want in [
+        "LITERAL=plain".to_string(),
+        "EXPANDED=plain-and-more".into(),
+        "MY_POD=conf".into(),
+        "MY_NS=default".into(),
+        format!("MY_NODE={node}"),
+        format!("MY_IP={ip}"),
+        format!("MY_HOST={host_ip}"),
+        "MY_APP=conf".into(),
+        "GREETING=hello-from-configmap".into(),
+        "CM_colour=blue".into(),
+        "KUBERNETES_SERVICE_HOST=10.96.0.1".into(),
+        "HOSTNAME=conf".into(),
+    ] {
+        assert!(
+            env.lines().any(|l| l == want),
+            "{want} missing from:\n{env}"
+        );
+    }
+    let files = cluster.log_file(&node, &uid, "files", 0);
+    assert_eq!(
+        files, "written-by-init\nhello-from-configmap",
+        "emptyDir shared with the init container, configMap mounted"
+    );
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_containers_back_off_and_oom_kills_are_reported() {
+    let cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    cluster.kubectl().ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - name: c
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "exit", "3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "alloc", "256"]
+    resources: {limits: {memory: 64Mi}}
+"#,
+    );
+    // Restarts at once, then after 1 s, 2 s, 4 s (the lab's back-off starts at 1 s).
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut seen: Vec<(i32, Instant)> = Vec::new();
+    let mut saw_backoff = false;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && seen.last().is_none_or(|(n, _)| *n < 4) {
+        if let Ok(p) = api.get("crash").await
+            && let Some(cs) = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+        {
+            if seen.last().is_none_or(|(n, _)| *n != cs.restart_count) {
+                seen.push((cs.restart_count, Instant::now()));
+            }
+            if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && w.reason.as_deref() == Some("CrashLoopBackOff")
+            {
+                saw_backoff = true;
+                assert!(
+                    w.message.as_deref().unwrap_or("").contains("back-off"),
+                    "{w:?}"
+                );
+                let last = cs
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .expect("lastState");
+                assert_eq!(last.exit_code, 3);
+                assert_eq!(last.reason.as_deref(), Some("Error"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_backoff,
+        "CrashLoopBackOff shown while waiting; restarts seen: {seen:?}"
+    );
+    let at = |n: i32| {
+        seen.iter()
+            .find(|(c, _)| *c == n)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("restart {n} not seen: {seen:?}"))
+    };
+    let gap23 = at(3) - at(2);
+    let gap34 = at(4) - at(3);
+    assert!(
+        gap23 >= Duration::from_millis(1500),
+        "second back-off ~2 s, was {gap23:?}"
+    );
+    assert!(
+        gap34 >= Duration::from_millis(3000),
+        "third back-off ~4 s, was {gap34:?}"
+    );
+    assert!(gap34 > gap23, "back-off grows: {gap23:?} then {gap34:?}");
+
+    let p = wait_pod(&client, "hog", 60, "Failed", |p| phase(p) == "Failed").await;
+    let t = p.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(t.reason.as_deref(), Some("OOMKilled"), "{t:?}");
+    assert_eq!(t.exit_code, 137);
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_deletion_honours_the_grace_period_and_leaves_nothing() {
+    let cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    cluster.kubectl().ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: c
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "sleep", "3600"]
+"#,
+    );
+    let p = wait_pod(&client, "stubborn", 60, "Running", running).await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let started = Instant::now();
+    // `sleep` as PID 1 ignores SIGTERM: the kubelet waits 3 s, then kills.
+    cluster
+        .kubectl()
+        .ok(&["delete", "pod", "stubborn", "--timeout=60s"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2800),
+        "deleted after {took:?}, before the grace period ended"
+    );
+    assert!(took < Duration::from_secs(20), "deletion took {took:?}");
+    let rt = cluster.runtime(&node).await;
+    let left: Vec<_> = rt
+        .list_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+        .collect();
+    assert!(left.is_empty(), "containers left in containerd: {left:?}");
+    assert!(
+        !std::path::Path::new(&format!("/var/run/netns/tk-{uid}")).exists(),
+        "pod netns left"
+    );
+    let veth = tinykube_net::link::host_if_name(&uid);
+    let node_ns = cluster.lab().node(&node).unwrap().netns.clone();
+    let links = std::process::Command::new("ip")
+        .args(["-n", &node_ns, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "pod veth left"
+    );
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_adopts_running_pods_and_cleans_up_deleted_ones() {
+    let mut cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    let worker = format!("{}-worker-1", cluster.name);
+    let manifest = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {worker}\n  containers:\n  - {{name: c, image: tinykube.local/toolbox, imagePullPolicy: IfNotPresent}}\n"
+        )
+    };
+    cluster.kubectl().ok_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", manifest("keep"), manifest("gone")),
+    );
+    let keep = wait_pod(&client, "keep", 60, "Running", running).await;
+    let gone = wait_pod(&client, "gone", 60, "Running", running).await;
+    let before = keep.status.clone().unwrap();
+    let gone_uid = gone.metadata.uid.clone().unwrap();
+
+    cluster.lab_mut().kill_node(&worker).await.unwrap();
+    cluster
+        .kubectl()
+        .ok(&["delete", "pod", "gone", "--wait=false"]);
+    cluster.lab_mut().start_node(&worker).unwrap();
+
+    // The deleted pod is stopped and confirmed once the agent is back.
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let removed = eventually(Duration::from_secs(60), async || {
+        api.get_opt("gone")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        removed.is_some(),
+        "pod deleted while the agent was down is removed after it returns"
+    );
+    assert!(!std::path::Path::new(&format!("/var/run/netns/tk-{gone_uid}")).exists());
+    let rt = cluster.runtime(&worker).await;
+    assert!(
+        !rt.list_containers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.labels.get("io.kubernetes.pod.uid") == Some(&gone_uid)),
+        "containers of the deleted pod left"
+    );
+
+    // The running pod was adopted: same container, no restart, same IP.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pod(&client, "keep").await.status.unwrap();
+    let (b, a) = (
+        &before.container_statuses.as_ref().unwrap()[0],
+        &after.container_statuses.as_ref().unwrap()[0],
+    );
+    assert_eq!(a.container_id, b.container_id);
+    assert_eq!(a.restart_count, 0);
+    assert!(a.ready);
+    assert_eq!(after.pod_ip, before.pod_ip);
+    cluster.down().await;
+}
