@@ -29,6 +29,9 @@ pub struct Shared {
     pub tokens: Tokens,
     pub advertise: String,
     pub bookmark_interval: Duration,
+    pub pki: Arc<crate::tls::Pki>,
+    /// TLS to kubelets, trusting the cluster CA only.
+    pub kubelet_tls: tokio_rustls::TlsConnector,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -220,6 +223,52 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             }
             _ => {}
         }
+    }
+    // A kubelet asks for its serving certificate; logs and exec go to kubelets.
+    match (segs.as_slice(), &parts.method) {
+        (["tinykube", "v1", "kubelet-certificate"], &Method::POST) => {
+            return match &user {
+                auth::User::Node(Some(node)) => {
+                    ok(crate::kubelet::issue_certificate(shared, node)?)
+                }
+                _ => Err(ApiError::Forbidden(format!(
+                    "User \"{}\" cannot get a kubelet certificate: only a named node can",
+                    user.username()
+                ))),
+            };
+        }
+        (
+            [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "pods",
+                name,
+                sub @ ("log" | "exec" | "attach"),
+            ],
+            m,
+        ) if *m == Method::GET || *m == Method::POST => {
+            let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
+            let pods = resources::find("", "pods").expect("pods are served");
+            auth::authorize(
+                &user,
+                &Attributes {
+                    verb: if sub == "log" { "get" } else { "create" },
+                    resource: pods,
+                    subresource: Some(&sub),
+                    namespace: Some(&ns),
+                    name: Some(&name),
+                },
+            )?;
+            if sub == "attach" {
+                return Err(ApiError::BadRequest(
+                    "attach is not supported; use exec".into(),
+                ));
+            }
+            return crate::kubelet::proxy(shared, parts, body, &ns, &name, &sub).await;
+        }
+        _ => {}
     }
     let (group, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),

@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod kubelet;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;

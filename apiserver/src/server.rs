@@ -136,6 +136,7 @@ impl Master {
         ];
         sans.dedup();
         let pki = Pki::ensure(&dir.join("tls"), &sans)?;
+        let ca_pem = pki.ca_pem.clone();
         let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
         let kubeconfig = dir.join("kubeconfig.yaml");
         write_private(
@@ -158,8 +159,10 @@ impl Master {
             tokens: tokens.clone(),
             advertise: SocketAddr::new(advertise, addr.port()).to_string(),
             bookmark_interval: cfg.bookmark_interval,
+            kubelet_tls: pki.client_connector()?,
+            pki: Arc::new(pki),
         });
-        let tls = pki.server_config()?;
+        let tls = shared.pki.server_config()?;
         let cleanup = tokio::spawn(api::run_namespace_cleanup(api.clone(), cleanup_rx));
         resume_namespace_cleanup(&api);
         let serve_cancel = cancel.clone();
@@ -173,7 +176,7 @@ impl Master {
             url,
             kubeconfig,
             tokens,
-            ca_pem: pki.ca_pem.clone(),
+            ca_pem,
             cancel,
             task,
         })

@@ -109,6 +109,20 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A TLS client that trusts only the cluster CA (for talking to kubelets).
+    pub fn client_connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots.add(c.map_err(|_| TlsError::Pem("CA certificate"))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let certs: Vec<_> = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
             .collect::<Result<_, _>>()

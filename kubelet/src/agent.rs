@@ -283,8 +283,18 @@ async fn run_with(
         cgroup_parent: format!("/tinykube/{}", cfg.node_name),
         pause_image: pause,
         images: Images,
+        registry: Default::default(),
     });
     let pods = tokio::spawn(pods::run(ctx.clone(), cancel.clone()));
+    let tls = serving_tls(&client, &cfg.data_dir).await?;
+    let addr = SocketAddr::from(([0, 0, 0, 0], tinykube_api::constants::KUBELET_PORT));
+    let server = tokio::spawn(crate::server::serve(
+        addr,
+        tls,
+        ctx.clone(),
+        cfg.token.clone(),
+        cancel.clone(),
+    ));
     let mut tick = tokio::time::interval(cfg.heartbeat);
     loop {
         tokio::select! {
@@ -307,5 +317,45 @@ async fn run_with(
         }
     }
     let _ = pods.await;
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "the kubelet API stopped with an error");
+    }
     Ok(())
+}
+
+/// The kubelet API's TLS setup, with a certificate the API server issues for this node
+/// (its name and addresses, signed by the cluster CA).
+async fn serving_tls(
+    client: &kube::Client,
+    data_dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, AgentError> {
+    let fail =
+        |m: String| AgentError::Other(format!("cannot get the kubelet's serving certificate: {m}"));
+    let req = http::Request::post("/tinykube/v1/kubelet-certificate")
+        .body(Vec::new())
+        .expect("static request");
+    let v: serde_json::Value = client.request(req).await.map_err(|e| fail(e.to_string()))?;
+    let (cert, key) = (
+        v["certificate"].as_str().unwrap_or_default(),
+        v["key"].as_str().unwrap_or_default(),
+    );
+    let dir = data_dir.join("pki");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("kubelet.crt"), cert);
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("no private key in the answer".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -6,6 +6,7 @@ pub mod hollow;
 pub mod node;
 pub mod pods;
 pub mod runtime;
+pub mod server;
 
 /// An error and its sources on one line, as the CLI and status messages show them.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -175,6 +175,7 @@ pub(crate) async fn run(
         }
         sync(&ctx, &pod, &mut state, &exits_tx).await;
         post_status(&ctx, &pod, &mut state).await;
+        ctx.registry.set(&pod, &state);
         let wake = [state.sandbox_retry_at]
             .into_iter()
             .chain(state.containers.values().map(|c| c.retry_at))
@@ -193,6 +194,7 @@ pub(crate) async fn run(
                 while let Ok(e) = exits.try_recv() {
                     on_exit(&ctx, &pod, &mut state, e).await;
                 }
+                ctx.registry.set(&pod, &state);
             }
             _ = sleep => {}
         }
@@ -298,7 +300,7 @@ fn pod_dir(ctx: &PodContext, uid: &str) -> PathBuf {
     ctx.pods_dir.join(uid)
 }
 
-pub(crate) fn log_path(ctx: &PodContext, uid: &str, container: &str, attempt: u32) -> PathBuf {
+pub fn log_path(ctx: &PodContext, uid: &str, container: &str, attempt: u32) -> PathBuf {
     pod_dir(ctx, uid)
         .join("logs")
         .join(container)
@@ -983,6 +985,7 @@ pub(crate) async fn teardown(
 /// Removes what a pod leaves on the node besides containers: veth, netns, address,
 /// files.
 pub(crate) async fn cleanup_pod(ctx: &PodContext, uid: &str) {
+    ctx.registry.remove(uid);
     if let Err(e) = ctx.bridge.detach(&host_if_name(uid)).await {
         tracing::warn!(pod = uid, error = %e, "cannot remove the pod's veth");
     }

@@ -245,3 +245,159 @@ impl Runtime {
             .collect())
     }
 }
+
+/// Our ends of an exec'd process's standard streams (FIFOs the shim opens too).
+pub struct ExecIo {
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub stdout: tokio::net::unix::pipe::Receiver,
+    pub stderr: tokio::net::unix::pipe::Receiver,
+}
+
+fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Runtime {
+    /// Prepares `args` to run in container `id`'s task as process `exec_id`, with the
+    /// container's environment, user and working directory; stdio through FIFOs in
+    /// `dir`. Start it with `start_exec`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: Vec<String>,
+        stdin: bool,
+        dir: &std::path::Path,
+    ) -> Result<ExecIo, RuntimeError> {
+        use containerd_client::services::v1::{ExecProcessRequest, GetContainerRequest};
+        let mut containers = ContainersClient::new(self.channel());
+        let c = containers
+            .get(self.req(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(call(format!("look up container {id}")))?
+            .into_inner()
+            .container
+            .ok_or_else(|| RuntimeError::Image {
+                image: id.to_string(),
+                message: "container record without content".into(),
+            })?;
+        let spec: serde_json::Value =
+            serde_json::from_slice(&c.spec.map(|s| s.value).unwrap_or_default()).map_err(|e| {
+                RuntimeError::Image {
+                    image: id.to_string(),
+                    message: format!("container spec is not JSON: {e}"),
+                }
+            })?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = serde_json::json!(false);
+        std::fs::create_dir_all(dir).map_err(super::io_err("create", dir))?;
+        let (i, o, e) = (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
+        for p in [&o, &e] {
+            mkfifo(p).map_err(super::io_err("make a FIFO", p))?;
+        }
+        // Opened read-write, our ends never see a premature end of file while the shim
+        // has not opened its side yet.
+        let open_rx = |p: &std::path::Path| {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(p)
+                .map_err(super::io_err("open", p))
+        };
+        let stdout = open_rx(&o)?;
+        let stderr = open_rx(&e)?;
+        let stdin_tx = if stdin {
+            mkfifo(&i).map_err(super::io_err("make a FIFO", &i))?;
+            Some(
+                tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_sender(&i)
+                    .map_err(super::io_err("open", &i))?,
+            )
+        } else {
+            None
+        };
+        let mut tasks = TasksClient::new(self.channel());
+        tasks
+            .exec(self.req(ExecProcessRequest {
+                container_id: id.to_string(),
+                stdin: if stdin {
+                    i.display().to_string()
+                } else {
+                    String::new()
+                },
+                stdout: o.display().to_string(),
+                stderr: e.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: serde_json::to_vec(&process).expect("json"),
+                }),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(call(format!("exec in {id}")))?;
+        Ok(ExecIo {
+            stdin: stdin_tx,
+            stdout,
+            stderr,
+        })
+    }
+
+    pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel());
+        tasks
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(call(format!("start the exec in {id}")))?;
+        Ok(())
+    }
+
+    pub async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32, RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel());
+        let r = tasks
+            .wait(self.req(WaitRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(call(format!("wait for the exec in {id}")))?;
+        Ok(r.into_inner().exit_status)
+    }
+
+    pub async fn delete_exec(&self, id: &str, exec_id: &str) {
+        use containerd_client::services::v1::DeleteProcessRequest;
+        let mut tasks = TasksClient::new(self.channel());
+        let _ = tasks
+            .delete_process(self.req(DeleteProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+    }
+}
+
+impl Runtime {
+    /// Closes the stdin of exec `exec_id` (the shim keeps the FIFO open otherwise).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) {
+        use containerd_client::services::v1::CloseIoRequest;
+        let mut tasks = TasksClient::new(self.channel());
+        let _ = tasks
+            .close_io(self.req(CloseIoRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                stdin: true,
+            }))
+            .await;
+    }
+}

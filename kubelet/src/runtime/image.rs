@@ -639,7 +639,11 @@ fn expire_in_hour() -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// A random hex id (for leases and temporary snapshot keys).
+/// A random hex id (for leases, temporary snapshot keys, exec sessions).
+pub fn random_id() -> String {
+    uuid_like()
+}
+
 pub(crate) fn uuid_like() -> String {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)

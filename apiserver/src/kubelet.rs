@@ -1,0 +1,252 @@
+//! The API server and the kubelets: serving certificates for kubelets signed by the
+//! cluster CA, and `pods/log` and `pods/exec` proxied to the pod's kubelet over TLS
+//! checked against that CA (with exec's protocol upgrade passed through untouched).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::http::Shared;
+use crate::resources;
+
+/// Issues a serving certificate for node `node`, for its name and addresses.
+pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError> {
+    let nodes = resources::find("", "nodes").expect("nodes are served");
+    let stored = shared.api.get(nodes, None, node)?;
+    let mut sans = vec![node.to_string()];
+    for a in stored.object["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(ip) = a["address"].as_str()
+            && !sans.iter().any(|s| s == ip)
+        {
+            sans.push(ip.to_string());
+        }
+    }
+    let (cert, key) = shared
+        .pki
+        .issue(&format!("system:node:{node}"), &sans)
+        .map_err(|e| ApiError::Internal(crate::error::error_chain(&e)))?;
+    Ok(json!({"certificate": cert, "key": key, "ca": shared.pki.ca_pem}))
+}
+
+/// Where the kubelet of the pod's node listens, and the container the request means.
+fn target(
+    shared: &Shared,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+) -> Result<(String, String), ApiError> {
+    let pods = resources::find("", "pods").expect("pods are served");
+    let p = shared.api.get(pods, Some(ns), pod)?.object;
+    let names: Vec<String> = p["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(p["spec"]["initContainers"].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    let container = match container.filter(|c| !c.is_empty()) {
+        Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::BadRequest(format!(
+                "container {c} is not valid for pod {pod}"
+            )));
+        }
+        None => {
+            let apps: Vec<&str> = p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            if apps.len() == 1 {
+                apps[0].to_string()
+            } else {
+                return Err(ApiError::BadRequest(format!(
+                    "a container name must be specified for pod {pod}, choose one of: [{}]",
+                    apps.join(" ")
+                )));
+            }
+        }
+    };
+    let node = p["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("pod {pod} does not have a host assigned")))?;
+    let nodes = resources::find("", "nodes").expect("nodes are served");
+    let n = shared.api.get(nodes, None, node)?.object;
+    let ip = n["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| ApiError::BadRequest(format!("node {node} has no InternalIP")))?;
+    let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .unwrap_or(u64::from(tinykube_api::constants::KUBELET_PORT));
+    Ok((format!("{ip}:{port}"), container))
+}
+
+fn unavailable(what: String) -> ApiError {
+    ApiError::BadRequest(what)
+}
+
+/// Proxies `GET pods/{pod}/log` or `pods/{pod}/exec` to the kubelet.
+pub async fn proxy(
+    shared: &Arc<Shared>,
+    mut parts: Parts,
+    body: Body,
+    ns: &str,
+    pod: &str,
+    sub: &str,
+) -> Result<Response, ApiError> {
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let pairs: Vec<(String, String)> = form_pairs(&query);
+    let container = pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.as_str());
+    let (addr, container) = target(shared, ns, pod, container)?;
+    let rest: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k != "container")
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    let path = match sub {
+        "log" => format!("/containerLogs/{ns}/{pod}/{container}"),
+        _ => format!("/exec/{ns}/{pod}/{container}"),
+    };
+    let uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| unavailable(format!("cannot reach the kubelet at {addr}: {e}")))?;
+    let server_name = rustls::pki_types::ServerName::try_from(
+        addr.rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .to_string(),
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let tls = shared
+        .kubelet_tls
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unavailable(format!("TLS to the kubelet at {addr} failed: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| unavailable(format!("cannot talk to the kubelet at {addr}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut req = http::Request::builder()
+        .method(if sub == "log" {
+            Method::GET
+        } else {
+            parts.method.clone()
+        })
+        .uri(uri);
+    for (k, v) in &parts.headers {
+        if k == header::AUTHORIZATION || k == header::HOST || k == header::CONTENT_LENGTH {
+            continue;
+        }
+        req = req.header(k, v);
+    }
+    let token =
+        HeaderValue::from_str(&format!("Bearer {}", shared.tokens.node)).expect("token is ASCII");
+    let req = req
+        .header(header::AUTHORIZATION, token)
+        .header(header::HOST, addr.as_str())
+        .body(body)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unavailable(format!("the kubelet at {addr} did not answer: {e}")))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let client_side = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let (head, incoming) = resp.into_parts();
+        let upstream = hyper::upgrade::on(http::Response::from_parts(head.clone(), incoming));
+        if let Some(client_side) = client_side {
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (client_side.await, upstream.await) {
+                    let (mut a, mut b) = (TokioIo::new(down), TokioIo::new(up));
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+        return Ok(http::Response::from_parts(head, Body::empty()).into_response());
+    }
+    let (head, incoming) = resp.into_parts();
+    Ok(http::Response::from_parts(head, Body::new(incoming)).into_response())
+}
+
+fn form_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn dec(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_round_trip() {
+        let pairs = form_pairs("command=ls&command=-l%20x&container=c&stdout=true&x=a+b&bad=%zz");
+        assert_eq!(pairs[1], ("command".to_string(), "-l x".to_string()));
+        assert_eq!(pairs[4].1, "a b");
+        assert_eq!(pairs[5].1, "%zz");
+        assert_eq!(dec(&enc("a b/&=ü")), "a b/&=ü");
+    }
+}
