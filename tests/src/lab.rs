@@ -94,7 +94,9 @@ impl TestLab {
     /// Removes the cluster and checks that `down` reports it removed something.
     pub async fn down(mut self) {
         let lab = self.lab.take().expect("cluster is up");
-        let removed = Lab::down(&self.name, &lab.dir, false).await.expect("down");
+        let removed = Lab::down(&self.name, &lab.dir, false)
+            .await
+            .unwrap_or_else(|e| panic!("down failed: {}", tinykube_kubelet::error_chain(&e)));
         assert!(removed, "down found the cluster");
     }
 }
@@ -119,25 +121,5 @@ impl Drop for TestLab {
             }
         })
         .join();
-    }
-}
-
-impl TestLab {
-    /// The log file of a container attempt on its node.
-    pub fn log_file(&self, node: &str, uid: &str, container: &str, attempt: u32) -> String {
-        let n = self.lab().node(node).expect("node of this cluster");
-        let base = if n.args.first().map(String::as_str) == Some("master") {
-            n.data_dir.join("agent")
-        } else {
-            n.data_dir.clone()
-        };
-        std::fs::read_to_string(
-            base.join("pods")
-                .join(uid)
-                .join("logs")
-                .join(container)
-                .join(format!("{attempt}.log")),
-        )
-        .unwrap_or_default()
     }
 }
