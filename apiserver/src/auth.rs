@@ -80,7 +80,8 @@ pub struct Attributes<'a> {
     pub name: Option<&'a str>,
 }
 
-/// Admins may do everything. Nodes may read everything but secrets and write only what
+/// Admins may do everything. Nodes may read everything but secrets (only those their
+/// pods use, checked by the caller) and write only what
 /// a kubelet writes: their own Node and Lease, pods and their status, events.
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
     let node = match user {

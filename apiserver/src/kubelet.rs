@@ -38,6 +38,50 @@ pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError>
     Ok(json!({"certificate": cert, "key": key, "ca": shared.pki.ca_pem}))
 }
 
+/// Whether a pod bound to `node` refers to secret `ns/name` (a volume, an env
+/// reference or envFrom): what Kubernetes' node authorizer lets a kubelet read.
+pub fn node_may_read_secret(shared: &Shared, node: &str, ns: &str, name: &str) -> bool {
+    let pods = resources::find("", "pods").expect("pods are served");
+    let mut q = std::collections::HashMap::new();
+    q.insert("fieldSelector".to_string(), format!("spec.nodeName={node}"));
+    let Ok(opts) = crate::api::ListOptions::from_query(&q) else {
+        return false;
+    };
+    let Ok(list) = shared
+        .api
+        .list_raw(pods, Some(ns), &opts)
+        .and_then(|l| l.into_value())
+    else {
+        return false;
+    };
+    list["items"].as_array().into_iter().flatten().any(|p| {
+        let spec = &p["spec"];
+        let volumes = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["secret"]["secretName"] == name);
+        let containers = spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["initContainers"].as_array().into_iter().flatten());
+        let refs = containers.into_iter().any(|c| {
+            c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["valueFrom"]["secretKeyRef"]["name"] == name)
+                || c["envFrom"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["secretRef"]["name"] == name)
+        });
+        volumes || refs
+    })
+}
+
 /// Where the kubelet of the pod's node listens, and the container the request means.
 fn target(
     shared: &Shared,

@@ -294,6 +294,11 @@ metadata: {name: settings}
 data: {greeting: hello-from-configmap, colour: blue}
 ---
 apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+data: {password: czNjcmV0Cg==}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: conf, labels: {app: conf}}
 spec:
@@ -301,6 +306,7 @@ spec:
   volumes:
   - {name: config, configMap: {name: settings}}
   - {name: shared, emptyDir: {}}
+  - {name: secret, secret: {secretName: creds}}
   initContainers:
   - name: prepare
     image: tinykube.local/toolbox
@@ -322,15 +328,17 @@ spec:
     - {name: MY_HOST, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
     - {name: MY_APP, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}}
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
     envFrom:
     - {prefix: CM_, configMapRef: {name: settings}}
   - name: files
     image: tinykube.local/toolbox
     imagePullPolicy: IfNotPresent
-    command: ["/tinykube", "toolbox", "cat", "/shared/note", "/config/greeting"]
+    command: ["/tinykube", "toolbox", "cat", "/shared/note", "/config/greeting", "/secret/password"]
     volumeMounts:
     - {name: shared, mountPath: /shared}
     - {name: config, mountPath: /config}
+    - {name: secret, mountPath: /secret}
 "#,
     );
     let p = wait_pod(&client, "conf", 60, "Succeeded", |p| {
@@ -366,6 +374,7 @@ spec:
         format!("MY_HOST={host_ip}"),
         "MY_APP=conf".into(),
         "GREETING=hello-from-configmap".into(),
+        "PASSWORD=s3cret".into(),
         "CM_colour=blue".into(),
         "KUBERNETES_SERVICE_HOST=10.96.0.1".into(),
         "HOSTNAME=conf".into(),
@@ -377,8 +386,8 @@ spec:
     }
     let files = cluster.kubectl().ok(&["logs", "conf", "-c", "files"]);
     assert_eq!(
-        files, "written-by-init\nhello-from-configmap",
-        "emptyDir shared with the init container, configMap mounted"
+        files, "written-by-init\nhello-from-configmaps3cret\n",
+        "emptyDir shared with the init container, configMap and secret mounted"
     );
     cluster.down().await;
 }

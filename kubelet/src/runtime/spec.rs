@@ -34,7 +34,8 @@ pub struct ContainerSpec {
     pub uid: u32,
     pub gid: u32,
     pub hostname: String,
-    /// Network namespace to join (a path); the sandbox's pinned netns or the pause's.
+    /// Network namespace to join (a path): the sandbox's pinned netns or the pause's;
+    /// empty makes a new one.
     pub netns: String,
     /// ipc and uts namespaces to join; None makes new ones (the sandbox does).
     pub ipc: Option<String>,
@@ -91,7 +92,11 @@ impl ContainerSpec {
         // No cgroup namespace: these hosts are cgroup v1 hybrids, where runc cannot
         // make one.
         let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
-        namespaces.push(json!({"type": "network", "path": self.netns}));
+        namespaces.push(if self.netns.is_empty() {
+            json!({"type": "network"})
+        } else {
+            json!({"type": "network", "path": self.netns})
+        });
         namespaces.push(match &self.ipc {
             Some(p) => json!({"type": "ipc", "path": p}),
             None => json!({"type": "ipc"}),
