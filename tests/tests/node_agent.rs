@@ -751,3 +751,139 @@ spec:
     );
     cluster.down().await;
 }
+
+fn container_ready(p: &Pod, name: &str) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.name == name && c.ready))
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_ready_and_liveness_failures_restart() {
+    let cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    let kubectl = cluster.kubectl();
+    kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+  - name: gate
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "sleep", "3600"]
+    readinessProbe: {exec: {command: ["/tinykube", "toolbox", "cat", "/tmp/ready"]}, periodSeconds: 1}
+  - name: flaky
+    image: tinykube.local/toolbox
+    imagePullPolicy: IfNotPresent
+    command: ["/tinykube", "toolbox", "sleep", "3600"]
+    livenessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1, failureThreshold: 2}
+"#,
+    );
+    wait_pod(&client, "probed", 60, "web ready by its HTTP probe", |p| {
+        container_ready(p, "web")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = pod(&client, "probed").await;
+    assert!(
+        !container_ready(&p, "gate"),
+        "gate is not ready while its exec probe fails"
+    );
+    assert!(
+        !pod_ready(&p),
+        "the pod is not Ready while a container is not"
+    );
+
+    kubectl.ok(&[
+        "exec",
+        "probed",
+        "-c",
+        "gate",
+        "--",
+        "/tinykube",
+        "toolbox",
+        "write",
+        "/tmp/ready",
+        "yes",
+    ]);
+    wait_pod(
+        &client,
+        "probed",
+        30,
+        "gate ready after its probe passes",
+        |p| container_ready(p, "gate"),
+    )
+    .await;
+
+    let p = wait_pod(
+        &client,
+        "probed",
+        60,
+        "flaky restarted by its liveness probe",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.name == "flaky" && c.restart_count >= 1))
+        },
+    )
+    .await;
+    let flaky = p
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "flaky")
+        .unwrap();
+    let last = flaky.last_state.unwrap().terminated.unwrap();
+    assert_eq!(
+        last.exit_code, 137,
+        "killed after the grace period: {last:?}"
+    );
+    let web = pod(&client, "probed")
+        .await
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "web")
+        .unwrap();
+    assert_eq!(web.restart_count, 0, "a passing container is left alone");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=probed",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("Unhealthy: Liveness probe failed: dial tcp"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Killing: Container flaky failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    cluster.down().await;
+}

@@ -3,6 +3,7 @@
 //! belongs to no pod is removed (`config` builds each container's settings).
 
 pub mod config;
+pub mod probe;
 pub(crate) mod worker;
 
 pub use worker::log_path;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::{self, Event as WatchEvent};
 use serde_json::json;
 use tinykube_net::ipam::Ipam;
 use tinykube_net::link::Bridge;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime::container::ContainerRecord;
 use crate::runtime::image::{LOCAL_REGISTRY, ResolvedImage, normalize};
 use crate::runtime::{Runtime, RuntimeError};
-use worker::{Ctr, Exit, PodState, Run, Sandbox, Terminated};
+use worker::{Ctr, Event, PodState, Run, Sandbox, Terminated};
 
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -174,16 +175,16 @@ pub(crate) async fn event(
 }
 
 /// Waits for container `id` to exit and reports it; rides out containerd restarts.
-pub(crate) fn wait_for_exit(rt: Runtime, id: String, tx: mpsc::UnboundedSender<Exit>) {
+pub(crate) fn wait_for_exit(rt: Runtime, id: String, tx: mpsc::UnboundedSender<Event>) {
     tokio::spawn(async move {
         loop {
             match rt.wait_task(&id).await {
                 Ok(code) => {
-                    let _ = tx.send(Exit { id, code });
+                    let _ = tx.send(Event::Exited { id, code });
                     return;
                 }
                 Err(e) if e.is_not_found() => {
-                    let _ = tx.send(Exit { id, code: 137 });
+                    let _ = tx.send(Event::Exited { id, code: 137 });
                     return;
                 }
                 Err(_) if tx.is_closed() => return,
@@ -245,7 +246,7 @@ fn spawn_worker(
     ctx: &Arc<PodContext>,
     pod: Pod,
     state: PodState,
-    exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
+    exits: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
 ) -> WorkerHandle {
     let (tx, rx) = watch::channel(Some(pod));
     let task = tokio::spawn(worker::run(ctx.clone(), rx, state, exits.0, exits.1));
@@ -271,7 +272,7 @@ async fn adopt(
     ctx: &Arc<PodContext>,
     pod: &Pod,
     records: Vec<ContainerRecord>,
-    exits: &mpsc::UnboundedSender<Exit>,
+    exits: &mpsc::UnboundedSender<Event>,
 ) -> PodState {
     let mut st = PodState::default();
     let uid = worker::uid(pod);
@@ -339,12 +340,35 @@ async fn adopt(
                 ctr.run = Run::Running { started_at };
                 ctr.id = Some(r.id.clone());
                 wait_for_exit(ctx.runtime.clone(), r.id.clone(), exits.clone());
+                let spec = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| {
+                        s.containers
+                            .iter()
+                            .chain(s.init_containers.iter().flatten())
+                    })
+                    .find(|c| c.name == name)
+                    .cloned();
+                if let (Some(c), Some(sb)) = (spec, st.sandbox.as_ref()) {
+                    // Readiness is re-established by the probe, as after a kubelet restart.
+                    ctr.ready = c.readiness_probe.is_none();
+                    ctr.probes = probe::spawn(
+                        ctx.runtime.clone(),
+                        r.id.clone(),
+                        c,
+                        sb.ip.to_string(),
+                        ctx.pods_dir.join("exec"),
+                        exits.clone(),
+                    )
+                    .map(|h| h.abort_handle());
+                }
             }
             Ok(Some(t)) => {
                 // Exited while the agent was away: handled like any exit.
                 ctr.run = Run::Running { started_at };
                 ctr.id = Some(r.id.clone());
-                let _ = exits.send(Exit {
+                let _ = exits.send(Event::Exited {
                     id: r.id.clone(),
                     code: t.exit_status,
                 });
@@ -433,8 +457,8 @@ pub async fn run(ctx: Arc<PodContext>, cancel: CancellationToken) {
                 tracing::debug!(error = %e, "pod watch restarting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Some(Ok(Event::Init)) => seen.clear(),
-            Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
+            Some(Ok(WatchEvent::Init)) => seen.clear(),
+            Some(Ok(WatchEvent::InitApply(p) | WatchEvent::Apply(p))) => {
                 let uid = worker::uid(&p);
                 seen.insert(uid.clone());
                 match workers.get(&uid) {
@@ -452,12 +476,12 @@ pub async fn run(ctx: Arc<PodContext>, cancel: CancellationToken) {
                     }
                 }
             }
-            Some(Ok(Event::Delete(p))) => {
+            Some(Ok(WatchEvent::Delete(p))) => {
                 if let Some(w) = workers.get(&worker::uid(&p)) {
                     let _ = w.tx.send(None);
                 }
             }
-            Some(Ok(Event::InitDone)) => {
+            Some(Ok(WatchEvent::InitDone)) => {
                 for (uid, w) in &workers {
                     if !seen.contains(uid) {
                         let _ = w.tx.send(None);

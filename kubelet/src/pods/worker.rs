@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::{self, PodFacts, Sources};
+use super::probe::{self, Kind};
 use super::{PodContext, labels};
 use crate::runtime::container::NewContainer;
 use crate::runtime::image::ResolvedImage;
@@ -51,6 +52,9 @@ pub(crate) struct Ctr {
     /// The back-off of the pending restart (what CrashLoopBackOff reports).
     pub waiting: Duration,
     pub retry_at: Option<Instant>,
+    /// Readiness (true without a readiness probe once running).
+    pub ready: bool,
+    pub probes: Option<tokio::task::AbortHandle>,
 }
 
 impl Ctr {
@@ -67,6 +71,8 @@ impl Ctr {
             backoff: Duration::ZERO,
             waiting: Duration::ZERO,
             retry_at: None,
+            ready: false,
+            probes: None,
         }
     }
 
@@ -100,10 +106,17 @@ pub(crate) struct PodState {
     pub posted: Option<Value>,
 }
 
-/// A container exit, from the task that waits on it.
-pub(crate) struct Exit {
-    pub id: String,
-    pub code: u32,
+/// What a pod's worker hears about its containers besides pod updates.
+pub(crate) enum Event {
+    /// A container's task exited (from the task that waits on it).
+    Exited { id: String, code: u32 },
+    /// A probe changed state (or a liveness probe failed).
+    Probe {
+        id: String,
+        kind: Kind,
+        ok: bool,
+        message: String,
+    },
 }
 
 fn now() -> String {
@@ -142,8 +155,8 @@ pub(crate) async fn run(
     ctx: Arc<PodContext>,
     mut pods: watch::Receiver<Option<Pod>>,
     mut state: PodState,
-    exits_tx: mpsc::UnboundedSender<Exit>,
-    mut exits: mpsc::UnboundedReceiver<Exit>,
+    exits_tx: mpsc::UnboundedSender<Event>,
+    mut exits: mpsc::UnboundedReceiver<Event>,
 ) {
     loop {
         let current = pods.borrow_and_update().clone();
@@ -190,9 +203,9 @@ pub(crate) async fn run(
         tokio::select! {
             changed = pods.changed() => if changed.is_err() { return },
             Some(e) = exits.recv() => {
-                on_exit(&ctx, &pod, &mut state, e).await;
+                on_event(&ctx, &pod, &mut state, e).await;
                 while let Ok(e) = exits.try_recv() {
-                    on_exit(&ctx, &pod, &mut state, e).await;
+                    on_event(&ctx, &pod, &mut state, e).await;
                 }
                 ctx.registry.set(&pod, &state);
             }
@@ -206,7 +219,7 @@ async fn sync(
     ctx: &Arc<PodContext>,
     pod: &Pod,
     st: &mut PodState,
-    exits: &mpsc::UnboundedSender<Exit>,
+    exits: &mpsc::UnboundedSender<Event>,
 ) {
     let Some(spec) = pod.spec.as_ref() else {
         return;
@@ -385,7 +398,7 @@ async fn start(
     pod: &Pod,
     c: &Container,
     st: &mut PodState,
-    exits: &mpsc::UnboundedSender<Exit>,
+    exits: &mpsc::UnboundedSender<Event>,
     sources: &mut Sources,
 ) {
     let Some(sandbox) = st.sandbox.as_ref() else {
@@ -514,6 +527,16 @@ async fn start(
         return;
     }
     ctr.run = Run::Running { started_at };
+    ctr.ready = c.readiness_probe.is_none();
+    ctr.probes = probe::spawn(
+        ctx.runtime.clone(),
+        id.clone(),
+        c.clone(),
+        ip.to_string(),
+        ctx.pods_dir.join("exec"),
+        exits.clone(),
+    )
+    .map(|h| h.abort_handle());
     super::event(
         &ctx.client,
         pod,
@@ -640,23 +663,97 @@ fn oom_killed(cgroups_path: &str) -> bool {
     .is_some_and(|n| n > 0)
 }
 
+/// Handles a container exit or a probe result.
+pub(crate) async fn on_event(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodState, e: Event) {
+    match e {
+        Event::Exited { id, code } => on_exit(ctx, pod, st, id, code).await,
+        Event::Probe {
+            id,
+            kind,
+            ok,
+            message,
+        } => {
+            let Some((name, ctr)) = st
+                .containers
+                .iter_mut()
+                .find(|(_, c)| c.id.as_deref() == Some(&id))
+            else {
+                return;
+            };
+            let name = name.clone();
+            if !ok {
+                super::event(
+                    &ctx.client,
+                    pod,
+                    "Warning",
+                    "Unhealthy",
+                    &format!("{} probe failed: {message}", kind.name()),
+                )
+                .await;
+            }
+            match kind {
+                Kind::Readiness => ctr.ready = ok,
+                Kind::Liveness if !ok => {
+                    super::event(
+                        &ctx.client,
+                        pod,
+                        "Normal",
+                        "Killing",
+                        &format!("Container {name} failed liveness probe, will be restarted"),
+                    )
+                    .await;
+                    let grace = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0) as u64;
+                    let rt = ctx.runtime.clone();
+                    // The exit then comes through the container's waiter, as any exit.
+                    tokio::spawn(async move {
+                        let _ = rt.kill_task(&id, libc::SIGTERM as u32, false).await;
+                        if tokio::time::timeout(Duration::from_secs(grace), rt.wait_task(&id))
+                            .await
+                            .is_err()
+                        {
+                            let _ = rt.kill_task(&id, libc::SIGKILL as u32, true).await;
+                        }
+                    });
+                }
+                Kind::Liveness => {}
+            }
+        }
+    }
+}
+
 /// Records a container's exit and removes its task and container (its log stays).
-pub(crate) async fn on_exit(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodState, e: Exit) {
+async fn on_exit(
+    ctx: &Arc<PodContext>,
+    pod: &Pod,
+    st: &mut PodState,
+    exited_id: String,
+    exit_code: u32,
+) {
+    let e = (exited_id, exit_code);
     let uid = uid(pod);
     let policy = restart_policy(pod).to_string();
     let Some((name, ctr)) = st
         .containers
         .iter_mut()
-        .find(|(_, c)| c.id.as_deref() == Some(&e.id))
+        .find(|(_, c)| c.id.as_deref() == Some(&e.0))
     else {
         return;
     };
+    if let Some(p) = ctr.probes.take() {
+        p.abort();
+    }
+    ctr.ready = false;
     let started_at = match &ctr.run {
         Run::Running { started_at } => started_at.clone(),
         _ => now(),
     };
     let oom = oom_killed(&cgroup(ctx, &uid, name));
-    let code = e.code as i32;
+    let code = e.1 as i32;
     let reason = if oom {
         "OOMKilled"
     } else if code == 0 {
@@ -669,9 +766,9 @@ pub(crate) async fn on_exit(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodState,
         reason: reason.into(),
         started_at,
         finished_at: now(),
-        container_id: format!("containerd://{}", e.id),
+        container_id: format!("containerd://{}", e.0),
     };
-    ctx.runtime.remove_container(&e.id).await;
+    ctx.runtime.remove_container(&e.0).await;
     ctr.id = None;
     ctr.last = Some(t.clone());
     if should_restart(&policy, code) {
@@ -743,7 +840,7 @@ pub(crate) fn status(ctx: &PodContext, pod: &Pod, st: &PodState) -> Value {
         };
         let mut s = json!({
             "name": c.name, "image": c.image, "imageID": ctr.image_id,
-            "ready": running && !init, "started": running, "restartCount": ctr.restarts(),
+            "ready": running && !init && ctr.ready, "started": running, "restartCount": ctr.restarts(),
             "state": state_json(&run), "lastState": last,
         });
         if !container_id.is_null() {
@@ -773,7 +870,7 @@ pub(crate) fn status(ctx: &PodContext, pod: &Pod, st: &PodState) -> Value {
     let all_running = init_done
         && apps
             .iter()
-            .all(|c| c.is_some_and(|c| matches!(c.run, Run::Running { .. })));
+            .all(|c| c.is_some_and(|c| matches!(c.run, Run::Running { .. }) && c.ready));
     let any_running = apps
         .iter()
         .any(|c| c.is_some_and(|c| matches!(c.run, Run::Running { .. })));
@@ -965,6 +1062,11 @@ pub(crate) async fn teardown(
             }
         })
         .collect();
+    for c in st.containers.values_mut() {
+        if let Some(p) = c.probes.take() {
+            p.abort();
+        }
+    }
     futures::future::join_all(stops).await;
     for c in st.containers.values_mut() {
         c.id = None;
