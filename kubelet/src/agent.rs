@@ -221,6 +221,7 @@ async fn run_with(
         runtime.import(&name, &blobs).await?;
         image_sizes.push((vec![name], size));
     }
+    import_archives(&runtime, &cfg.data_dir.join("images")).await;
     let pause = runtime
         .resolve(PAUSE_IMAGE)
         .await?
@@ -304,7 +305,7 @@ async fn run_with(
         if let Err(e) = node::renew_lease(&client, &cfg.node_name, Duration::from_secs(40)).await {
             tracing::warn!(error = %e, "cannot renew the node lease");
         }
-        let status = node::status(&facts, &image_sizes, true);
+        let status = node::status(&facts, &node_images(&ctx.runtime).await, true);
         if let Err(e) = nodes
             .patch_status(
                 &cfg.node_name,
@@ -321,6 +322,71 @@ async fn run_with(
         tracing::warn!(error = %e, "the kubelet API stopped with an error");
     }
     Ok(())
+}
+
+/// Imports every image tarball (docker-archive or OCI layout, `.tar`, `.tar.gz`) in
+/// `dir`, as k3s imports its air-gap images; a bad tarball is reported and skipped.
+pub async fn import_archives(runtime: &Runtime, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
+                })
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let work = dir.join(".unpacked");
+        let read = {
+            let (f, work) = (f.clone(), work.clone());
+            tokio::task::spawn_blocking(move || crate::runtime::archive::read_archive(&f, &work))
+                .await
+        };
+        match read {
+            Ok(Ok(images)) => {
+                for (name, blobs) in images {
+                    match runtime.import(&name, &blobs).await {
+                        Ok(()) => {
+                            tracing::info!(image = %name, file = %f.display(), "image imported")
+                        }
+                        Err(e) => {
+                            tracing::warn!(image = %name, file = %f.display(), error = %crate::error_chain(&e), "cannot import image")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(file = %f.display(), error = %crate::error_chain(&e), "cannot read image tarball")
+            }
+            Err(e) => tracing::warn!(file = %f.display(), error = %e, "cannot read image tarball"),
+        }
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
+
+/// The images the node holds, with their sizes, for `status.images`.
+async fn node_images(runtime: &Runtime) -> Vec<(Vec<String>, i64)> {
+    let mut by_digest: std::collections::BTreeMap<String, (Vec<String>, i64)> = Default::default();
+    for name in runtime.list_images().await.unwrap_or_default() {
+        if let Ok(Some(i)) = runtime.resolve(&name).await {
+            let e = by_digest
+                .entry(i.manifest_digest.clone())
+                .or_insert((Vec::new(), i.size));
+            e.0.push(format!(
+                "{}@{}",
+                crate::runtime::image::repository(&name),
+                i.manifest_digest
+            ));
+            e.0.push(name);
+        }
+    }
+    by_digest.into_values().collect()
 }
 
 /// The kubelet API's TLS setup, with a certificate the API server issues for this node

@@ -887,3 +887,93 @@ spec:
     );
     cluster.down().await;
 }
+
+/// A docker-archive tarball (what `docker save` writes) of an image made from the
+/// tinykube binary whose default command serves HTTP on 9090.
+fn docker_archive(path: &std::path::Path, tag: &str) {
+    let bin = tinykube_tests::tinykube_bin().unwrap();
+    let cache = path.with_extension("layer");
+    let (layer, digest, _) = tinykube_kubelet::runtime::image::local_layer(&bin, &cache).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/tinykube", "toolbox"], "Cmd": ["serve", "--port", "9090"]},
+        "rootfs": {"type": "layers", "diff_ids": [digest]},
+    });
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer0/layer.tar"]}]);
+    let mut t = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, name, data).unwrap();
+    };
+    add("config.json", config.to_string().as_bytes());
+    add("manifest.json", manifest.to_string().as_bytes());
+    add("layer0/layer.tar", &std::fs::read(&layer).unwrap());
+    t.finish().unwrap();
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_tarballs_are_imported_and_missing_images_fail_to_pull() {
+    let mut cluster = TestLab::start(1).await;
+    let client = cluster.client().await;
+    let worker = format!("{}-worker-1", cluster.name);
+    let images = cluster.lab().node(&worker).unwrap().data_dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    docker_archive(&images.join("hello.tar"), "example.com/hello:v1");
+    // Tarballs are imported when the agent starts.
+    cluster.lab_mut().kill_node(&worker).await.unwrap();
+    cluster.lab_mut().start_node(&worker).unwrap();
+    let kubectl = cluster.kubectl();
+    let listed = eventually(Duration::from_secs(60), async || {
+        let out = kubectl.ok(&[
+            "get",
+            "node",
+            &worker,
+            "-o",
+            "jsonpath={.status.images[*].names}",
+        ]);
+        out.contains("example.com/hello:v1").then_some(out)
+    })
+    .await;
+    assert!(
+        listed.is_some(),
+        "the imported image is in the node's status.images"
+    );
+    kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hello}
+spec:
+  containers:
+  - {name: c, image: example.com/hello:v1, imagePullPolicy: IfNotPresent}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  containers:
+  - {name: c, image: example.com/missing:v1}
+"#,
+    );
+    wait_pod(&client, "hello", 60, "Running", running).await;
+    let log = eventually(Duration::from_secs(20), async || {
+        let l = kubectl.ok(&["logs", "hello"]);
+        l.contains("serving on :9090").then_some(l)
+    })
+    .await;
+    assert!(log.is_some(), "the imported image's own command runs");
+    let p = wait_pod(&client, "missing", 60, "a pull error", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs[0].state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(phase(&p), "Pending");
+    cluster.down().await;
+}

@@ -498,7 +498,7 @@ async fn start(
     let _ = std::fs::remove_file(&new.log_path);
     ctr.image_id = format!(
         "{}@{}",
-        image.name.split([':', '@']).next().unwrap_or(&image.name),
+        crate::runtime::image::repository(&image.name),
         image.manifest_digest
     );
     let fail = |ctr: &mut Ctr, message: String| {

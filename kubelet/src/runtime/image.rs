@@ -68,6 +68,18 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// The repository part of a reference (`reg:5000/app:v1` -> `reg:5000/app`).
+pub fn repository(reference: &str) -> &str {
+    if let Some(i) = reference.find('@') {
+        return &reference[..i];
+    }
+    let last = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last..].rfind(':') {
+        Some(i) => &reference[..last + i],
+        None => reference,
+    }
+}
+
 /// Docker's reference normalisation: `nginx` is `docker.io/library/nginx:latest`.
 pub fn normalize(image: &str) -> String {
     let (name, suffix) = match image.find('@') {
@@ -97,12 +109,14 @@ pub fn normalize(image: &str) -> String {
 }
 
 /// Where a blob's bytes come from.
+#[derive(Clone)]
 pub enum BlobData {
     Bytes(Vec<u8>),
     File(PathBuf),
 }
 
 /// One blob to store: its descriptor and bytes.
+#[derive(Clone)]
 pub struct Blob {
     pub media_type: String,
     pub digest: String,
@@ -132,6 +146,7 @@ impl Blob {
 
 /// An image to import: a manifest, its config and its layers (with their uncompressed
 /// digests).
+#[derive(Clone)]
 pub struct ImageBlobs {
     pub manifest: Blob,
     pub config: Blob,

@@ -2,6 +2,7 @@
 //! (`image`), the OCI spec of sandboxes and containers (`spec`), and containers and
 //! their tasks (`container`).
 
+pub mod archive;
 pub mod container;
 pub mod image;
 pub mod purge;
