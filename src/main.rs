@@ -137,6 +137,9 @@ struct NodeArgs {
     /// Seconds of the first container restart back-off (doubling up to 5 minutes).
     #[arg(long, default_value_t = 10)]
     restart_backoff_seconds: u64,
+    /// A registry (HOST:PORT) to pull from over plain HTTP; may be repeated.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 impl NodeArgs {
@@ -157,6 +160,7 @@ impl NodeArgs {
         cfg.node_ip = self.node_ip;
         cfg.containerd_socket = self.containerd_socket;
         cfg.backoff_base = Duration::from_secs(self.restart_backoff_seconds);
+        cfg.insecure_registries = self.insecure_registries;
         cfg
     }
 }
@@ -386,6 +390,8 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    // One TLS crypto provider for every client in the process (kube, registry pulls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG")
         .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()

@@ -38,6 +38,8 @@ pub struct AgentConfig {
     /// First container restart back-off (Kubernetes: 10 s).
     pub backoff_base: Duration,
     pub heartbeat: Duration,
+    /// Registries (host:port) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl AgentConfig {
@@ -59,6 +61,7 @@ impl AgentConfig {
             control_plane: false,
             backoff_base: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -283,7 +286,12 @@ async fn run_with(
         backoff_max: Duration::from_secs(300).max(cfg.backoff_base),
         cgroup_parent: format!("/tinykube/{}", cfg.node_name),
         pause_image: pause,
-        images: Images,
+        images: Images {
+            puller: crate::runtime::pull::Puller::new(
+                cfg.insecure_registries.clone(),
+                cfg.data_dir.join("images").join(".pulling"),
+            ),
+        },
         registry: Default::default(),
     });
     let pods = tokio::spawn(pods::run(ctx.clone(), cancel.clone()));

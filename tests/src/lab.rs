@@ -33,6 +33,12 @@ impl TestLab {
     /// A cluster with a master and `workers` workers; container restarts back off from
     /// 1 s instead of 10 s so crash loops are quick to watch.
     pub async fn start(workers: usize) -> Self {
+        Self::start_with(workers, &[]).await
+    }
+
+    /// As `start`, with extra arguments for every node agent (`{master}` in them becomes
+    /// the master's address).
+    pub async fn start_with(workers: usize, node_args: &[&str]) -> Self {
         require_root();
         crate::init_crypto();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -47,6 +53,10 @@ impl TestLab {
         cfg.data_dir = dir.clone();
         cfg.binary = crate::tinykube_bin().expect("tinykube binary");
         cfg.node_args = vec!["--restart-backoff-seconds".into(), "1".into()];
+        let master = cfg.subnet.network().octets();
+        let master = format!("{}.{}.{}.10", master[0], master[1], master[2]);
+        cfg.node_args
+            .extend(node_args.iter().map(|a| a.replace("{master}", &master)));
         cfg.ready_timeout = Duration::from_secs(90);
         let mut quiet = |_: &str| {};
         let lab = Lab::up(&cfg, &mut quiet).await.unwrap_or_else(|e| {

@@ -977,3 +977,128 @@ spec:
     assert_eq!(phase(&p), "Pending");
     cluster.down().await;
 }
+
+/// Debian's docker-registry, run inside the master's network namespace (made by the
+/// test) on the master's address; stopped by pid when dropped.
+struct Registry {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Registry {
+    fn start(netns: &str, addr: &str, dir: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .args(["docker-registry", "serve"])
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry is installed (apt-get install docker-registry)");
+        Self { child, dir }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_registry() {
+    let cluster = TestLab::start_with(1, &["--insecure-registry", "{master}:5000"]).await;
+    let client = cluster.client().await;
+    let master = cluster.lab().state.nodes[0].clone();
+    let registry_addr = format!("{}:5000", master.ip);
+    let _registry = Registry::start(&master.netns, &registry_addr, cluster.dir.join("registry"));
+
+    // Push an image made from the tinykube binary (layer, config, manifest).
+    let bin = tinykube_tests::tinykube_bin().unwrap();
+    let cache = cluster.dir.join("push-layer");
+    let (layer, digest, _) = tinykube_kubelet::runtime::image::local_layer(&bin, &cache).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/tinykube", "toolbox"], "Cmd": ["serve", "--port", "9191"]},
+        "rootfs": {"type": "layers", "diff_ids": [digest]},
+    });
+    let oci = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    let reference: oci_client::Reference = format!("{registry_addr}/lab/hello:v2").parse().unwrap();
+    let layers = vec![oci_client::client::ImageLayer::new(
+        std::fs::read(&layer).unwrap(),
+        "application/vnd.oci.image.layer.v1.tar".into(),
+        None,
+    )];
+    let cfg = oci_client::client::Config::new(
+        config.to_string().into_bytes(),
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    let pushed = eventually(Duration::from_secs(20), async || {
+        oci.push(
+            &reference,
+            &layers,
+            cfg.clone(),
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .ok()
+    })
+    .await;
+    assert!(pushed.is_some(), "image pushed to the registry");
+
+    let kubectl = cluster.kubectl();
+    kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - {{name: c, image: {registry_addr}/lab/hello:v2}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: absent}}\nspec:\n  containers:\n  - {{name: c, image: {registry_addr}/lab/absent:v1}}\n"
+        ),
+    );
+    wait_pod(&client, "pulled", 90, "Running", running).await;
+    let log = eventually(Duration::from_secs(20), async || {
+        let l = kubectl.ok(&["logs", "pulled"]);
+        l.contains("serving on :9191").then_some(l)
+    })
+    .await;
+    assert!(log.is_some(), "the pulled image runs its own command");
+    let p = wait_pod(&client, "absent", 60, "a pull error", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs[0].state.as_ref()?.waiting.clone())
+            .is_some_and(|w| {
+                w.reason.as_deref() == Some("ErrImagePull")
+                    || w.reason.as_deref() == Some("ImagePullBackOff")
+            })
+    })
+    .await;
+    let w = p.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(
+        w.message.unwrap_or_default().contains("lab/absent"),
+        "the message names the image"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+    cluster.down().await;
+}

@@ -194,8 +194,11 @@ pub(crate) fn wait_for_exit(rt: Runtime, id: String, tx: mpsc::UnboundedSender<E
     });
 }
 
-/// Finds images for containers, honouring imagePullPolicy.
-pub struct Images;
+/// Finds images for containers, honouring imagePullPolicy: pulls what is missing (or
+/// always, under `Always`), never pulls the node's own `tinykube.local` images.
+pub struct Images {
+    pub puller: crate::runtime::pull::Puller,
+}
 
 impl Images {
     /// The image for `reference`, or the waiting reason and message Kubernetes shows.
@@ -213,13 +216,17 @@ impl Images {
         }
         let name = normalize(reference);
         let local = name.starts_with(&format!("{LOCAL_REGISTRY}/"));
-        let found = rt
-            .resolve(&name)
-            .await
-            .map_err(|e| ("ErrImagePull".to_string(), crate::error_chain(&e)))?;
+        let pull_error = |e: RuntimeError| ("ErrImagePull".to_string(), crate::error_chain(&e));
+        let found = rt.resolve(&name).await.map_err(pull_error)?;
+        let policy = policy.unwrap_or(if name.ends_with(":latest") {
+            "Always"
+        } else {
+            "IfNotPresent"
+        });
         match (found, policy) {
-            (Some(i), _) => Ok(i),
-            (None, Some("Never")) => Err((
+            (Some(i), _) if local => Ok(i),
+            (Some(i), "IfNotPresent" | "Never") => Ok(i),
+            (None, "Never") => Err((
                 "ErrImageNeverPull".into(),
                 format!("Container image \"{reference}\" is not present with pull policy of Never"),
             )),
@@ -227,12 +234,15 @@ impl Images {
                 "ErrImagePull".into(),
                 format!("image \"{name}\" is made by the node itself and is not present"),
             )),
-            (None, _) => Err((
-                "ErrImagePull".into(),
-                format!(
-                    "failed to pull and unpack image \"{name}\": no registry pull support on this node; import it from a tarball"
-                ),
-            )),
+            (_, _) => {
+                self.puller.pull(rt, &name).await.map_err(pull_error)?;
+                rt.resolve(&name).await.map_err(pull_error)?.ok_or_else(|| {
+                    (
+                        "ErrImagePull".into(),
+                        format!("image \"{name}\" vanished after its pull"),
+                    )
+                })
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod container;
 pub mod image;
+pub mod pull;
 pub mod purge;
 pub mod spec;
 
