@@ -32,8 +32,24 @@ impl Runtime {
             .any(|n| n.name == self.namespace()))
     }
 
-    /// Removes everything in this namespace, then the namespace itself.
+    /// Removes everything in this namespace, then the namespace itself. Tried a few
+    /// times: a snapshot can stay busy for a moment after its task is deleted.
     pub async fn purge(&self) -> Result<(), RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            match self.purge_once().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 4 => {
+                    tracing::debug!(error = %e, "purge incomplete; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn purge_once(&self) -> Result<(), RuntimeError> {
         if !self.namespace_exists().await? {
             return Ok(());
         }
