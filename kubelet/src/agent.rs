@@ -310,6 +310,10 @@ async fn run_with(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
+        let pods_dir = ctx.pods_dir.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || pods::rotate_logs(&pods_dir, pods::LOG_MAX_BYTES))
+                .await;
         if let Err(e) = node::renew_lease(&client, &cfg.node_name, Duration::from_secs(40)).await {
             tracing::warn!(error = %e, "cannot renew the node lease");
         }

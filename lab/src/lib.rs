@@ -74,6 +74,8 @@ pub struct LabConfig {
     pub ready_timeout: Duration,
     /// Also write ~/.kube/config when there is none (as kind does).
     pub default_kubeconfig: bool,
+    /// Start a containerd of the lab's own even if the system's answers.
+    pub own_containerd: bool,
 }
 
 impl LabConfig {
@@ -89,6 +91,7 @@ impl LabConfig {
             containerd_socket: None,
             ready_timeout: Duration::from_secs(120),
             default_kubeconfig: false,
+            own_containerd: false,
         }
     }
 }
@@ -396,8 +399,9 @@ impl Lab {
         // containerd: the given one, the system's, or one of our own.
         let socket = match &cfg.containerd_socket {
             Some(s) => s.clone(),
-            None if containerd_answers(Path::new(tinykube_kubelet::agent::CONTAINERD_SOCKET))
-                .await =>
+            None if !cfg.own_containerd
+                && containerd_answers(Path::new(tinykube_kubelet::agent::CONTAINERD_SOCKET))
+                    .await =>
             {
                 PathBuf::from(tinykube_kubelet::agent::CONTAINERD_SOCKET)
             }
@@ -632,6 +636,38 @@ impl Lab {
             }
         }
         write_state(&self.dir, &self.state)
+    }
+
+    /// Stops the containerd the lab started and starts it again (its pods' shims keep
+    /// running, as they do when a node's containerd restarts).
+    pub async fn restart_containerd(&mut self) -> Result<(), LabError> {
+        let pid = self.state.containerd_pid.ok_or_else(|| {
+            LabError::Failed("this lab uses a containerd it did not start".into())
+        })?;
+        stop_process(
+            pid,
+            &self.dir.display().to_string(),
+            Duration::from_secs(10),
+        )
+        .await;
+        let dir = self.dir.join("containerd");
+        let config = dir.join("config.toml");
+        let pid = spawn_in(
+            None,
+            Path::new("containerd"),
+            &["--config".into(), config.display().to_string()],
+            &[],
+            &dir.join("containerd.restarted.log"),
+        )?;
+        self.state.containerd_pid = Some(pid);
+        write_state(&self.dir, &self.state)?;
+        Runtime::connect(
+            &self.state.containerd_socket,
+            "default",
+            Duration::from_secs(20),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Starts node `name`'s process again, as `up` started it.

@@ -39,6 +39,15 @@ impl TestLab {
     /// As `start`, with extra arguments for every node agent (`{master}` in them becomes
     /// the master's address).
     pub async fn start_with(workers: usize, node_args: &[&str]) -> Self {
+        Self::start_full(workers, node_args, false).await
+    }
+
+    /// As `start`, with a containerd of the cluster's own (which a test may restart).
+    pub async fn start_own_containerd(workers: usize) -> Self {
+        Self::start_full(workers, &[], true).await
+    }
+
+    async fn start_full(workers: usize, node_args: &[&str], own_containerd: bool) -> Self {
         require_root();
         crate::init_crypto();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -58,6 +67,7 @@ impl TestLab {
         cfg.node_args
             .extend(node_args.iter().map(|a| a.replace("{master}", &master)));
         cfg.ready_timeout = Duration::from_secs(90);
+        cfg.own_containerd = own_containerd;
         let mut quiet = |_: &str| {};
         let lab = Lab::up(&cfg, &mut quiet).await.unwrap_or_else(|e| {
             panic!(

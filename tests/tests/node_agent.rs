@@ -1102,3 +1102,32 @@ async fn images_are_pulled_from_a_registry() {
     let _ = std::fs::remove_dir_all(&cache);
     cluster.down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_a_containerd_restart_under_the_agent() {
+    let mut cluster = TestLab::start_own_containerd(1).await;
+    let client = cluster.client().await;
+    let kubectl = cluster.kubectl();
+    kubectl.ok(&["run", "steady", "--image=tinykube.local/toolbox"]);
+    let before = wait_pod(&client, "steady", 60, "Running", running)
+        .await
+        .status
+        .unwrap();
+    cluster.lab_mut().restart_containerd().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = pod(&client, "steady").await.status.unwrap();
+    let (b, a) = (
+        &before.container_statuses.as_ref().unwrap()[0],
+        &after.container_statuses.as_ref().unwrap()[0],
+    );
+    assert_eq!(a.container_id, b.container_id, "the same container runs on");
+    assert_eq!(a.restart_count, 0);
+    assert!(a.ready);
+    // The agent keeps working through the new containerd: a new pod, logs, a deletion.
+    kubectl.ok(&["run", "after", "--image=tinykube.local/toolbox"]);
+    wait_pod(&client, "after", 60, "Running", running).await;
+    let log = kubectl.ok(&["logs", "steady"]);
+    assert!(log.contains("serving on :8080"), "{log}");
+    kubectl.ok(&["delete", "pod", "steady", "--timeout=60s"]);
+    cluster.down().await;
+}

@@ -52,14 +52,31 @@ pub struct TaskState {
 impl Runtime {
     /// Creates the container and its task (not started); returns the task's pid.
     pub async fn create_container(&self, c: &NewContainer<'_>) -> Result<u32, RuntimeError> {
+        // Until the container record refers to the new snapshot, only a lease keeps
+        // containerd's garbage collector from removing it (as containerd's own client
+        // does).
+        let lease = self.lease().await?;
+        let r = self.create_container_leased(c, &lease).await;
+        self.drop_lease(&lease).await;
+        r
+    }
+
+    async fn create_container_leased(
+        &self,
+        c: &NewContainer<'_>,
+        lease: &str,
+    ) -> Result<u32, RuntimeError> {
         let mut snaps = SnapshotsClient::new(self.channel());
         let prepared = snaps
-            .prepare(self.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: c.id.clone(),
-                parent: c.image.top_chain_id.clone(),
-                labels: HashMap::new(),
-            }))
+            .prepare(self.leased(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: c.id.clone(),
+                    parent: c.image.top_chain_id.clone(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
             .await;
         let mounts = match prepared {
             Ok(r) => r.into_inner().mounts,
@@ -67,12 +84,15 @@ impl Runtime {
                 // Left by an earlier attempt that failed half-way: start clean.
                 self.remove_snapshot(&c.id).await;
                 snaps
-                    .prepare(self.req(PrepareSnapshotRequest {
-                        snapshotter: SNAPSHOTTER.into(),
-                        key: c.id.clone(),
-                        parent: c.image.top_chain_id.clone(),
-                        labels: HashMap::new(),
-                    }))
+                    .prepare(self.leased(
+                        PrepareSnapshotRequest {
+                            snapshotter: SNAPSHOTTER.into(),
+                            key: c.id.clone(),
+                            parent: c.image.top_chain_id.clone(),
+                            labels: HashMap::new(),
+                        },
+                        lease,
+                    ))
                     .await
                     .map_err(call(format!("prepare the rootfs of {}", c.id)))?
                     .into_inner()
@@ -102,9 +122,12 @@ impl Runtime {
         };
         let mut containers = ContainersClient::new(self.channel());
         if let Err(s) = containers
-            .create(self.req(CreateContainerRequest {
-                container: Some(record),
-            }))
+            .create(self.leased(
+                CreateContainerRequest {
+                    container: Some(record),
+                },
+                lease,
+            ))
             .await
         {
             self.remove_snapshot(&c.id).await;

@@ -199,7 +199,7 @@ impl ResolvedImage {
 }
 
 impl Runtime {
-    async fn lease(&self) -> Result<String, RuntimeError> {
+    pub(crate) async fn lease(&self) -> Result<String, RuntimeError> {
         let id = format!("tinykube-{}", uuid_like());
         let mut c = LeasesClient::new(self.channel());
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire_in_hour())]);
@@ -212,7 +212,7 @@ impl Runtime {
         Ok(id)
     }
 
-    async fn drop_lease(&self, id: &str) {
+    pub(crate) async fn drop_lease(&self, id: &str) {
         let mut c = LeasesClient::new(self.channel());
         let _ = c
             .delete(self.req(DeleteLeaseRequest {
