@@ -5,6 +5,7 @@ pub mod constants;
 pub mod format;
 pub mod kubeconfig;
 pub mod quantity;
+pub mod query;
 pub mod selector;
 pub mod taint;
 pub mod validation;

@@ -155,7 +155,7 @@ pub async fn proxy(
     sub: &str,
 ) -> Result<Response, ApiError> {
     let query = parts.uri.query().unwrap_or("").to_string();
-    let pairs: Vec<(String, String)> = form_pairs(&query);
+    let pairs = tinykube_api::query::pairs(&query);
     let container = pairs
         .iter()
         .find(|(k, _)| k == "container")
@@ -164,7 +164,13 @@ pub async fn proxy(
     let rest: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k != "container")
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                tinykube_api::query::encode(k),
+                tinykube_api::query::encode(v)
+            )
+        })
         .collect();
     let path = match sub {
         "log" => format!("/containerLogs/{ns}/{pod}/{container}"),
@@ -236,61 +242,4 @@ pub async fn proxy(
     }
     let (head, incoming) = resp.into_parts();
     Ok(http::Response::from_parts(head, Body::new(incoming)).into_response())
-}
-
-fn form_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-fn dec(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_strings_round_trip() {
-        let pairs = form_pairs("command=ls&command=-l%20x&container=c&stdout=true&x=a+b&bad=%zz");
-        assert_eq!(pairs[1], ("command".to_string(), "-l x".to_string()));
-        assert_eq!(pairs[4].1, "a b");
-        assert_eq!(pairs[5].1, "%zz");
-        assert_eq!(dec(&enc("a b/&=ü")), "a b/&=ü");
-    }
 }

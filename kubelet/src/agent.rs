@@ -94,6 +94,23 @@ pub enum AgentError {
     Other(String),
 }
 
+/// Writes the config of a containerd of our own with its root, state and socket under
+/// `dir` (no CRI plugin: the kubelet speaks to containerd's own API); returns the
+/// config's path and the socket's.
+pub fn containerd_config(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let socket = dir.join("containerd.sock");
+    std::fs::create_dir_all(dir.join("root"))?;
+    std::fs::create_dir_all(dir.join("state"))?;
+    let config = format!(
+        "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
+        dir.display(),
+        socket.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config)?;
+    Ok((path, socket))
+}
+
 /// A containerd this agent started because none answered.
 pub struct OwnContainerd {
     child: tokio::process::Child,
@@ -103,20 +120,7 @@ pub struct OwnContainerd {
 impl OwnContainerd {
     /// Starts containerd with its config, root and state under `dir`, as k3s does.
     pub async fn start(dir: &Path) -> Result<Self, AgentError> {
-        let root = dir.join("root");
-        let state = dir.join("state");
-        let socket = dir.join("containerd.sock");
-        std::fs::create_dir_all(&root).map_err(AgentError::Containerd)?;
-        std::fs::create_dir_all(&state).map_err(AgentError::Containerd)?;
-        let config = format!(
-            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}.ttrpc\"\n",
-            root.display(),
-            state.display(),
-            socket.display(),
-            socket.display()
-        );
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config).map_err(AgentError::Containerd)?;
+        let (config_path, socket) = containerd_config(dir).map_err(AgentError::Containerd)?;
         let log =
             std::fs::File::create(dir.join("containerd.log")).map_err(AgentError::Containerd)?;
         let child = tokio::process::Command::new("containerd")
@@ -287,6 +291,7 @@ async fn run_with(
         cgroup_parent: format!("/tinykube/{}", cfg.node_name),
         pause_image: pause,
         images: Images {
+            cache: Default::default(),
             puller: crate::runtime::pull::Puller::new(
                 cfg.insecure_registries.clone(),
                 cfg.data_dir.join("images").join(".pulling"),

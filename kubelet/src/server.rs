@@ -261,10 +261,8 @@ async fn exec(
     let query = req.uri().query().unwrap_or("").to_string();
     let mut command = Vec::new();
     let mut stdin = false;
-    for kv in query.split('&') {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let v = decode(v);
-        match k {
+    for (k, v) in tinykube_api::query::pairs(&query) {
+        match k.as_str() {
             "command" => command.push(v),
             "input" | "stdin" => stdin = v == "true" || v == "1",
             _ => {}
@@ -314,28 +312,6 @@ fn normal_close() -> axum::extract::ws::CloseFrame {
         code: 1000,
         reason: "".into(),
     }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One exec session: the process's output as channel 1 and 2 frames, stdin from

@@ -407,19 +407,11 @@ impl Lab {
             }
             None => {
                 let dir = cfg.data_dir.join("containerd");
-                std::fs::create_dir_all(&dir)
-                    .map_err(io(format!("cannot create {}", dir.display())))?;
-                let socket = dir.join("containerd.sock");
-                let config = dir.join("config.toml");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
-                        dir.display(),
-                        socket.display()
-                    ),
-                )
-                .map_err(io("cannot write the containerd config"))?;
+                let (config, socket) =
+                    tinykube_kubelet::agent::containerd_config(&dir).map_err(io(format!(
+                        "cannot write a containerd config in {}",
+                        dir.display()
+                    )))?;
                 let pid = spawn_in(
                     None,
                     Path::new("containerd"),

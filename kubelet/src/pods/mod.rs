@@ -169,8 +169,11 @@ pub(crate) async fn event(
         "reportingComponent": "kubelet",
     });
     let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
-    if let Ok(ev) = serde_json::from_value(ev) {
-        let _ = api.create(&PostParams::default(), &ev).await;
+    // Recorded in the background: a pod's start never waits for its events.
+    if let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(ev) {
+        tokio::spawn(async move {
+            let _ = api.create(&PostParams::default(), &ev).await;
+        });
     }
 }
 
@@ -198,7 +201,12 @@ pub(crate) fn wait_for_exit(rt: Runtime, id: String, tx: mpsc::UnboundedSender<E
 /// always, under `Always`), never pulls the node's own `tinykube.local` images.
 pub struct Images {
     pub puller: crate::runtime::pull::Puller,
+    /// Recently resolved images, so the pods of one Deployment do not each read the
+    /// same manifest and config from containerd.
+    pub cache: std::sync::Mutex<HashMap<String, (ResolvedImage, std::time::Instant)>>,
 }
+
+const IMAGE_CACHE_TTL: Duration = Duration::from_secs(30);
 
 impl Images {
     /// The image for `reference`, or the waiting reason and message Kubernetes shows.
@@ -217,12 +225,30 @@ impl Images {
         let name = normalize(reference);
         let local = name.starts_with(&format!("{LOCAL_REGISTRY}/"));
         let pull_error = |e: RuntimeError| ("ErrImagePull".to_string(), crate::error_chain(&e));
-        let found = rt.resolve(&name).await.map_err(pull_error)?;
         let policy = policy.unwrap_or(if name.ends_with(":latest") {
             "Always"
         } else {
             "IfNotPresent"
         });
+        let cached = self
+            .cache
+            .lock()
+            .expect("image cache lock")
+            .get(&name)
+            .filter(|(_, at)| at.elapsed() < IMAGE_CACHE_TTL)
+            .map(|(i, _)| i.clone());
+        if let Some(i) = cached
+            && (local || policy != "Always")
+        {
+            return Ok(i);
+        }
+        let found = rt.resolve(&name).await.map_err(pull_error)?;
+        if let Some(i) = &found {
+            self.cache
+                .lock()
+                .expect("image cache lock")
+                .insert(name.clone(), (i.clone(), std::time::Instant::now()));
+        }
         match (found, policy) {
             (Some(i), _) if local => Ok(i),
             (Some(i), "IfNotPresent" | "Never") => Ok(i),

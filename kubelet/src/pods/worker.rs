@@ -237,7 +237,7 @@ async fn sync(
         if st.sandbox_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        match create_sandbox(ctx, pod).await {
+        match create_sandbox(ctx, pod, st.sandbox_error.is_some()).await {
             Ok(s) => {
                 st.sandbox = Some(s);
                 st.sandbox_error = None;
@@ -325,7 +325,7 @@ fn cgroup(ctx: &PodContext, uid: &str, leaf: &str) -> String {
 }
 
 /// The network namespace, its wiring and the pause container.
-async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod) -> Result<Sandbox, String> {
+async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod, retry: bool) -> Result<Sandbox, String> {
     let uid = uid(pod);
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -360,8 +360,10 @@ async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod) -> Result<Sandbox, Str
     };
     files().map_err(|e| format!("cannot write the pod's files in {}: {e}", dir.display()))?;
     let id = format!("{uid}-sandbox");
-    // A sandbox left by an earlier attempt is replaced.
-    ctx.runtime.remove_container(&id).await;
+    if retry {
+        // A sandbox left by an earlier attempt is replaced.
+        ctx.runtime.remove_container(&id).await;
+    }
     let image = ctx.pause_image.clone();
     let spec = ContainerSpec {
         args: image.entrypoint(),
@@ -370,6 +372,7 @@ async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod) -> Result<Sandbox, Str
         hostname: name.clone(),
         netns: netns.path().to_string_lossy().into_owned(),
         cgroups_path: cgroup(ctx, &uid, "sandbox"),
+        shim_group: Some(id.clone()),
         cpu_shares: Some(2),
         ..Default::default()
     };
@@ -634,6 +637,7 @@ async fn build_spec(
         cpu_quota,
         cgroups_path: cgroup(ctx, &uid, &c.name),
         oom_score_adj: None,
+        shim_group: Some(format!("{uid}-sandbox")),
     })
 }
 

@@ -126,12 +126,7 @@ fn docker_archive(archive: &Path, work: &Path) -> Result<Vec<(String, ImageBlobs
         );
         let config = blob_file(MEDIA_CONFIG, config_path.clone())?;
         let config_json = read_json(&config_path)?;
-        let diff_ids: Vec<String> = config_json["rootfs"]["diff_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(String::from))
-            .collect();
+        let diff_ids = super::image::diff_ids(&config_json);
         let mut layers = Vec::new();
         for (i, l) in img["Layers"].as_array().into_iter().flatten().enumerate() {
             let path = work.join(
@@ -230,12 +225,7 @@ fn oci_layout(archive: &Path, work: &Path) -> Result<Vec<(String, ImageBlobs)>, 
             blob_path(work, config_digest),
         )?;
         let config_json = read_json(&blob_path(work, config_digest))?;
-        let diff_ids: Vec<String> = config_json["rootfs"]["diff_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(String::from))
-            .collect();
+        let diff_ids = super::image::diff_ids(&config_json);
         let mut layers = Vec::new();
         for (i, l) in manifest["layers"]
             .as_array()

@@ -55,6 +55,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The uncompressed layer digests an image config lists (`rootfs.diff_ids`).
+pub fn diff_ids(config: &Value) -> Vec<String> {
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect()
+}
+
 /// The chain IDs of a stack of layers (OCI image spec: the identity of a snapshot).
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
@@ -540,14 +550,7 @@ impl Runtime {
             .ok_or_else(|| bad("manifest has no config".into()))?;
         let config: Value = serde_json::from_slice(&self.read_blob(config_digest).await?)
             .map_err(|e| bad(format!("config is not JSON: {e}")))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = diff_ids(&config);
         let top_chain_id = chain_ids(&diff_ids)
             .pop()
             .ok_or_else(|| bad("image has no layers".into()))?;

@@ -98,12 +98,7 @@ impl Puller {
             .await
             .map_err(|e| fail(name, e))?;
         let config_json: Value = serde_json::from_slice(&config).map_err(|e| fail(name, e))?;
-        let diff_ids: Vec<String> = config_json["rootfs"]["diff_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(String::from))
-            .collect();
+        let diff_ids = super::image::diff_ids(&config_json);
         std::fs::create_dir_all(&self.dir).map_err(super::io_err("create", &self.dir))?;
         let mut layers = Vec::new();
         let mut files = Vec::new();

@@ -46,6 +46,8 @@ pub struct ContainerSpec {
     pub cpu_quota: Option<i64>,
     pub cgroups_path: String,
     pub oom_score_adj: Option<i32>,
+    /// Containers with the same group share one shim (one per pod, as CRI does).
+    pub shim_group: Option<String>,
 }
 
 const CAPS: [&str; 14] = [
@@ -135,8 +137,13 @@ impl ContainerSpec {
         if let Some(a) = self.oom_score_adj {
             process["oomScoreAdj"] = json!(a);
         }
+        let mut annotations = serde_json::Map::new();
+        if let Some(g) = &self.shim_group {
+            annotations.insert("io.containerd.runc.v2.group".into(), json!(g));
+        }
         json!({
             "ociVersion": "1.0.2",
+            "annotations": annotations,
             "process": process,
             "root": {"path": "rootfs", "readonly": false},
             "hostname": self.hostname,
