@@ -111,7 +111,13 @@ impl NetNs {
             }
         };
         let dir = Path::new(NETNS_DIR);
-        prepare_dir(dir).map_err(sys("prepare /var/run/netns"))?;
+        // Once per process: remounting takes the kernel's mount lock, which pods
+        // starting together would queue on.
+        static PREPARED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        if PREPARED.get().is_none() {
+            prepare_dir(dir).map_err(sys("prepare /var/run/netns"))?;
+            let _ = PREPARED.set(());
+        }
         let path = dir.join(name);
         match std::fs::OpenOptions::new()
             .write(true)

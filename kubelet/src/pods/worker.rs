@@ -329,16 +329,13 @@ async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod, retry: bool) -> Result
     let uid = uid(pod);
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let t0 = Instant::now();
     let ip = ctx.ipam.allocate(&uid).map_err(|e| e.to_string())?;
     let nsname = netns_name(&uid);
     let netns = match NetNs::open(&nsname) {
         Ok(n) => n,
         Err(_) => NetNs::create(&nsname).map_err(|e| e.to_string())?,
     };
-    ctx.bridge
-        .attach(&netns, &host_if_name(&uid), ip)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
     let dir = pod_dir(ctx, &uid);
     let files = || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
@@ -383,15 +380,35 @@ async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod, retry: bool) -> Result
         spec,
         log_path: dir.join("logs").join("sandbox.log"),
     };
-    let pid = ctx
-        .runtime
-        .create_container(&new)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
-    if let Err(e) = ctx.runtime.start_task(&id).await {
+    // The pause container only holds the namespace: it starts while the namespace is
+    // wired, and app containers start only once both are done.
+    let wire = async {
+        let t = Instant::now();
+        let r = ctx.bridge.attach(&netns, &host_if_name(&uid), ip).await;
+        (r, t.elapsed())
+    };
+    let pause = async {
+        let pid = ctx.runtime.create_container(&new).await?;
+        ctx.runtime.start_task(&id).await?;
+        Ok::<u32, crate::runtime::RuntimeError>(pid)
+    };
+    let ((wired, t_net), paused) = tokio::join!(wire, pause);
+    let failed = match (&wired, &paused) {
+        (Err(e), _) => Some(crate::error_chain(e)),
+        (_, Err(e)) => Some(crate::error_chain(e)),
+        _ => None,
+    };
+    if let Some(e) = failed {
         ctx.runtime.remove_container(&id).await;
-        return Err(crate::error_chain(&e));
+        return Err(e);
     }
+    let pid = paused.expect("checked above");
+    tracing::debug!(
+        pod = %name,
+        network_ms = t_net.as_millis() as u64,
+        total_ms = t0.elapsed().as_millis() as u64,
+        "sandbox started"
+    );
     Ok(Sandbox { id, pid, ip })
 }
 
@@ -409,6 +426,7 @@ async fn start(
     };
     let (pid, ip) = (sandbox.pid, sandbox.ip);
     let uid = uid(pod);
+    let t0 = Instant::now();
     let policy = c.image_pull_policy.clone();
     let image = match ctx
         .images
@@ -540,6 +558,7 @@ async fn start(
         exits.clone(),
     )
     .map(|h| h.abort_handle());
+    tracing::debug!(pod = %pod_key(pod), container = %c.name, total_ms = t0.elapsed().as_millis() as u64, "container started");
     super::event(
         &ctx.client,
         pod,
