@@ -390,6 +390,14 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    // Daemons keep their resident size small: glibc otherwise grows a malloc arena per
+    // thread that allocates, and a node agent's threads come and go.
+    if matches!(cli.command, Command::Master { .. } | Command::Worker { .. }) {
+        // SAFETY: mallopt before any allocation-heavy work; it only tunes the allocator.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
     // One TLS crypto provider for every client in the process (kube, registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TINYKUBE_LOG")
