@@ -278,6 +278,42 @@ spec:
         ino(&format!("/proc/{pause_pid}/ns/pid")),
         "own pid namespace"
     );
+
+    // Another pod on the same node is reached over the bridge, and so is the node.
+    kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: neighbour}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: c, image: tinykube.local/toolbox, imagePullPolicy: IfNotPresent}}\n"
+        ),
+    );
+    let other = wait_pod(&client, "neighbour", 60, "Running", running).await;
+    let other_ip = other.status.unwrap().pod_ip.unwrap();
+    assert_ne!(other_ip, ip, "one IP per pod");
+    let answer = kubectl.ok(&[
+        "exec",
+        "pair",
+        "-c",
+        "server",
+        "--",
+        "/tinykube",
+        "toolbox",
+        "fetch",
+        &format!("http://{other_ip}:8080/"),
+        "--count",
+        "1",
+    ]);
+    assert!(
+        answer.contains("pod=neighbour"),
+        "pod to pod on one node: {answer}"
+    );
+    let node_ns =
+        tinykube_net::netns::NetNs::open(&cluster.lab().node(&node).unwrap().netns).unwrap();
+    let url = format!("http://{ip}:8080/");
+    let from_node = node_ns
+        .run(move || tinykube_kubelet::toolbox::get(&url, Duration::from_secs(5)))
+        .unwrap()
+        .expect("node to pod");
+    assert!(from_node.contains("pod=pair"), "{from_node}");
     cluster.down().await;
 }
 
