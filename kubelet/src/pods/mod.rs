@@ -370,7 +370,6 @@ async fn adopt(
             .unwrap_or_else(tinykube_api::format::now_rfc3339);
         let mut ctr = st.containers.remove(&name).unwrap_or_else(Ctr::new);
         ctr.attempts = attempt(r) + 1;
-        ctr.image_id = ctr.image_id.clone();
         match ctx.runtime.task_state(&r.id).await {
             Ok(Some(t)) if t.running => {
                 ctr.run = Run::Running { started_at };

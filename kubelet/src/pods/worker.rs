@@ -272,19 +272,9 @@ async fn sync(
         match &ctr.run {
             Run::Exited(t) if t.exit_code == 0 => continue,
             Run::Running { .. } => return,
-            Run::Exited(t) => {
-                // Init containers restart unless the pod's policy is Never.
-                if policy == "Never" {
-                    return;
-                }
-                let _ = t;
-                if ctr.retry_at.is_some_and(|r| Instant::now() < r) {
-                    return;
-                }
-                start(ctx, pod, c, st, exits, &mut sources).await;
-                return;
-            }
-            Run::Waiting { .. } => {
+            // A failed init container is retried unless the pod's policy is Never.
+            Run::Exited(_) if policy == "Never" => return,
+            Run::Exited(_) | Run::Waiting { .. } => {
                 if ctr.retry_at.is_some_and(|r| Instant::now() < r) {
                     return;
                 }
