@@ -271,6 +271,7 @@ async fn main() {
             }
             rt.purge().await.unwrap();
             let _ = std::fs::remove_dir_all(&cache);
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join("tinykube-bench-floor"));
             let (f50, f99) = (median(f50), median(f99));
             Lab::down(&cfg.name, &lab.dir, false).await.unwrap();
 
