@@ -313,7 +313,7 @@ async fn get(
     };
     let mut query = Vec::new();
     if let Some(s) = selector {
-        query.push(format!("labelSelector={}", urlencode(s)));
+        query.push(format!("labelSelector={}", tinykube_api::query::encode(s)));
     }
     let wide = output == Some("wide");
     let table_output = output.is_none() || wide;
@@ -472,17 +472,6 @@ async fn watch_table(
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn describe(ctx: &mut Ctx, args: &[String]) -> Result<()> {
     let (res, names) = type_and_names(ctx, args).await?;
     if names.is_empty() {
@@ -532,7 +521,7 @@ async fn describe(ctx: &mut Ctx, args: &[String]) -> Result<()> {
         let events_url = format!(
             "/api/v1/namespaces/{}/events?fieldSelector={}",
             ctx.namespace,
-            urlencode(&selector)
+            tinykube_api::query::encode(&selector)
         );
         let events = ctx.get_json(&events_url).await.unwrap_or(json!({}));
         let items = events["items"].as_array().cloned().unwrap_or_default();
@@ -796,7 +785,7 @@ async fn delete(
                 .get_json(&format!(
                     "{}?labelSelector={}",
                     res.url(ns.as_deref(), None),
-                    urlencode(sel)
+                    tinykube_api::query::encode(sel)
                 ))
                 .await?;
             for item in list["items"].as_array().into_iter().flatten() {
