@@ -216,6 +216,17 @@ fn spawn_in(
     Ok(child.id())
 }
 
+/// Starts a containerd of the lab's own, detached, in the host's namespaces.
+fn spawn_containerd(config: &Path, log: &Path) -> Result<u32, LabError> {
+    spawn_in(
+        None,
+        Path::new("containerd"),
+        &["--config".into(), config.display().to_string()],
+        &[],
+        log,
+    )
+}
+
 /// True while `pid` runs (a zombie counts as gone; our own children are reaped).
 fn alive(pid: u32) -> bool {
     // SAFETY: waitpid with WNOHANG on a pid; fails harmlessly if it is not our child.
@@ -412,13 +423,7 @@ impl Lab {
                         "cannot write a containerd config in {}",
                         dir.display()
                     )))?;
-                let pid = spawn_in(
-                    None,
-                    Path::new("containerd"),
-                    &["--config".into(), config.display().to_string()],
-                    &[],
-                    &dir.join("containerd.log"),
-                )?;
+                let pid = spawn_containerd(&config, &dir.join("containerd.log"))?;
                 state.containerd_pid = Some(pid);
                 write_state(&cfg.data_dir, &state)?;
                 Runtime::connect(&socket, "default", Duration::from_secs(20)).await?;
@@ -644,13 +649,7 @@ impl Lab {
         .await;
         let dir = self.dir.join("containerd");
         let config = dir.join("config.toml");
-        let pid = spawn_in(
-            None,
-            Path::new("containerd"),
-            &["--config".into(), config.display().to_string()],
-            &[],
-            &dir.join("containerd.restarted.log"),
-        )?;
+        let pid = spawn_containerd(&config, &dir.join("containerd.restarted.log"))?;
         self.state.containerd_pid = Some(pid);
         write_state(&self.dir, &self.state)?;
         Runtime::connect(

@@ -209,11 +209,6 @@ impl Bridge {
     pub async fn detach(&self, host_if: &str) -> Result<(), LinkError> {
         delete_link(&self.handle, host_if).await
     }
-
-    /// The netlink handle of the node's namespace.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
 }
 
 /// Plugs namespace `ns` into the bridge with index `bridge`: a veth pair whose outer

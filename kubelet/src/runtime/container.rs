@@ -67,8 +67,8 @@ impl Runtime {
         lease: &str,
     ) -> Result<u32, RuntimeError> {
         let mut snaps = SnapshotsClient::new(self.channel());
-        let prepared = snaps
-            .prepare(self.leased(
+        let request = || {
+            self.leased(
                 PrepareSnapshotRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     key: c.id.clone(),
@@ -76,23 +76,16 @@ impl Runtime {
                     labels: HashMap::new(),
                 },
                 lease,
-            ))
-            .await;
+            )
+        };
+        let prepared = snaps.prepare(request()).await;
         let mounts = match prepared {
             Ok(r) => r.into_inner().mounts,
             Err(s) if s.code() == Code::AlreadyExists => {
                 // Left by an earlier attempt that failed half-way: start clean.
                 self.remove_snapshot(&c.id).await;
                 snaps
-                    .prepare(self.leased(
-                        PrepareSnapshotRequest {
-                            snapshotter: SNAPSHOTTER.into(),
-                            key: c.id.clone(),
-                            parent: c.image.top_chain_id.clone(),
-                            labels: HashMap::new(),
-                        },
-                        lease,
-                    ))
+                    .prepare(request())
                     .await
                     .map_err(call(format!("prepare the rootfs of {}", c.id)))?
                     .into_inner()
