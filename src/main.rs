@@ -49,6 +49,10 @@ enum Command {
         /// The pod network; each node gets a /24 of it.
         #[arg(long, default_value = tinykube_api::constants::CLUSTER_CIDR)]
         cluster_cidr: String,
+        /// How pod traffic crosses nodes: udp (TUN + UDP 8285), vxlan (kernel VXLAN,
+        /// UDP 8472) or host-gw (plain routes; nodes on one L2 segment).
+        #[arg(long, default_value = "udp", value_parser = parse_backend)]
+        flannel_backend: String,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -91,6 +95,9 @@ enum Command {
         /// Seconds of the first container restart back-off on every node.
         #[arg(long, default_value_t = 10)]
         restart_backoff_seconds: u64,
+        /// The overlay backend: udp, vxlan or host-gw (the master's --flannel-backend).
+        #[arg(long, default_value = "udp", value_parser = parse_backend)]
+        backend: String,
     },
     /// Remove a local cluster and everything it left behind.
     Down {
@@ -140,6 +147,19 @@ struct NodeArgs {
     /// A registry (HOST:PORT) to pull from over plain HTTP; may be repeated.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The address other nodes send overlay traffic to (default: the node's address).
+    #[arg(long)]
+    public_ip: Option<std::net::Ipv4Addr>,
+    /// Use this interface's address for the overlay (e.g. eth1 on Vagrant, never the
+    /// NAT interface every VM shares).
+    #[arg(long, conflicts_with = "public_ip")]
+    iface: Option<String>,
+}
+
+fn parse_backend(s: &str) -> Result<String, String> {
+    s.parse::<tinykube_net::overlay::Backend>()
+        .map(|b| b.to_string())
+        .map_err(|e| e.to_string())
 }
 
 impl NodeArgs {
@@ -161,6 +181,8 @@ impl NodeArgs {
         cfg.containerd_socket = self.containerd_socket;
         cfg.backoff_base = Duration::from_secs(self.restart_backoff_seconds);
         cfg.insecure_registries = self.insecure_registries;
+        cfg.public_ip = self.public_ip;
+        cfg.iface = self.iface;
         cfg
     }
 }
@@ -428,9 +450,12 @@ fn main() -> ExitCode {
                 node_monitor_grace_period,
                 default_toleration_seconds,
                 cluster_cidr,
+                flannel_backend,
                 node,
             } => {
                 let mut cfg = tinykube_apiserver::MasterConfig::new(data_dir);
+                cfg.cluster_cidr = cluster_cidr.clone();
+                cfg.network_backend = flannel_backend;
                 cfg.listen = listen;
                 cfg.advertise = advertise_address;
                 cfg.default_toleration_seconds = default_toleration_seconds;
@@ -465,6 +490,7 @@ fn main() -> ExitCode {
                 containerd_socket,
                 timeout,
                 restart_backoff_seconds,
+                backend,
             } => {
                 let mut cfg = tinykube_lab::LabConfig::new(&name);
                 cfg.workers = workers;
@@ -479,6 +505,7 @@ fn main() -> ExitCode {
                     "--restart-backoff-seconds".into(),
                     restart_backoff_seconds.to_string(),
                 ];
+                cfg.master_args = vec!["--flannel-backend".into(), backend];
                 run_up(cfg).await
             }
             Command::Down {

@@ -2,6 +2,10 @@
 
 /// Cluster (pod) network; each node gets one /24 of it.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Where the master publishes the pod network and its overlay backend for the nodes
+/// (`kube-system/<configmap>`, key `net-conf.json`, as flannel's `kube-flannel-cfg`).
+pub const NETWORK_CONFIGMAP: &str = "tinykube-network";
+pub const NETWORK_CONFIG_KEY: &str = "net-conf.json";
 /// Service network and its two fixed addresses.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";

@@ -10,7 +10,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tinykube_api::constants::{API_SERVER_PORT, KUBERNETES_SERVICE_IP, SYSTEM_NAMESPACES};
+use tinykube_api::constants::{
+    API_SERVER_PORT, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP,
+    SYSTEM_NAMESPACES,
+};
 use tinykube_api::kubeconfig::Kubeconfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +60,10 @@ pub struct MasterConfig {
     pub store: SledStoreOptions,
     /// How long pods tolerate a not-ready or unreachable node (DefaultTolerationSeconds).
     pub default_toleration_seconds: i64,
+    /// The pod network and the overlay backend the nodes use, published in
+    /// `kube-system/tinykube-network`.
+    pub cluster_cidr: String,
+    pub network_backend: String,
 }
 
 impl MasterConfig {
@@ -68,6 +75,8 @@ impl MasterConfig {
             bookmark_interval: Duration::from_secs(30),
             store: SledStoreOptions::default(),
             default_toleration_seconds: 300,
+            cluster_cidr: tinykube_api::constants::CLUSTER_CIDR.to_string(),
+            network_backend: "udp".to_string(),
         }
     }
 }
@@ -152,7 +161,7 @@ impl Master {
             default_toleration_seconds: cfg.default_toleration_seconds,
         });
         restore_allocations(&api)?;
-        bootstrap(&api, advertise, addr.port()).await?;
+        bootstrap(&api, advertise, addr.port(), &cfg).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             api: api.clone(),
@@ -276,8 +285,13 @@ fn restore_allocations(api: &Api) -> Result<(), MasterError> {
 }
 
 /// Creates what a fresh cluster has: the system namespaces, their default service
-/// accounts, and the `kubernetes` Service with its endpoints.
-async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), MasterError> {
+/// accounts, the `kubernetes` Service with its endpoints, and the network settings.
+async fn bootstrap(
+    api: &Api,
+    advertise: IpAddr,
+    port: u16,
+    cfg: &MasterConfig,
+) -> Result<(), MasterError> {
     let opts = WriteOptions {
         dry_run: false,
         validation: FieldValidation::Ignore,
@@ -332,6 +346,18 @@ async fn bootstrap(api: &Api, advertise: IpAddr, port: u16) -> Result<(), Master
     upsert(api, slices, slice)
         .await
         .map_err(|e| fail("endpointslice kubernetes", e))?;
+    // Follows the master's flags, which may change between starts.
+    let configmaps = resources::find("", "configmaps").expect("registered");
+    let conf = json!({"Network": cfg.cluster_cidr, "Backend": {"Type": cfg.network_backend}});
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": NETWORK_CONFIGMAP, "namespace": "kube-system",
+                     "labels": {"app.kubernetes.io/managed-by": "tinykube"}},
+        "data": {NETWORK_CONFIG_KEY: conf.to_string()},
+    });
+    upsert(api, configmaps, cm)
+        .await
+        .map_err(|e| fail("configmap kube-system/tinykube-network", e))?;
     Ok(())
 }
 

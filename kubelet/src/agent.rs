@@ -2,7 +2,7 @@
 //! images, register the Node, wait for its podCIDR, set up the bridge, then run pods,
 //! the Lease and status heartbeats until told to stop.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use serde_json::json;
 use tinykube_net::Ipv4Cidr;
 use tinykube_net::ipam::Ipam;
 use tinykube_net::link::Bridge;
+use tinykube_net::overlay::{Local, Overlay, OverlayError};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{self, NodeFacts};
@@ -40,6 +41,10 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Registries (host:port) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The address peers send overlay traffic to (default: the node's address), or the
+    /// interface whose address that is; never a NAT address every VM shares.
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
 }
 
 impl AgentConfig {
@@ -62,6 +67,8 @@ impl AgentConfig {
             backoff_base: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
             insecure_registries: Vec::new(),
+            public_ip: None,
+            iface: None,
         }
     }
 }
@@ -88,6 +95,8 @@ pub enum AgentError {
     Containerd(#[source] std::io::Error),
     #[error("cannot set up the pod network")]
     Network(#[from] tinykube_net::link::LinkError),
+    #[error("cannot set up the overlay")]
+    Overlay(#[from] OverlayError),
     #[error("cannot open the pod address allocations")]
     Ipam(#[from] tinykube_net::ipam::IpamError),
     #[error("{0}")]
@@ -276,7 +285,33 @@ async fn run_with(
         .unwrap_or_default()
         .parse()
         .map_err(|e: tinykube_net::cidr::CidrError| AgentError::Other(e.to_string()))?;
-    let bridge = Bridge::setup("cni0", cidr).await?;
+    // The overlay first: its MTU is the pods'.
+    let Some(conf) = crate::network::net_conf(&client, &cancel).await? else {
+        return Ok(());
+    };
+    let public_ip = public_ip(&cfg, ip).await?;
+    let overlay = Arc::new(
+        Overlay::setup(
+            conf.backend,
+            Local {
+                cluster: conf.network,
+                subnet: cidr,
+                public_ip,
+            },
+        )
+        .await?,
+    );
+    crate::network::publish(&client, &cfg.node_name, &overlay)
+        .await
+        .map_err(|e| AgentError::Other(format!("cannot publish the overlay annotations: {e}")))?;
+    tracing::info!(backend = %conf.backend, %public_ip, mtu = overlay.pod_mtu(), "overlay ready");
+    let peers = tokio::spawn(crate::network::follow_peers(
+        client.clone(),
+        overlay.clone(),
+        cfg.node_name.clone(),
+        cancel.clone(),
+    ));
+    let bridge = Bridge::setup("cni0", cidr, Some(overlay.pod_mtu())).await?;
     let ipam = Ipam::open(&cfg.data_dir.join("ipam"), cidr)?;
     let ctx = Arc::new(PodContext {
         client: client.clone(),
@@ -306,6 +341,7 @@ async fn run_with(
         addr,
         tls,
         ctx.clone(),
+        overlay.clone(),
         cfg.token.clone(),
         cancel.clone(),
     ));
@@ -335,10 +371,31 @@ async fn run_with(
         }
     }
     let _ = pods.await;
+    let _ = peers.await;
     if let Ok(Err(e)) = server.await {
         tracing::warn!(error = %e, "the kubelet API stopped with an error");
     }
     Ok(())
+}
+
+/// The overlay's public address: `--public-ip`, else the address of `--iface`, else the
+/// node's own.
+async fn public_ip(cfg: &AgentConfig, node_ip: IpAddr) -> Result<Ipv4Addr, AgentError> {
+    if let Some(ip) = cfg.public_ip {
+        return Ok(ip);
+    }
+    if let Some(name) = &cfg.iface {
+        let h = tinykube_net::link::connect()?;
+        return tinykube_net::overlay::routes::address_of(&h, name)
+            .await?
+            .ok_or_else(|| AgentError::Other(format!("interface {name} has no IPv4 address")));
+    }
+    match node_ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(AgentError::Other(
+            "the overlay needs an IPv4 address; pass --public-ip".into(),
+        )),
+    }
 }
 
 /// Imports every image tarball (docker-archive or OCI layout, `.tar`, `.tar.gz`) in

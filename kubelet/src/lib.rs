@@ -1,8 +1,9 @@
 //! The node agent: pods through containerd with a shared pause sandbox per pod, the
-//! node's registration and heartbeat; and hollow nodes, kubelets that only speak the
+//! node's registration and heartbeat, its side of the overlay; and hollow nodes, kubelets that only speak the
 //! API (what Kubernetes calls kubemark), for tests and benchmarks.
 
 pub mod hollow;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod runtime;

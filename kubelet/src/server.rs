@@ -21,10 +21,13 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use tinykube_net::overlay::Overlay;
+
 use crate::pods::PodContext;
 
 struct ServerState {
     ctx: Arc<PodContext>,
+    overlay: Arc<Overlay>,
     token: String,
 }
 
@@ -49,13 +52,19 @@ pub async fn serve(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<PodContext>,
+    overlay: Arc<Overlay>,
     token: String,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let state = Arc::new(ServerState { ctx, token });
+    let state = Arc::new(ServerState {
+        ctx,
+        overlay,
+        token,
+    });
     let router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .layer(axum::middleware::from_fn_with_state(
@@ -95,6 +104,15 @@ pub async fn serve(
     }
     connections.close();
     Ok(())
+}
+
+/// The node's counters in Prometheus' text format (the overlay's, per peer).
+async fn metrics(State(st): State<Arc<ServerState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.overlay.stats().prometheus(),
+    )
+        .into_response()
 }
 
 /// Only the API server (holding the join token) may use the kubelet API.

@@ -168,6 +168,23 @@ fn node_names(name: &str, workers: usize) -> Vec<String> {
         .collect()
 }
 
+/// Node `i` (0 = the master) of lab `lab`: its namespace, address .10+i, veth, data dir
+/// and log.
+fn lab_node(lab: &str, dir: &Path, subnet: Ipv4Cidr, i: usize, name: &str) -> LabNode {
+    let short = name.strip_prefix(&format!("{lab}-")).unwrap_or(name);
+    LabNode {
+        name: name.to_string(),
+        netns: format!("{}{short}", netns_prefix(lab)),
+        ip: Ipv4Addr::from(u32::from(subnet.network()) + 10 + i as u32),
+        veth: format!("tkv{i}-{lab}"),
+        pid: None,
+        log: dir.join(format!("{short}.log")),
+        data_dir: dir.join(short),
+        args: Vec::new(),
+        env: Vec::new(),
+    }
+}
+
 fn netns_prefix(name: &str) -> String {
     format!("tk-{name}-")
 }
@@ -367,29 +384,7 @@ impl Lab {
             nodes: names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| {
-                    let dir = cfg
-                        .data_dir
-                        .join(n.strip_prefix(&format!("{}-", cfg.name)).unwrap_or(n));
-                    LabNode {
-                        name: n.clone(),
-                        netns: format!(
-                            "{}{}",
-                            netns_prefix(&cfg.name),
-                            n.strip_prefix(&format!("{}-", cfg.name)).unwrap_or(n)
-                        ),
-                        ip: Ipv4Addr::from(base + 10 + i as u32),
-                        veth: format!("tkv{i}-{}", cfg.name),
-                        pid: None,
-                        log: cfg.data_dir.join(format!(
-                            "{}.log",
-                            n.strip_prefix(&format!("{}-", cfg.name)).unwrap_or(n)
-                        )),
-                        data_dir: dir,
-                        args: Vec::new(),
-                        env: Vec::new(),
-                    }
-                })
+                .map(|(i, n)| lab_node(&cfg.name, &cfg.data_dir, cfg.subnet, i, n))
                 .collect(),
             containerd_socket: PathBuf::new(),
             containerd_pid: None,
@@ -404,7 +399,7 @@ impl Lab {
         progress(&format!("network: bridge {bridge} {gateway}/24"));
         for n in &state.nodes {
             let ns = NetNs::create(&n.netns)?;
-            link::plug(&h, bridge_index, &ns, &n.veth, n.ip, 24, gateway).await?;
+            link::plug(&h, bridge_index, &ns, &n.veth, n.ip, 24, gateway, None).await?;
         }
 
         // containerd: the given one, the system's, or one of our own.
@@ -677,6 +672,122 @@ impl Lab {
             .collect();
         let log = n.log.with_extension("restarted.log");
         n.pid = Some(spawn_in(Some(&ns), &self.binary, &n.args, &env, &log)?);
+        write_state(&self.dir, &self.state)
+    }
+
+    /// Adds a worker to the running lab (the next name and address, the same flags as
+    /// the first worker) and starts it; returns its name. The caller waits for Ready.
+    pub async fn add_worker(&mut self) -> Result<String, LabError> {
+        let template = self
+            .state
+            .nodes
+            .get(1)
+            .cloned()
+            .ok_or_else(|| LabError::Failed("the lab has no worker to copy".into()))?;
+        let subnet: Ipv4Cidr = self
+            .state
+            .subnet
+            .parse()
+            .map_err(|e: tinykube_net::cidr::CidrError| LabError::Failed(e.to_string()))?;
+        let i = self.state.nodes.len();
+        let prefix = if self.state.name == DEFAULT_NAME {
+            String::new()
+        } else {
+            format!("{}-", self.state.name)
+        };
+        let mut n = lab_node(
+            &self.state.name,
+            &self.dir,
+            subnet,
+            i,
+            &format!("{prefix}worker-{i}"),
+        );
+        if i >= 245 || self.state.nodes.iter().any(|x| x.name == n.name) {
+            return Err(LabError::Failed(format!("cannot add node {}", n.name)));
+        }
+        // The first worker's flags, with this node's name, address and data dir.
+        let mut args = template.args.clone();
+        for (flag, value) in [
+            ("--node-name", n.name.clone()),
+            ("--node-ip", n.ip.to_string()),
+            ("--data-dir", n.data_dir.display().to_string()),
+        ] {
+            if let Some(k) = args.iter().position(|a| a == flag)
+                && k + 1 < args.len()
+            {
+                args[k + 1] = value;
+            }
+        }
+        n.args = args;
+        n.env = template.env.clone();
+        let h = link::connect()?;
+        let bridge = link::link_index(&h, &self.state.bridge)
+            .await?
+            .ok_or_else(|| LabError::Failed(format!("bridge {} is gone", self.state.bridge)))?;
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let ns = NetNs::create(&n.netns)?;
+        self.state.nodes.push(n.clone());
+        write_state(&self.dir, &self.state)?;
+        link::plug(&h, bridge, &ns, &n.veth, n.ip, 24, gateway, None).await?;
+        std::fs::create_dir_all(&n.data_dir)
+            .map_err(io(format!("cannot create {}", n.data_dir.display())))?;
+        let env: Vec<(&str, &str)> = n
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let pid = spawn_in(Some(&ns), &self.binary, &n.args, &env, &n.log)?;
+        self.state.nodes.last_mut().expect("just pushed").pid = Some(pid);
+        write_state(&self.dir, &self.state)?;
+        Ok(n.name)
+    }
+
+    /// Takes worker `name` out of the lab for good, as an admin drains and deletes a
+    /// machine: stops its agent, deletes its Node, removes its pods' containers, its
+    /// namespaces, veth and data.
+    pub async fn remove_worker(&mut self, name: &str) -> Result<(), LabError> {
+        let k = self
+            .state
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .filter(|k| *k > 0)
+            .ok_or_else(|| LabError::Failed(format!("no worker {name}")))?;
+        let n = self.state.nodes[k].clone();
+        if let Some(pid) = n.pid {
+            stop_process(
+                pid,
+                &self.dir.display().to_string(),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        match nodes.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(LabError::Failed(format!("cannot delete node {name}: {e}"))),
+        }
+        let rt = Runtime::connect(
+            &self.state.containerd_socket,
+            &format!("tinykube-{name}"),
+            Duration::from_secs(5),
+        )
+        .await?;
+        if rt.namespace_exists().await? {
+            rt.purge().await?;
+        }
+        for uid in ipam_owners(&n.data_dir) {
+            if let Ok(ns) = NetNs::open(&format!("tk-{uid}")) {
+                let _ = ns.delete();
+            }
+        }
+        if let Ok(ns) = NetNs::open(&n.netns) {
+            ns.delete()?;
+        }
+        link::delete_link(&link::connect()?, &n.veth).await?;
+        let _ = std::fs::remove_dir_all(&n.data_dir);
+        self.state.nodes.remove(k);
         write_state(&self.dir, &self.state)
     }
 

@@ -1,5 +1,5 @@
 //! The pod network: network namespaces, pod IPAM, the bridge and veth wiring of pods;
-//! the overlay backends come next.
+//! the overlay that carries pod traffic across nodes.
 
 pub mod cidr;
 pub mod ipam;
@@ -7,3 +7,4 @@ pub mod link;
 pub mod netns;
 
 pub use cidr::Ipv4Cidr;
+pub mod overlay;

@@ -157,12 +157,14 @@ pub struct Bridge {
     name: String,
     index: u32,
     cidr: Ipv4Cidr,
+    mtu: Option<u32>,
 }
 
 impl Bridge {
     /// Sets up `name` with the gateway of `cidr` in the calling process's namespace, and
     /// turns on forwarding and bridge netfilter (so Services see same-node traffic).
-    pub async fn setup(name: &str, cidr: Ipv4Cidr) -> Result<Self, LinkError> {
+    /// Pods get `mtu` when given (the overlay's, so they never need fragmenting).
+    pub async fn setup(name: &str, cidr: Ipv4Cidr, mtu: Option<u32>) -> Result<Self, LinkError> {
         let handle = connect()?;
         let index = ensure_bridge(&handle, name, cidr.gateway(), cidr.prefix()).await?;
         sysctl("net.ipv4.ip_forward", "1")?;
@@ -178,6 +180,7 @@ impl Bridge {
             name: name.to_string(),
             index,
             cidr,
+            mtu,
         })
     }
 
@@ -201,6 +204,7 @@ impl Bridge {
             ip,
             self.cidr.prefix(),
             self.cidr.gateway(),
+            self.mtu,
         )
         .await
     }
@@ -213,7 +217,9 @@ impl Bridge {
 
 /// Plugs namespace `ns` into the bridge with index `bridge`: a veth pair whose outer
 /// end `host_if` joins the bridge and whose inner end becomes `eth0` with `ip/prefix`
-/// and a default route via `gateway`. An old `host_if` is replaced.
+/// and a default route via `gateway`; both ends get `mtu` when given. An old `host_if`
+/// is replaced.
+#[allow(clippy::too_many_arguments)]
 pub async fn plug(
     h: &Handle,
     bridge: u32,
@@ -222,6 +228,7 @@ pub async fn plug(
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
+    mtu: Option<u32>,
 ) -> Result<(), LinkError> {
     let gone = |what: &str| LinkError::Socket(std::io::Error::other(format!("{what} vanished")));
     delete_link(h, host_if).await?;
@@ -250,13 +257,12 @@ pub async fn plug(
         .await
         .map_err(nl(format!("move {peer} into {}", ns.name())))?;
     let host_index = link_index(h, host_if).await?.ok_or_else(|| gone("veth"))?;
+    let mut host = LinkUnspec::new_with_index(host_index).controller(bridge);
+    if let Some(m) = mtu {
+        host = host.mtu(m);
+    }
     h.link()
-        .set(
-            LinkUnspec::new_with_index(host_index)
-                .controller(bridge)
-                .up()
-                .build(),
-        )
+        .set(host.up().build())
         .execute()
         .await
         .map_err(nl(format!("put {host_if} on its bridge")))?;
@@ -267,13 +273,13 @@ pub async fn plug(
     let idx = link_index(&inner, &peer)
         .await?
         .ok_or_else(|| gone("veth peer"))?;
+    let mut eth0 = LinkUnspec::new_with_index(idx).name("eth0".to_string());
+    if let Some(m) = mtu {
+        eth0 = eth0.mtu(m);
+    }
     inner
         .link()
-        .set(
-            LinkUnspec::new_with_index(idx)
-                .name("eth0".to_string())
-                .build(),
-        )
+        .set(eth0.build())
         .execute()
         .await
         .map_err(nl("rename the inner interface to eth0"))?;

@@ -73,7 +73,7 @@ fn pods_on_one_bridge_reach_each_other_and_the_node() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let br = Bridge::setup("cni0", cidr).await.unwrap();
+            let br = Bridge::setup("cni0", cidr, Some(1450)).await.unwrap();
             br.attach(&pa2, &host_if_name("a"), a_ip).await.unwrap();
             br.attach(&pb2, &host_if_name("b"), b_ip).await.unwrap();
             // Attaching again replaces the wiring instead of failing.
