@@ -189,7 +189,7 @@ impl NodeArgs {
 
 #[derive(Subcommand)]
 enum ToolboxCommand {
-    /// Answer HTTP requests with this pod's name, namespace, node and IP.
+    /// Answer HTTP and UDP on PORT with this pod's name, namespace, node and IP, and the caller's.
     Serve {
         #[arg(long, default_value_t = 8080)]
         port: u16,
@@ -199,6 +199,14 @@ enum ToolboxCommand {
         url: String,
         /// How many requests (0: until stopped).
         #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Send a datagram to HOST:PORT and print the answer, COUNT times.
+    Udp {
+        addr: String,
+        #[arg(long, default_value_t = 1)]
         count: u64,
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
@@ -226,6 +234,11 @@ fn toolbox(command: ToolboxCommand) -> std::io::Result<ExitCode> {
             count,
             interval_ms,
         } => toolbox::fetch(&url, count, Duration::from_millis(interval_ms))?,
+        ToolboxCommand::Udp {
+            addr,
+            count,
+            interval_ms,
+        } => toolbox::udp(&addr, count, Duration::from_millis(interval_ms))?,
         ToolboxCommand::Env => {
             for (k, v) in std::env::vars() {
                 println!("{k}={v}");

@@ -237,6 +237,21 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 ))),
             };
         }
+        (["api", "v1", "nodes", name, "proxy", path @ ..], &Method::GET) => {
+            let (name, path) = (name.to_string(), path.join("/"));
+            let nodes = resources::find("", "nodes").expect("nodes are served");
+            auth::authorize(
+                &user,
+                &Attributes {
+                    verb: "get",
+                    resource: nodes,
+                    subresource: Some("proxy"),
+                    namespace: None,
+                    name: Some(&name),
+                },
+            )?;
+            return crate::kubelet::proxy_node(shared, parts, body, &name, &path).await;
+        }
         (
             [
                 "api",

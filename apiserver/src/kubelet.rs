@@ -126,6 +126,11 @@ fn target(
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest(format!("pod {pod} does not have a host assigned")))?;
+    Ok((kubelet_address(shared, node)?, container))
+}
+
+/// Where node `node`'s kubelet listens: its InternalIP and kubelet port.
+fn kubelet_address(shared: &Shared, node: &str) -> Result<String, ApiError> {
     let nodes = resources::find("", "nodes").expect("nodes are served");
     let n = shared.api.get(nodes, None, node)?.object;
     let ip = n["status"]["addresses"]
@@ -138,7 +143,7 @@ fn target(
     let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .unwrap_or(u64::from(tinykube_api::constants::KUBELET_PORT));
-    Ok((format!("{ip}:{port}"), container))
+    Ok(format!("{ip}:{port}"))
 }
 
 fn unavailable(what: String) -> ApiError {
@@ -148,7 +153,7 @@ fn unavailable(what: String) -> ApiError {
 /// Proxies `GET pods/{pod}/log` or `pods/{pod}/exec` to the kubelet.
 pub async fn proxy(
     shared: &Arc<Shared>,
-    mut parts: Parts,
+    parts: Parts,
     body: Body,
     ns: &str,
     pod: &str,
@@ -181,7 +186,43 @@ pub async fn proxy(
     } else {
         format!("{path}?{}", rest.join("&"))
     };
+    let method = if sub == "log" {
+        Method::GET
+    } else {
+        parts.method.clone()
+    };
+    forward(shared, parts, body, &addr, &uri, method).await
+}
 
+/// Proxies `nodes/{node}/proxy/{path}` to that node's kubelet API (GET only: the
+/// kubelet's read-only endpoints such as `/metrics` and `/healthz`).
+pub async fn proxy_node(
+    shared: &Arc<Shared>,
+    parts: Parts,
+    body: Body,
+    node: &str,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let addr = kubelet_address(shared, node)?;
+    let uri = match parts.uri.query() {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    forward(shared, parts, body, &addr, &uri, Method::GET).await
+}
+
+/// Sends the request to the kubelet at `addr` over TLS checked against the cluster CA,
+/// as the API server's own node identity, and passes back the answer (and an upgraded
+/// stream, for exec).
+async fn forward(
+    shared: &Arc<Shared>,
+    mut parts: Parts,
+    body: Body,
+    addr: &str,
+    uri: &str,
+    method: Method,
+) -> Result<Response, ApiError> {
+    let addr = addr.to_string();
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| unavailable(format!("cannot reach the kubelet at {addr}: {e}")))?;
@@ -202,13 +243,7 @@ pub async fn proxy(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let mut req = http::Request::builder()
-        .method(if sub == "log" {
-            Method::GET
-        } else {
-            parts.method.clone()
-        })
-        .uri(uri);
+    let mut req = http::Request::builder().method(method).uri(uri);
     for (k, v) in &parts.headers {
         if k == header::AUTHORIZATION || k == header::HOST || k == header::CONTENT_LENGTH {
             continue;

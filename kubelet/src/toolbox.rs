@@ -1,10 +1,11 @@
 //! `tinykube toolbox`: the course exercises' programs, shipped in the node-made
-//! `tinykube.local/toolbox` image. `serve` answers HTTP on 8080 with who answered
-//! (pod, namespace, node, IP); `fetch` requests a URL repeatedly and prints each
-//! answer, the client side of the load-balancing exercise.
+//! `tinykube.local/toolbox` image. `serve` answers HTTP (and UDP) on 8080 with who
+//! answered (pod, namespace, node, IP) and who asked; `fetch` requests a URL repeatedly
+//! and prints each answer, the client side of the load-balancing exercise; `udp` does
+//! the same over UDP.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 /// Who this pod is: the downward API variables when the pod sets them (POD_NAME,
@@ -46,6 +47,10 @@ pub fn identity() -> String {
 
 fn answer(mut s: TcpStream, me: &str) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let client = s
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let mut reader = BufReader::new(match s.try_clone() {
         Ok(c) => c,
         Err(_) => return,
@@ -66,7 +71,9 @@ fn answer(mut s: TcpStream, me: &str) {
     let body = if path == "/healthz" {
         "ok\n".to_string()
     } else {
-        format!("{me}\n")
+        // The caller's address as this pod sees it: across nodes, the other pod's own
+        // IP (no NAT inside the pod network).
+        format!("{me} client={client}\n")
     };
     let _ = write!(
         s,
@@ -90,7 +97,15 @@ pub fn serve(port: u16) -> std::io::Result<()> {
     }
     let me = identity();
     let l = TcpListener::bind(("0.0.0.0", port))?;
+    let u = UdpSocket::bind(("0.0.0.0", port))?;
     eprintln!("serving on :{port} as {me}");
+    let who = me.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(format!("{who} client={}\n", from.ip()).as_bytes(), from);
+        }
+    });
     for s in l.incoming().flatten() {
         let me = me.clone();
         std::thread::spawn(move || answer(s, &me));
@@ -152,6 +167,29 @@ pub fn fetch(url: &str, count: u64, interval: Duration) -> std::io::Result<()> {
         }
         std::thread::sleep(interval);
     }
+}
+
+/// Sends a datagram to `addr` `count` times and prints each answer (or a timeout).
+pub fn udp(addr: &str, count: u64, interval: Duration) -> std::io::Result<()> {
+    let to = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 2048];
+    for i in 0..count.max(1) {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        s.send_to(b"hello", to)?;
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => print!("{}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => println!("error: {e}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
 }
 
 /// Allocates and touches `mib` MiB, then sleeps: a memory hog for limit exercises.

@@ -39,15 +39,25 @@ impl TestLab {
     /// As `start`, with extra arguments for every node agent (`{master}` in them becomes
     /// the master's address).
     pub async fn start_with(workers: usize, node_args: &[&str]) -> Self {
-        Self::start_full(workers, node_args, false).await
+        Self::start_full(workers, node_args, false, "udp").await
     }
 
     /// As `start`, with a containerd of the cluster's own (which a test may restart).
     pub async fn start_own_containerd(workers: usize) -> Self {
-        Self::start_full(workers, &[], true).await
+        Self::start_full(workers, &[], true, "udp").await
     }
 
-    async fn start_full(workers: usize, node_args: &[&str], own_containerd: bool) -> Self {
+    /// As `start`, with overlay backend `backend` (udp, vxlan, host-gw).
+    pub async fn start_with_backend(workers: usize, backend: &str) -> Self {
+        Self::start_full(workers, &[], false, backend).await
+    }
+
+    async fn start_full(
+        workers: usize,
+        node_args: &[&str],
+        own_containerd: bool,
+        backend: &str,
+    ) -> Self {
         require_root();
         crate::init_crypto();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -66,6 +76,7 @@ impl TestLab {
         let master = format!("{}.{}.{}.10", master[0], master[1], master[2]);
         cfg.node_args
             .extend(node_args.iter().map(|a| a.replace("{master}", &master)));
+        cfg.master_args = vec!["--flannel-backend".into(), backend.into()];
         cfg.ready_timeout = Duration::from_secs(90);
         cfg.own_containerd = own_containerd;
         let mut quiet = |_: &str| {};
