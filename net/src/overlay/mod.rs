@@ -5,6 +5,7 @@
 //! the other Nodes and hands the resulting peer list to [`Overlay::sync`].
 
 pub mod masquerade;
+pub mod offload;
 pub mod routes;
 pub mod tun;
 pub mod udp;

@@ -8,6 +8,10 @@ use std::os::fd::{AsRawFd, FromRawFd};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
 
 #[repr(C)]
 struct IfReq {
@@ -17,7 +21,8 @@ struct IfReq {
 }
 
 /// Opens TUN device `name` (created if absent; it goes away with the last descriptor),
-/// raw IP packets without the packet-info prefix, non-blocking.
+/// non-blocking, each packet preceded by a `virtio_net_hdr` and TCPv4 segmentation and
+/// checksums left to the reader (see `offload`).
 pub fn open(name: &str) -> io::Result<File> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
@@ -39,12 +44,16 @@ pub fn open(name: &str) -> io::Result<File> {
     let file = unsafe { File::from_raw_fd(fd) };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is laid out as.
     if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETOFFLOAD takes its flags by value.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(file)
