@@ -207,18 +207,19 @@ impl DataPath {
             dev.try_clone().map_err(OverlayError::Tun)?,
             sock.try_clone().map_err(OverlayError::Tun)?,
         );
-        let (sh, st) = (shared.clone(), stop.as_raw_fd());
+        let encap = Arc::new(Mutex::new(Encap::new()));
+        let (sh, st, en) = (shared.clone(), stop.as_raw_fd(), encap.clone());
         let mut threads = vec![
             std::thread::Builder::new()
                 .name("overlay-encap".into())
-                .spawn(move || encap_loop(&sh, &dev2, &sock2, st))
+                .spawn(move || encap_loop(&sh, &en, &dev2, &sock2, st))
                 .map_err(OverlayError::Tun)?,
         ];
         let (sh, st) = (shared.clone(), stop.as_raw_fd());
         threads.push(
             std::thread::Builder::new()
                 .name("overlay-decap".into())
-                .spawn(move || decap_loop(&sh, &dev, &sock, st))
+                .spawn(move || decap_loop(&sh, &encap, &dev, &sock, st))
                 .map_err(OverlayError::Tun)?,
         );
         Ok((
@@ -343,18 +344,43 @@ fn wait(fd: RawFd, stop: RawFd) -> bool {
 }
 
 /// One direction per thread, so that on two cores sending and receiving run side by
-/// side (one thread for both, busy-polling for replies, measured slower here).
-fn encap_loop(sh: &Shared, dev: &File, sock: &UdpSocket, stop: RawFd) {
-    let mut encap = Encap::new();
+/// side (one thread for both, busy-polling for replies, measured slower here). The
+/// encap side sits behind a lock so that one thread at a time reads the TUN and packets
+/// of a flow leave in order.
+fn encap_loop(sh: &Shared, encap: &Mutex<Encap>, dev: &File, sock: &UdpSocket, stop: RawFd) {
     while wait(dev.as_raw_fd(), stop) {
-        encap.drain(sh, dev, sock);
+        encap.lock().expect("not poisoned").drain(sh, dev, sock);
     }
 }
 
-fn decap_loop(sh: &Shared, dev: &File, sock: &UdpSocket, stop: RawFd) {
+/// How long the decap thread watches the TUN for the answer to a lone small packet it
+/// has just delivered (a request): an answer caught here leaves without a thread
+/// wake-up, which on these machines costs more than the wait.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
+
+fn decap_loop(sh: &Shared, encap: &Mutex<Encap>, dev: &File, sock: &UdpSocket, stop: RawFd) {
     let mut decap = Decap::new(sock);
     while wait(sock.as_raw_fd(), stop) {
-        decap.drain(sh, dev, sock);
+        let (datagrams, bytes) = decap.drain(sh, dev, sock);
+        if datagrams == 0 {
+            continue;
+        }
+        // The kernel delivers what we wrote before the write returns, so whatever it
+        // answers at once (an ICMP echo reply, a TCP ACK or SYN-ACK) is already in the
+        // TUN, and a pod answering a small request does so within microseconds: send
+        // that from here instead of waking the encap thread for it. Bulk traffic (many
+        // or large datagrams) never waits, nor does anything while the encap thread
+        // is busy.
+        let started = std::time::Instant::now();
+        let wait_for_answer = datagrams == 1 && bytes <= 512;
+        loop {
+            let Ok(mut e) = encap.try_lock() else { break };
+            if e.drain(sh, dev, sock) > 0 || !wait_for_answer || started.elapsed() > ANSWER_WAIT {
+                break;
+            }
+            drop(e);
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -524,10 +550,10 @@ impl Decap {
         }
     }
 
-    /// Handles what the socket holds; returns how many datagrams it read.
-    fn drain(&mut self, sh: &Shared, dev: &File, sock: &UdpSocket) -> usize {
+    /// Handles what the socket holds; returns how many datagrams (and bytes) it read.
+    fn drain(&mut self, sh: &Shared, dev: &File, sock: &UdpSocket) -> (usize, usize) {
         let (buf, merge) = (&mut self.buf, &mut self.merge);
-        let mut read = 0;
+        let (mut read, mut bytes) = (0, 0);
         loop {
             let mut from: libc::sockaddr_in = unsafe_zeroed();
             let mut iov = libc::iovec {
@@ -555,6 +581,7 @@ impl Decap {
             }
             let n = n as usize;
             read += 1;
+            bytes += n;
             // SAFETY: walks the control messages recvmsg filled in, within msg_controllen.
             let gro = unsafe {
                 let mut size = None;
@@ -604,7 +631,7 @@ impl Decap {
                 flush(merge);
             }
         }
-        read
+        (read, bytes)
     }
 }
 
