@@ -225,6 +225,22 @@ fn route_lines(node_netns: &str) -> String {
     in_netns(node_netns, "ip", &["route"]).1
 }
 
+/// The destination of the route towards a peer: via its address (host-gw) or through
+/// the VXLAN device (vxlan).
+fn cidr_of_route_to(routes: &str, peer_ip: &str, backend: &str) -> String {
+    let marker = if backend == "vxlan" {
+        "dev flannel.1".to_string()
+    } else {
+        format!("via {peer_ip} ")
+    };
+    routes
+        .lines()
+        .find(|l| l.contains(&marker) && l.starts_with("10.244."))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no route with {marker:?}: {routes}"))
+        .to_string()
+}
+
 async fn pod_cidr(client: &kube::Client, node: &str) -> String {
     Api::<Node>::all(client.clone())
         .get(node)
@@ -412,6 +428,28 @@ async fn cross_node(backend: &str) {
         assert!(
             !neigh.contains(&format!("{gw3} ")),
             "stale neighbour: {neigh}"
+        );
+    }
+
+    // Damage from outside is repaired by the periodic resync.
+    if backend != "udp" {
+        let victim = cidr_of_route_to(&route_lines(&ns1), &n2.ip.to_string(), backend);
+        match backend {
+            "vxlan" => assert!(in_netns(&ns1, "ip", &["link", "del", "flannel.1"]).0),
+            _ => assert!(in_netns(&ns1, "ip", &["route", "del", &victim]).0),
+        }
+        let mut out = String::new();
+        assert!(
+            within(45, || {
+                out = exec_toolbox(
+                    &kubectl,
+                    "a",
+                    &["fetch", &format!("http://{ip_b}:8080/"), "--count", "1"],
+                );
+                out.contains("pod=b ")
+            })
+            .await,
+            "{backend}: a -> b after worker 1's {victim} route was removed by hand: {out}"
         );
     }
 

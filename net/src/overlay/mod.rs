@@ -251,7 +251,6 @@ pub struct Overlay {
     handle: Handle,
     /// The interface holding the public address and its MTU.
     uplink: (u32, u32),
-    device: Option<u32>,
     vtep_mac: Option<[u8; 6]>,
     udp: Option<udp::DataPath>,
     /// The peers last applied (kernel backends reconcile against it).
@@ -267,16 +266,16 @@ impl Overlay {
             .await?
             .ok_or(OverlayError::NoInterface(local.public_ip))?;
         let mtu = uplink.1.saturating_sub(backend.overhead());
-        let (device, vtep_mac, udp) = match backend {
-            Backend::Udp => {
-                let (index, path) = udp::DataPath::start(&handle, local, mtu).await?;
-                (Some(index), None, Some(path))
-            }
+        let (vtep_mac, udp) = match backend {
+            Backend::Udp => (
+                None,
+                Some(udp::DataPath::start(&handle, local, mtu).await?.1),
+            ),
             Backend::Vxlan => {
-                let (index, mac) = routes::vxlan_device(&handle, local, uplink.0, mtu).await?;
-                (Some(index), Some(mac), None)
+                let (_, mac) = routes::vxlan_device(&handle, local, uplink.0, mtu).await?;
+                (Some(mac), None)
             }
-            Backend::HostGw => (None, None, None),
+            Backend::HostGw => (None, None),
         };
         masquerade::apply(local.cluster)?;
         Ok(Self {
@@ -284,7 +283,6 @@ impl Overlay {
             local,
             handle,
             uplink,
-            device,
             vtep_mac,
             udp,
             applied: Mutex::new(Vec::new()),
@@ -322,17 +320,28 @@ impl Overlay {
         if let Some(udp) = &self.udp {
             udp.set_peers(peers);
         }
-        let old = self.applied.lock().expect("not poisoned").clone();
+        let mut old = self.applied.lock().expect("not poisoned").clone();
         match self.backend {
             Backend::Udp => {}
             Backend::Vxlan => {
-                routes::sync_vxlan(
-                    &self.handle,
-                    self.device.expect("vxlan has a device"),
-                    &old,
-                    peers,
-                )
-                .await?
+                // A device removed by hand is made again (its MAC follows the podCIDR,
+                // so what peers know of it stays true), then filled afresh.
+                let dev = match link::link_index(&self.handle, VXLAN_DEVICE).await? {
+                    Some(i) => i,
+                    None => {
+                        tracing::warn!("{VXLAN_DEVICE} is gone; making it again");
+                        old.clear();
+                        routes::vxlan_device(
+                            &self.handle,
+                            self.local,
+                            self.uplink.0,
+                            self.pod_mtu(),
+                        )
+                        .await?
+                        .0
+                    }
+                };
+                routes::sync_vxlan(&self.handle, dev, &old, peers).await?
             }
             Backend::HostGw => {
                 routes::sync_host_gw(&self.handle, self.local, self.uplink.0, peers).await?
