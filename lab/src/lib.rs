@@ -157,12 +157,17 @@ fn bridge_name(name: &str) -> String {
     format!("tkbr-{name}")
 }
 
-fn node_names(name: &str, workers: usize) -> Vec<String> {
-    let prefix = if name == DEFAULT_NAME {
+/// What a lab's node names start with: nothing for the default lab, `<name>-` else.
+fn node_prefix(name: &str) -> String {
+    if name == DEFAULT_NAME {
         String::new()
     } else {
         format!("{name}-")
-    };
+    }
+}
+
+fn node_names(name: &str, workers: usize) -> Vec<String> {
+    let prefix = node_prefix(name);
     std::iter::once(format!("{prefix}master"))
         .chain((1..=workers).map(|i| format!("{prefix}worker-{i}")))
         .collect()
@@ -690,11 +695,7 @@ impl Lab {
             .parse()
             .map_err(|e: tinykube_net::cidr::CidrError| LabError::Failed(e.to_string()))?;
         let i = self.state.nodes.len();
-        let prefix = if self.state.name == DEFAULT_NAME {
-            String::new()
-        } else {
-            format!("{}-", self.state.name)
-        };
+        let prefix = node_prefix(&self.state.name);
         let mut n = lab_node(
             &self.state.name,
             &self.dir,

@@ -34,12 +34,13 @@ pub enum LinkError {
     },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     let what = what.into();
     move |source| LinkError::Netlink { what, source }
 }
 
-fn code(e: &rtnetlink::Error) -> i32 {
+/// The errno a netlink error carries (negative), or 0.
+pub(crate) fn code(e: &rtnetlink::Error) -> i32 {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.raw_code(),
         _ => 0,

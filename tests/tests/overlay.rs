@@ -51,6 +51,30 @@ fn exec_toolbox(kubectl: &Kubectl, pod: &str, args: &[&str]) -> String {
     kubectl.run(&v).stdout
 }
 
+/// One request from pod `from` to the toolbox server of the pod at `ip`; its answer.
+fn fetch(kubectl: &Kubectl, from: &str, ip: Ipv4Addr) -> String {
+    let url = format!("http://{ip}:8080/");
+    exec_toolbox(kubectl, from, &["fetch", &url, "--count", "1"])
+}
+
+/// Requests from pod `from` to the pod at `ip` for up to `secs` seconds until pod `to`
+/// answers; whether it did, and the last answer.
+async fn reaches(
+    kubectl: &Kubectl,
+    from: &str,
+    ip: Ipv4Addr,
+    to: &str,
+    secs: u64,
+) -> (bool, String) {
+    let mut out = String::new();
+    let ok = within(secs, || {
+        out = fetch(kubectl, from, ip);
+        out.contains(&format!("pod={to} "))
+    })
+    .await;
+    (ok, out)
+}
+
 /// Runs `program args` inside the network namespace at `netns` (setns only).
 fn in_netns(netns: &str, program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("nsenter")
@@ -287,16 +311,8 @@ async fn cross_node(backend: &str) {
 
     // TCP and UDP both ways; each server sees the other pod's own address.
     for (from, to_ip, to, from_ip) in [("a", ip_b, "b", ip_a), ("b", ip_a, "a", ip_b)] {
-        let url = format!("http://{to_ip}:8080/");
-        let mut tcp = String::new();
-        assert!(
-            within(20, || {
-                tcp = exec_toolbox(&kubectl, from, &["fetch", &url, "--count", "1"]);
-                tcp.contains(&format!("pod={to} "))
-            })
-            .await,
-            "{backend}: TCP {from} -> {to} ({to_ip}): {tcp}"
-        );
+        let (ok, tcp) = reaches(&kubectl, from, to_ip, to, 20).await;
+        assert!(ok, "{backend}: TCP {from} -> {to} ({to_ip}): {tcp}");
         assert!(
             tcp.contains(&format!("client={from_ip}\n")),
             "{backend}: the server saw another address than {from_ip}: {tcp}"
@@ -379,24 +395,9 @@ async fn cross_node(backend: &str) {
     let w3 = t.lab_mut().add_worker().await.expect("add a worker");
     run_pod(&kubectl, "c", &w3);
     let (ip_c, _) = running_pod(&client, "c").await;
-    let mut out = String::new();
-    assert!(
-        within(30, || {
-            out = exec_toolbox(
-                &kubectl,
-                "a",
-                &["fetch", &format!("http://{ip_c}:8080/"), "--count", "1"],
-            );
-            out.contains("pod=c ")
-        })
-        .await,
-        "{backend}: a -> c on the new worker: {out}"
-    );
-    let out = exec_toolbox(
-        &kubectl,
-        "c",
-        &["fetch", &format!("http://{ip_b}:8080/"), "--count", "1"],
-    );
+    let (ok, out) = reaches(&kubectl, "a", ip_c, "c", 30).await;
+    assert!(ok, "{backend}: a -> c on the new worker: {out}");
+    let out = fetch(&kubectl, "c", ip_b);
     assert!(out.contains("pod=b "), "{backend}: c -> b: {out}");
     let now: Vec<Option<u32>> = [&w1, &w2]
         .iter()
@@ -438,17 +439,9 @@ async fn cross_node(backend: &str) {
             "vxlan" => assert!(in_netns(&ns1, "ip", &["link", "del", "flannel.1"]).0),
             _ => assert!(in_netns(&ns1, "ip", &["route", "del", &victim]).0),
         }
-        let mut out = String::new();
+        let (ok, out) = reaches(&kubectl, "a", ip_b, "b", 45).await;
         assert!(
-            within(45, || {
-                out = exec_toolbox(
-                    &kubectl,
-                    "a",
-                    &["fetch", &format!("http://{ip_b}:8080/"), "--count", "1"],
-                );
-                out.contains("pod=b ")
-            })
-            .await,
+            ok,
             "{backend}: a -> b after worker 1's {victim} route was removed by hand: {out}"
         );
     }
@@ -456,24 +449,9 @@ async fn cross_node(backend: &str) {
     // A worker restarted: its device, routes and peers come back and traffic resumes.
     t.lab_mut().kill_node(&w2).await.unwrap();
     t.lab_mut().start_node(&w2).unwrap();
-    let mut out = String::new();
-    assert!(
-        within(60, || {
-            out = exec_toolbox(
-                &kubectl,
-                "a",
-                &["fetch", &format!("http://{ip_b}:8080/"), "--count", "1"],
-            );
-            out.contains("pod=b ")
-        })
-        .await,
-        "{backend}: a -> b after worker 2 restarted: {out}"
-    );
-    let out = exec_toolbox(
-        &kubectl,
-        "b",
-        &["fetch", &format!("http://{ip_a}:8080/"), "--count", "1"],
-    );
+    let (ok, out) = reaches(&kubectl, "a", ip_b, "b", 60).await;
+    assert!(ok, "{backend}: a -> b after worker 2 restarted: {out}");
+    let out = fetch(&kubectl, "b", ip_a);
     assert!(
         out.contains("pod=a "),
         "{backend}: b -> a after the restart: {out}"
@@ -563,11 +541,7 @@ async fn udp_wire_and_garbage(
     .await;
     assert!(counted, "garbage counted: before {before}\nafter {after}");
     // The data path still carries traffic.
-    let out = exec_toolbox(
-        kubectl,
-        "a",
-        &["fetch", &format!("http://{ip_b}:8080/"), "--count", "1"],
-    );
+    let out = fetch(kubectl, "a", ip_b);
     assert!(out.contains("pod=b "), "after the garbage: {out}");
 }
 

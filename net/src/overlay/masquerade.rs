@@ -35,7 +35,14 @@ pub fn rules(cluster: Ipv4Cidr) -> String {
     )
 }
 
-fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<bool, MasqueradeError> {
+/// Runs `program args`, feeding it `input`; returns whether it succeeded and what it
+/// said on standard error.
+fn run(
+    program: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<(bool, String), MasqueradeError> {
+    let spawn = |source| MasqueradeError::Spawn { program, source };
     let mut child = Command::new(program)
         .args(args)
         .stdin(if input.is_some() {
@@ -46,28 +53,27 @@ fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<bool
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| MasqueradeError::Spawn { program, source })?;
+        .map_err(spawn)?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| MasqueradeError::Spawn { program, source })?;
+        stdin.write_all(text.as_bytes()).map_err(spawn)?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqueradeError::Spawn { program, source })?;
-    if input.is_some() && !out.status.success() {
-        return Err(MasqueradeError::Failed {
-            program,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    let out = child.wait_with_output().map_err(spawn)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Ok((out.status.success(), stderr))
+}
+
+/// As `run`, failing unless the program succeeds.
+fn must(program: &'static str, args: &[&str], input: Option<&str>) -> Result<(), MasqueradeError> {
+    match run(program, args, input)? {
+        (true, _) => Ok(()),
+        (false, stderr) => Err(MasqueradeError::Failed { program, stderr }),
     }
-    Ok(out.status.success())
 }
 
 /// Writes the chain and makes sure POSTROUTING jumps to it, in the calling process's
 /// network namespace. Safe to repeat.
 pub fn apply(cluster: Ipv4Cidr) -> Result<(), MasqueradeError> {
-    run(
+    must(
         "iptables-restore",
         &["--noflush", "-w", "5"],
         Some(&rules(cluster)),
@@ -88,8 +94,9 @@ pub fn apply(cluster: Ipv4Cidr) -> Result<(), MasqueradeError> {
             CHAIN,
         ]
     };
-    if !run("iptables", &rule("-C"), None)? {
-        run("iptables", &rule("-A"), Some(""))?;
+    // -C fails when the rule is missing.
+    if !run("iptables", &rule("-C"), None)?.0 {
+        must("iptables", &rule("-A"), None)?;
     }
     Ok(())
 }

@@ -176,24 +176,26 @@ impl Stats {
         use std::fmt::Write;
         let b = &self.backend;
         let mut s = String::new();
-        s.push_str("# HELP tinykube_overlay_packets_total Packets the overlay carried, by peer and direction.\n# TYPE tinykube_overlay_packets_total counter\n");
-        for p in &self.peers {
-            for (dir, n) in [("encap", p.encap_packets), ("decap", p.decap_packets)] {
-                let _ = writeln!(
-                    s,
-                    "tinykube_overlay_packets_total{{backend=\"{b}\",peer=\"{}\",peer_ip=\"{}\",direction=\"{dir}\"}} {n}",
-                    p.node, p.public_ip
-                );
-            }
-        }
-        s.push_str("# HELP tinykube_overlay_bytes_total Bytes (inner packets) the overlay carried, by peer and direction.\n# TYPE tinykube_overlay_bytes_total counter\n");
-        for p in &self.peers {
-            for (dir, n) in [("encap", p.encap_bytes), ("decap", p.decap_bytes)] {
-                let _ = writeln!(
-                    s,
-                    "tinykube_overlay_bytes_total{{backend=\"{b}\",peer=\"{}\",peer_ip=\"{}\",direction=\"{dir}\"}} {n}",
-                    p.node, p.public_ip
-                );
+        type Pick = fn(&PeerStats) -> [u64; 2];
+        let families: [(&str, &str, Pick); 2] = [
+            ("packets", "Packets", |p| [p.encap_packets, p.decap_packets]),
+            ("bytes", "Bytes (inner packets)", |p| {
+                [p.encap_bytes, p.decap_bytes]
+            }),
+        ];
+        for (unit, what, values) in families {
+            let _ = writeln!(
+                s,
+                "# HELP tinykube_overlay_{unit}_total {what} the overlay carried, by peer and direction.\n# TYPE tinykube_overlay_{unit}_total counter"
+            );
+            for p in &self.peers {
+                for (dir, n) in ["encap", "decap"].into_iter().zip(values(p)) {
+                    let _ = writeln!(
+                        s,
+                        "tinykube_overlay_{unit}_total{{backend=\"{b}\",peer=\"{}\",peer_ip=\"{}\",direction=\"{dir}\"}} {n}",
+                        p.node, p.public_ip
+                    );
+                }
             }
         }
         s.push_str("# HELP tinykube_overlay_dropped_total Packets the overlay dropped, by peer (empty: none) and reason.\n# TYPE tinykube_overlay_dropped_total counter\n");
@@ -267,10 +269,7 @@ impl Overlay {
             .ok_or(OverlayError::NoInterface(local.public_ip))?;
         let mtu = uplink.1.saturating_sub(backend.overhead());
         let (vtep_mac, udp) = match backend {
-            Backend::Udp => (
-                None,
-                Some(udp::DataPath::start(&handle, local, mtu).await?.1),
-            ),
+            Backend::Udp => (None, Some(udp::DataPath::start(&handle, local, mtu).await?)),
             Backend::Vxlan => {
                 let (_, mac) = routes::vxlan_device(&handle, local, uplink.0, mtu).await?;
                 (Some(mac), None)
@@ -406,6 +405,30 @@ mod tests {
         assert!(e.to_string().contains("udp, vxlan or host-gw"));
         assert_eq!(Backend::Udp.overhead(), 28);
         assert_eq!(Backend::Vxlan.overhead(), 50);
+    }
+
+    #[test]
+    fn metrics_name_every_peer_direction_and_drop_reason() {
+        let mut p = PeerStats::new("worker-2", Ipv4Addr::new(192, 168, 56, 12));
+        (p.encap_packets, p.decap_bytes, p.dropped) = (3, 700, 1);
+        let s = Stats {
+            backend: "udp".into(),
+            peers: vec![p],
+            dropped: BTreeMap::from([("stranger", 2)]),
+            device: None,
+        };
+        let text = s.prometheus();
+        let peer = "backend=\"udp\",peer=\"worker-2\",peer_ip=\"192.168.56.12\"";
+        for line in [
+            format!("tinykube_overlay_packets_total{{{peer},direction=\"encap\"}} 3"),
+            format!("tinykube_overlay_packets_total{{{peer},direction=\"decap\"}} 0"),
+            format!("tinykube_overlay_bytes_total{{{peer},direction=\"decap\"}} 700"),
+            format!("tinykube_overlay_dropped_total{{{peer},reason=\"invalid\"}} 1"),
+            "tinykube_overlay_dropped_total{backend=\"udp\",peer=\"\",peer_ip=\"\",reason=\"stranger\"} 2".to_string(),
+            "# TYPE tinykube_overlay_bytes_total counter".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -17,31 +17,16 @@ use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
 
 use super::{Local, Peer, VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
 use crate::cidr::Ipv4Cidr;
-use crate::link::{self, LinkError};
+use crate::link::{self, LinkError, code, nl};
 
 const ENOENT: i32 = -libc::ENOENT;
 const ESRCH: i32 = -libc::ESRCH;
-
-fn nl(what: String) -> impl FnOnce(rtnetlink::Error) -> LinkError {
-    move |source| LinkError::Netlink { what, source }
-}
-
-fn code(e: &rtnetlink::Error) -> i32 {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.raw_code(),
-        _ => 0,
-    }
-}
 
 /// Index and MTU of the interface holding `ip`.
 pub async fn interface_of(h: &Handle, ip: Ipv4Addr) -> Result<Option<(u32, u32)>, LinkError> {
     let mut addrs = h.address().get().execute();
     let mut index = None;
-    while let Some(a) = addrs
-        .try_next()
-        .await
-        .map_err(nl("list addresses".into()))?
-    {
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
         let holds = a.attributes.iter().any(|attr| {
             matches!(attr, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip)
         });
@@ -70,11 +55,7 @@ pub async fn address_of(h: &Handle, name: &str) -> Result<Option<Ipv4Addr>, Link
         return Ok(None);
     };
     let mut addrs = h.address().get().set_link_index_filter(index).execute();
-    while let Some(a) = addrs
-        .try_next()
-        .await
-        .map_err(nl("list addresses".into()))?
-    {
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
         for attr in &a.attributes {
             if let AddressAttribute::Local(IpAddr::V4(x))
             | AddressAttribute::Address(IpAddr::V4(x)) = attr
@@ -254,7 +235,7 @@ async fn gateway_routes(
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute();
-    while let Some(r) = routes.try_next().await.map_err(nl("list routes".into()))? {
+    while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
         let (mut dst, mut gw, mut oif) = (None, None, None);
         for a in &r.attributes {
             match a {

@@ -19,7 +19,7 @@ use rtnetlink::{Handle, LinkUnspec};
 use super::offload::{self, Coalescer, Outcome, VNET_HDR_LEN, VnetHdr};
 use super::{Local, OverlayError, Peer, PeerStats, Stats, TUN_DEVICE, UDP_PORT, tun};
 use crate::cidr::Ipv4Cidr;
-use crate::link::{self, LinkError};
+use crate::link;
 
 /// Why a packet was dropped; each has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,20 +145,12 @@ pub struct DataPath {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn tun_error(e: LinkError) -> OverlayError {
-    OverlayError::Link(e)
-}
-
 impl DataPath {
     /// Creates the TUN device with `mtu`, gives it this node's subnet address with the
     /// cluster prefix (so the kernel routes the whole cluster CIDR to it, and the
     /// node's own podCIDR, more specific, stays on the bridge), binds UDP 8285 on the
-    /// public address and starts the data path's two threads. Returns the device's index.
-    pub async fn start(
-        handle: &Handle,
-        local: Local,
-        mtu: u32,
-    ) -> Result<(u32, DataPath), OverlayError> {
+    /// public address and starts the data path's two threads.
+    pub async fn start(handle: &Handle, local: Local, mtu: u32) -> Result<DataPath, OverlayError> {
         let dev = tun::open(TUN_DEVICE).map_err(OverlayError::Tun)?;
         let index = link::link_index(handle, TUN_DEVICE)
             .await?
@@ -168,12 +160,7 @@ impl DataPath {
             .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
             .execute()
             .await
-            .map_err(|source| {
-                tun_error(LinkError::Netlink {
-                    what: format!("bring {TUN_DEVICE} up"),
-                    source,
-                })
-            })?;
+            .map_err(link::nl(format!("bring {TUN_DEVICE} up")))?;
         link::add_address(
             handle,
             index,
@@ -187,7 +174,7 @@ impl DataPath {
             source,
         })?;
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            set_int(sock.as_raw_fd(), opt, 4 << 20);
+            set_opt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, 4 << 20);
         }
         // SAFETY: eventfd(2) with valid flags; the result is checked.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -222,14 +209,11 @@ impl DataPath {
                 .spawn(move || decap_loop(&sh, &encap, &dev, &sock, st))
                 .map_err(OverlayError::Tun)?,
         );
-        Ok((
-            index,
-            DataPath {
-                shared,
-                stop,
-                threads,
-            },
-        ))
+        Ok(DataPath {
+            shared,
+            stop,
+            threads,
+        })
     }
 
     /// Replaces the peer table; counters of peers that stay are kept.
@@ -303,10 +287,6 @@ impl Drop for DataPath {
             let _ = t.join();
         }
     }
-}
-
-fn set_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) {
-    set_opt(fd, libc::SOL_SOCKET, opt, value);
 }
 
 fn set_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) {
