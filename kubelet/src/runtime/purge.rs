@@ -32,16 +32,16 @@ impl Runtime {
             .any(|n| n.name == self.namespace()))
     }
 
-    /// Removes everything in this namespace, then the namespace itself. Tried a few
-    /// times: a snapshot can stay busy for a moment after its task is deleted.
+    /// Removes everything in this namespace, then the namespace itself. Retried for up
+    /// to 30 s: a snapshot can stay busy for a while after its task is deleted, and an
+    /// image import a stopped client started goes on inside containerd until it ends.
     pub async fn purge(&self) -> Result<(), RuntimeError> {
-        let mut attempt = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match self.purge_once().await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < 4 => {
+                Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "purge incomplete; retrying");
-                    attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
@@ -85,6 +85,7 @@ impl Runtime {
         }
         // Snapshots go children first: retry while some are removed.
         let mut snaps = SnapshotsClient::new(self.channel());
+        let mut refused: Option<(String, String)> = None;
         loop {
             let mut stream = snaps
                 .list(self.req(ListSnapshotsRequest {
@@ -106,11 +107,12 @@ impl Runtime {
                 let r = snaps
                     .remove(self.req(RemoveSnapshotRequest {
                         snapshotter: SNAPSHOTTER.into(),
-                        key,
+                        key: key.clone(),
                     }))
                     .await;
-                if r.is_ok() {
-                    removed += 1;
+                match r {
+                    Ok(_) => removed += 1,
+                    Err(s) => refused = Some((key, s.message().to_string())),
                 }
             }
             if removed == 0 {
@@ -141,7 +143,13 @@ impl Runtime {
         {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(call(format!("delete namespace {}", self.namespace()))(s)),
+            Err(s) => {
+                let mut what = format!("delete namespace {}", self.namespace());
+                if let Some((key, why)) = refused {
+                    what.push_str(&format!(" (snapshot {key} would not go: {why})"));
+                }
+                Err(call(what)(s))
+            }
         }
     }
 }
