@@ -511,4 +511,3 @@ fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
-

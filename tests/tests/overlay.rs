@@ -382,6 +382,22 @@ async fn cross_node(backend: &str) {
         m.contains(&format!("backend=\"{backend}\"")),
         "{backend}: metrics: {m}"
     );
+    // The overlay device's own counters, read in the node's namespace, saw the traffic.
+    if backend != "host-gw" {
+        for direction in ["rx", "tx"] {
+            let packets = counter(
+                &m,
+                &[
+                    "tinykube_overlay_device_packets_total",
+                    &format!("direction=\"{direction}\""),
+                ],
+            );
+            assert!(
+                packets.is_some_and(|p| p > 0),
+                "{backend}: device {direction} packets: {m}"
+            );
+        }
+    }
 
     if backend == "udp" {
         udp_wire_and_garbage(&t, &kubectl, (&n1, &n2), (ip_a, ip_b), (&netns_a, &w1, &w2)).await;

@@ -375,26 +375,43 @@ impl Overlay {
     }
 }
 
-/// rx packets, rx bytes, tx packets, tx bytes of a device in this namespace.
+/// rx packets, rx bytes, tx packets, tx bytes of a device in this process's network
+/// namespace. `/proc/net/dev` follows the namespace; `/sys/class/net` follows the
+/// namespace sysfs was mounted in, which a node in a lab netns does not share.
 fn device_counters(name: &str) -> Option<[u64; 4]> {
-    let read = |f: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/{f}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some([
-        read("rx_packets")?,
-        read("rx_bytes")?,
-        read("tx_packets")?,
-        read("tx_bytes")?,
-    ])
+    parse_net_dev(&std::fs::read_to_string("/proc/net/dev").ok()?, name)
+}
+
+/// The counters of `name` in a `/proc/net/dev` table: after "name:", rx bytes and
+/// packets are fields 0 and 1, tx bytes and packets fields 8 and 9.
+fn parse_net_dev(table: &str, name: &str) -> Option<[u64; 4]> {
+    let fields = table.lines().find_map(|l| {
+        let (dev, rest) = l.split_once(':')?;
+        (dev.trim() == name).then_some(rest)
+    })?;
+    let v: Vec<u64> = fields
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some([*v.get(1)?, *v.first()?, *v.get(9)?, *v.get(8)?])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_counters_come_from_the_namespace_s_net_dev_table() {
+        let table = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     120       2    0    0    0     0          0         0      120       2    0    0    0     0       0          0
+flannel0: 4200 35 0 1 0 0 0 0 9100 70 0 0 0 0 0 0
+";
+        assert_eq!(parse_net_dev(table, "flannel0"), Some([35, 4200, 70, 9100]));
+        assert_eq!(parse_net_dev(table, "lo"), Some([2, 120, 2, 120]));
+        assert_eq!(parse_net_dev(table, "flannel.1"), None);
+        assert_eq!(parse_net_dev("eth0: 1 2 x\n", "eth0"), None);
+    }
 
     #[test]
     fn backends_parse_and_print_as_flannel_names_them() {
