@@ -312,6 +312,12 @@ async fn run_with(
         cfg.node_name.clone(),
         cancel.clone(),
     ));
+    // The service proxy: ClusterIP and NodePort rules in this node's namespace.
+    let proxy = tokio::spawn(tinykube_proxy::run(
+        client.clone(),
+        conf.network,
+        cancel.clone(),
+    ));
     let bridge = Bridge::setup("cni0", cidr, Some(overlay.pod_mtu())).await?;
     let ipam = Ipam::open(&cfg.data_dir.join("ipam"), cidr)?;
     let ctx = Arc::new(PodContext {
@@ -373,6 +379,7 @@ async fn run_with(
     }
     let _ = pods.await;
     let _ = peers.await;
+    let _ = proxy.await;
     if let Ok(Err(e)) = server.await {
         tracing::warn!(error = %e, "the kubelet API stopped with an error");
     }

@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod ipam;
+pub mod iptables;
 pub mod link;
 pub mod netns;
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::cidr::Ipv4Cidr;
 use crate::netns::{NetNs, NetnsError};
@@ -267,6 +267,14 @@ pub async fn plug(
         .execute()
         .await
         .map_err(nl(format!("put {host_if} on its bridge")))?;
+    // Hairpin: a pod that reaches its own service may be sent back to itself, out of
+    // the port its packet came in by (the bridge plugin's hairpinMode). Port options
+    // travel in a NEWLINK message: SETLINK ignores them.
+    h.link()
+        .change(LinkBridgePort::new(host_index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(nl(format!("turn on hairpin on {host_if}")))?;
 
     let inner = connect_in(ns)?;
     let lo = link_index(&inner, "lo").await?.unwrap_or(1);

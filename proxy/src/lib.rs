@@ -1,1 +1,165 @@
-//! placeholder
+//! The service proxy of a node, in kube-proxy's iptables mode: it follows Services and
+//! Endpoints and keeps this network namespace's nat and filter rules in step, so a
+//! connection to a ClusterIP or a NodePort is sent to one of the service's ready pods.
+
+pub mod rules;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tinykube_api::error_chain;
+use tinykube_net::Ipv4Cidr;
+use tinykube_net::iptables::{self, IptablesError};
+use tokio_util::sync::CancellationToken;
+
+/// How often the rules are written again even if nothing changed (repairs outside
+/// damage, like kube-proxy's periodic sync).
+const RESYNC: Duration = Duration::from_secs(30);
+/// Changes arriving within this window are applied together.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The jumps from the built-in chains into ours: table, chain, comment, target, and
+/// whether only new connections take it (filter), as kube-proxy installs them.
+#[rustfmt::skip]
+const HOOKS: [(&str, &str, &str, &str, bool); 6] = [
+    ("nat", "PREROUTING", "kubernetes service portals", rules::SERVICES, false),
+    ("nat", "OUTPUT", "kubernetes service portals", rules::SERVICES, false),
+    ("nat", "POSTROUTING", "kubernetes postrouting rules", rules::POSTROUTING, false),
+    ("filter", "FORWARD", "kubernetes service portals", rules::SERVICES, true),
+    ("filter", "OUTPUT", "kubernetes service portals", rules::SERVICES, true),
+    ("filter", "INPUT", "kubernetes externally-visible service portals", rules::EXTERNAL_SERVICES, true),
+];
+
+/// Writes `ports` into this namespace: our chains whole, stale per-service chains
+/// removed, the jumps from the built-in chains made sure of.
+pub fn apply(ports: &[rules::ServicePort], cluster: Ipv4Cidr) -> Result<(), IptablesError> {
+    let save = iptables::must("iptables-save", &["-t", "nat"], None)?;
+    let wanted = rules::owned_chains(ports);
+    let stale: BTreeSet<String> = rules::existing_chains(&save)
+        .difference(&wanted)
+        .cloned()
+        .collect();
+    // The chains first, so the jumps never point at nothing.
+    iptables::restore(&rules::render(ports, cluster, &stale))?;
+    for (table, chain, comment, target, new_only) in HOOKS {
+        let mut rule = vec!["-m", "comment", "--comment", comment, "-j", target];
+        if new_only {
+            rule.splice(0..0, ["-m", "conntrack", "--ctstate", "NEW"]);
+        }
+        iptables::ensure_rule(table, chain, &rule, false)?;
+    }
+    Ok(())
+}
+
+/// Follows Services and Endpoints until `cancel`, keeping the rules of the calling
+/// process's network namespace in step.
+pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationToken) {
+    let (services, svc_events) = follow::<Service>(client.clone());
+    let (endpoints, ep_events) = follow::<Endpoints>(client);
+    // Which of the two streams each event came from: 0 services, 1 endpoints.
+    let mut events = futures::stream::select(
+        svc_events.map(|e| (0usize, e)),
+        ep_events.map(|e| (1usize, e)),
+    )
+    .boxed();
+    let mut listed = [false, false];
+    let mut resync = tokio::time::interval(RESYNC);
+    let mut applied: Option<Vec<rules::ServicePort>> = None;
+    loop {
+        let force = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = resync.tick() => true,
+            ev = events.next() => match ev {
+                None => return,
+                Some((_, Err(e))) => {
+                    tracing::debug!(error = %e, "service watch restarting");
+                    continue;
+                }
+                Some((which, Ok(init_done))) => {
+                    listed[which] |= init_done;
+                    false
+                }
+            },
+        };
+        // Until both lists are in, missing objects would read as "no service".
+        if !listed.iter().all(|l| *l) {
+            continue;
+        }
+        // Let a burst of changes (a scale-up, a rollout) land before writing.
+        tokio::time::sleep(SETTLE).await;
+        while let Some(Some((which, r))) = events.next().now_or_never() {
+            if let Ok(init_done) = r {
+                listed[which] |= init_done;
+            }
+        }
+        let want = wanted(&services, &endpoints);
+        if !force && applied.as_ref() == Some(&want) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking({
+            let want = want.clone();
+            move || apply(&want, cluster)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                tracing::debug!(
+                    ports = want.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "service rules written"
+                );
+                applied = Some(want);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), "cannot write the service rules");
+                applied = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the service rules writer failed");
+                applied = None;
+            }
+        }
+    }
+}
+
+/// A store of every object of kind `K` and the stream that fills it; the stream yields
+/// true once the first full list is in.
+fn follow<K>(
+    client: kube::Client,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<bool, String>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|e| {
+        e.map(|e| matches!(e, watcher::Event::InitDone))
+            .map_err(|e| e.to_string())
+    });
+    (store, events)
+}
+
+fn wanted(services: &Store<Service>, endpoints: &Store<Endpoints>) -> Vec<rules::ServicePort> {
+    let (s, e) = (services.state(), endpoints.state());
+    rules::service_ports(s.iter().map(|s| s.as_ref()), e.iter().map(|e| e.as_ref()))
+}

@@ -3,27 +3,10 @@
 //! untouched (no NAT inside the cluster CIDR); pods talking to anything else appear as
 //! the node.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use crate::cidr::Ipv4Cidr;
+use crate::iptables::{self, IptablesError};
 
 pub const CHAIN: &str = "TINYKUBE-POSTRTG";
-
-#[derive(Debug, thiserror::Error)]
-pub enum MasqueradeError {
-    #[error("cannot run {program} (is the iptables package installed?)")]
-    Spawn {
-        program: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} failed: {stderr}")]
-    Failed {
-        program: &'static str,
-        stderr: String,
-    },
-}
 
 /// The rules, in iptables-restore's format (the chain is flushed and rewritten whole).
 pub fn rules(cluster: Ipv4Cidr) -> String {
@@ -35,70 +18,23 @@ pub fn rules(cluster: Ipv4Cidr) -> String {
     )
 }
 
-/// Runs `program args`, feeding it `input`; returns whether it succeeded and what it
-/// said on standard error.
-fn run(
-    program: &'static str,
-    args: &[&str],
-    input: Option<&str>,
-) -> Result<(bool, String), MasqueradeError> {
-    let spawn = |source| MasqueradeError::Spawn { program, source };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(spawn)?;
-    }
-    let out = child.wait_with_output().map_err(spawn)?;
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Ok((out.status.success(), stderr))
-}
-
-/// As `run`, failing unless the program succeeds.
-fn must(program: &'static str, args: &[&str], input: Option<&str>) -> Result<(), MasqueradeError> {
-    match run(program, args, input)? {
-        (true, _) => Ok(()),
-        (false, stderr) => Err(MasqueradeError::Failed { program, stderr }),
-    }
-}
-
 /// Writes the chain and makes sure POSTROUTING jumps to it, in the calling process's
 /// network namespace. Safe to repeat.
-pub fn apply(cluster: Ipv4Cidr) -> Result<(), MasqueradeError> {
-    must(
-        "iptables-restore",
-        &["--noflush", "-w", "5"],
-        Some(&rules(cluster)),
-    )?;
-    let rule = |op: &'static str| {
-        [
-            "-w",
-            "5",
-            "-t",
-            "nat",
-            op,
-            "POSTROUTING",
+pub fn apply(cluster: Ipv4Cidr) -> Result<(), IptablesError> {
+    iptables::restore(&rules(cluster))?;
+    iptables::ensure_rule(
+        "nat",
+        "POSTROUTING",
+        &[
             "-m",
             "comment",
             "--comment",
             "tinykube: pod network masquerade",
             "-j",
             CHAIN,
-        ]
-    };
-    // -C fails when the rule is missing.
-    if !run("iptables", &rule("-C"), None)?.0 {
-        must("iptables", &rule("-A"), None)?;
-    }
-    Ok(())
+        ],
+        true,
+    )
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ pub enum OverlayError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Masquerade(#[from] masquerade::MasqueradeError),
+    Masquerade(#[from] crate::iptables::IptablesError),
 }
 
 /// A node's overlay: its device (if any) and the per-peer state of its backend.
