@@ -35,25 +35,68 @@ const HOOKS: [(&str, &str, &str, &str, bool); 6] = [
     ("filter", "INPUT", "kubernetes externally-visible service portals", rules::EXTERNAL_SERVICES, true),
 ];
 
-/// Writes `ports` into this namespace: our chains whole, stale per-service chains
-/// removed, the jumps from the built-in chains made sure of.
-pub fn apply(ports: &[rules::ServicePort], cluster: Ipv4Cidr) -> Result<(), IptablesError> {
-    let save = iptables::must("iptables-save", &["-t", "nat"], None)?;
-    let wanted = rules::owned_chains(ports);
-    let stale: BTreeSet<String> = rules::existing_chains(&save)
-        .difference(&wanted)
-        .cloned()
-        .collect();
-    // The chains first, so the jumps never point at nothing.
-    iptables::restore(&rules::render(ports, cluster, &stale))?;
-    for (table, chain, comment, target, new_only) in HOOKS {
-        let mut rule = vec!["-m", "comment", "--comment", comment, "-j", target];
-        if new_only {
-            rule.splice(0..0, ["-m", "conntrack", "--ctstate", "NEW"]);
+/// Writes the rules into the calling thread's network namespace, remembering which
+/// per-service chains it wrote so the next write knows which ones to delete.
+#[derive(Debug, Default)]
+pub struct Writer {
+    written: Option<BTreeSet<String>>,
+}
+
+impl Writer {
+    /// Writes `ports`: our chains whole, the per-service chains no longer wanted
+    /// deleted. A `full` write (the first, the periodic resync, after a failure) reads
+    /// the tables to find stale chains and makes sure of the jumps from the built-in
+    /// chains; the others trust what the previous write left.
+    pub fn write(
+        &mut self,
+        ports: &[rules::ServicePort],
+        cluster: Ipv4Cidr,
+        full: bool,
+    ) -> Result<(), IptablesError> {
+        let wanted = rules::owned_chains(ports);
+        let (existing, save) = match (&self.written, full) {
+            (Some(w), false) => (w.clone(), None),
+            _ => {
+                let save = iptables::must("iptables-save", &[], None)?;
+                (rules::existing_chains(&save), Some(save))
+            }
+        };
+        let stale: BTreeSet<String> = existing.difference(&wanted).cloned().collect();
+        self.written = None;
+        // The chains first, so the jumps never point at nothing.
+        iptables::restore(&rules::render(ports, cluster, &stale))?;
+        if let Some(save) = save {
+            for (table, chain, comment, target, new_only) in HOOKS {
+                if hook_present(&save, table, chain, comment, target) {
+                    continue;
+                }
+                let mut rule = vec!["-m", "comment", "--comment", comment, "-j", target];
+                if new_only {
+                    rule.splice(0..0, ["-m", "conntrack", "--ctstate", "NEW"]);
+                }
+                iptables::ensure_rule(table, chain, &rule, false)?;
+            }
         }
-        iptables::ensure_rule(table, chain, &rule, false)?;
+        self.written = Some(wanted);
+        Ok(())
     }
-    Ok(())
+}
+
+/// Whether an `iptables-save` dump has, in `table`, a rule of `chain` with `comment`
+/// that jumps to `target` (so the common sync spawns no `iptables -C`).
+fn hook_present(save: &str, table: &str, chain: &str, comment: &str, target: &str) -> bool {
+    let mut in_table = false;
+    let (head, comment, jump) = (
+        format!("-A {chain} "),
+        format!("--comment \"{comment}\""),
+        format!("-j {target}"),
+    );
+    save.lines().any(|l| {
+        if let Some(t) = l.strip_prefix('*') {
+            in_table = t == table;
+        }
+        in_table && l.starts_with(&head) && l.contains(&comment) && l.ends_with(&jump)
+    })
 }
 
 /// Follows Services and Endpoints until `cancel`, keeping the rules of the calling
@@ -70,6 +113,7 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
     let mut listed = [false, false];
     let mut resync = tokio::time::interval(RESYNC);
     let mut applied: Option<Vec<rules::ServicePort>> = None;
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(Writer::default()));
     loop {
         let force = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -102,9 +146,15 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
             continue;
         }
         let started = std::time::Instant::now();
+        let full = force || applied.is_none();
         let result = tokio::task::spawn_blocking({
-            let want = want.clone();
-            move || apply(&want, cluster)
+            let (want, writer) = (want.clone(), writer.clone());
+            move || {
+                writer
+                    .lock()
+                    .expect("not poisoned")
+                    .write(&want, cluster, full)
+            }
         })
         .await;
         match result {
@@ -162,4 +212,43 @@ where
 fn wanted(services: &Store<Service>, endpoints: &Store<Endpoints>) -> Vec<rules::ServicePort> {
     let (s, e) = (services.state(), endpoints.state());
     rules::service_ports(s.iter().map(|s| s.as_ref()), e.iter().map(|e| e.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_are_found_in_their_own_table_only() {
+        let save = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n*nat\n-A OUTPUT -j OTHER\nCOMMIT\n";
+        let portals = "kubernetes service portals";
+        assert!(hook_present(
+            save,
+            "filter",
+            "FORWARD",
+            portals,
+            "KUBE-SERVICES"
+        ));
+        assert!(!hook_present(
+            save,
+            "nat",
+            "FORWARD",
+            portals,
+            "KUBE-SERVICES"
+        ));
+        assert!(!hook_present(
+            save,
+            "filter",
+            "OUTPUT",
+            portals,
+            "KUBE-SERVICES"
+        ));
+        assert!(!hook_present(
+            save,
+            "nat",
+            "OUTPUT",
+            portals,
+            "KUBE-SERVICES"
+        ));
+    }
 }

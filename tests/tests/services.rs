@@ -1,7 +1,8 @@
 //! End-to-end tests of the service proxy (root, a local cluster): a ClusterIP spreads
 //! connections over the service's ready pods, a pod reaches itself through its own
 //! service (hairpin), a NodePort answers on every node's address, a service with no
-//! endpoints refuses at once, and scaling and deleting are followed.
+//! endpoints refuses at once, scaling and deleting are followed, and rules damaged by
+//! hand are repaired.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -252,5 +253,44 @@ async fn services_send_connections_to_ready_pods() {
     })
     .await;
     assert!(gone.is_some(), "web's rules after its deletion:\n{rules}");
+
+    // Damage from outside (a jump deleted, a chain flushed) is repaired by the
+    // periodic resync, with no Service changing.
+    let ipt = |args: &[&str]| {
+        let ok = Command::new("nsenter")
+            .arg(format!("--net={ns1}"))
+            .arg("iptables")
+            .args(args)
+            .status()
+            .expect("iptables runs")
+            .success();
+        assert!(ok, "iptables {args:?}");
+    };
+    ipt(&[
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        "KUBE-SERVICES",
+    ]);
+    ipt(&["-t", "nat", "-F", "KUBE-SVC-NPX46M4PTMTKRN6Y"]);
+    let repaired = eventually(Duration::from_secs(45), async || {
+        let rules = nat_rules(&ns1);
+        (rules.contains(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ) && rules.contains("-A KUBE-SVC-NPX46M4PTMTKRN6Y -m comment"))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        repaired.is_some(),
+        "the resync did not repair:\n{}",
+        nat_rules(&ns1)
+    );
     t.down().await;
 }

@@ -1,0 +1,105 @@
+//! Service proxy benchmark (root): the time to write the rules of 10, 100 and 1,000
+//! services (3 endpoints each, every other one with a NodePort) into a network
+//! namespace of its own, from nothing and after one endpoint changed; against the
+//! floor of a bare `iptables-restore --noflush` of the changed rules over the first
+//! ones (what the kernel and iptables take for the write itself). Medians of 5 rounds.
+//!
+//! Run with `cargo bench -p tinykube-tests --bench proxy`.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use tinykube_net::netns::NetNs;
+use tinykube_proxy::rules::{ServicePort, render};
+
+const ROUNDS: usize = 5;
+
+fn ports(n: usize, generation: u8) -> Vec<ServicePort> {
+    (0..n)
+        .map(|i| ServicePort {
+            name: format!("bench/svc{i}:http"),
+            protocol: "tcp",
+            cluster_ip: Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250) as u8 + 2),
+            port: 80,
+            node_port: (i % 2 == 0).then_some(30000 + i as u16),
+            endpoints: (0..3u8)
+                .map(|e| {
+                    // The first service's last endpoint moves between generations.
+                    let last = if i == 0 && e == 2 { generation } else { 0 };
+                    SocketAddrV4::new(Ipv4Addr::new(10, 244, e + last, (i % 250) as u8 + 2), 8080)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Removes every rule and chain of the namespace's nat and filter tables.
+fn flush() {
+    for table in ["nat", "filter"] {
+        tinykube_net::iptables::must("iptables", &["-w", "5", "-t", table, "-F"], None).unwrap();
+        tinykube_net::iptables::must("iptables", &["-w", "5", "-t", table, "-X"], None).unwrap();
+    }
+}
+
+struct Namespace(Option<NetNs>);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0.take() {
+            let _ = ns.delete();
+        }
+    }
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the proxy benchmark needs root"
+    );
+    let name = format!("tkbench-proxy-{}", std::process::id());
+    let ns = Namespace(Some(NetNs::create(&name).expect("network namespace")));
+    let cluster: tinykube_net::Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+    println!(
+        "service proxy benchmark (rules written into a namespace of its own, medians of {ROUNDS} rounds)"
+    );
+    for n in [10usize, 100, 1000] {
+        let (first, change, floor) =
+            ns.0.as_ref()
+                .unwrap()
+                .run(move || {
+                    let (mut first, mut change, mut floor) = (vec![], vec![], vec![]);
+                    for _ in 0..ROUNDS {
+                        flush();
+                        let mut writer = tinykube_proxy::Writer::default();
+                        let t = Instant::now();
+                        writer.write(&ports(n, 0), cluster, true).unwrap();
+                        first.push(t.elapsed().as_secs_f64() * 1e3);
+                        let t = Instant::now();
+                        writer.write(&ports(n, 1), cluster, false).unwrap();
+                        change.push(t.elapsed().as_secs_f64() * 1e3);
+                        flush();
+                        let text = render(&ports(n, 0), cluster, &BTreeSet::new());
+                        tinykube_net::iptables::restore(&text).unwrap();
+                        let text = render(&ports(n, 1), cluster, &BTreeSet::new());
+                        let t = Instant::now();
+                        tinykube_net::iptables::restore(&text).unwrap();
+                        floor.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    (median(first), median(change), median(floor))
+                })
+                .unwrap();
+        println!(
+            "  {n:5} services: from nothing {first:7.1} ms, after one endpoint moved {change:7.1} ms; bare iptables-restore of the change {floor:7.1} ms (ratio {:.2}x)",
+            change / floor
+        );
+    }
+    drop(ns);
+}
