@@ -210,6 +210,22 @@ impl Bridge {
         .await
     }
 
+    /// Turns on hairpin mode on port `host_if`: a pod that reaches its own service is
+    /// sent back to itself, out of the port its packet came in by (the bridge
+    /// plugin's hairpinMode). Port options travel in a NEWLINK message: SETLINK
+    /// ignores them.
+    pub async fn hairpin(&self, host_if: &str) -> Result<(), LinkError> {
+        let index = link_index(&self.handle, host_if).await?.ok_or_else(|| {
+            LinkError::Socket(std::io::Error::other(format!("{host_if} vanished")))
+        })?;
+        self.handle
+            .link()
+            .change(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(nl(format!("turn on hairpin on {host_if}")))
+    }
+
     /// Removes the node side of a pod's wiring (deleting one end removes both).
     pub async fn detach(&self, host_if: &str) -> Result<(), LinkError> {
         delete_link(&self.handle, host_if).await
@@ -267,14 +283,6 @@ pub async fn plug(
         .execute()
         .await
         .map_err(nl(format!("put {host_if} on its bridge")))?;
-    // Hairpin: a pod that reaches its own service may be sent back to itself, out of
-    // the port its packet came in by (the bridge plugin's hairpinMode). Port options
-    // travel in a NEWLINK message: SETLINK ignores them.
-    h.link()
-        .change(LinkBridgePort::new(host_index).hairpin(true).build())
-        .execute()
-        .await
-        .map_err(nl(format!("turn on hairpin on {host_if}")))?;
 
     let inner = connect_in(ns)?;
     let lo = link_index(&inner, "lo").await?.unwrap_or(1);

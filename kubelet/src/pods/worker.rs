@@ -393,6 +393,14 @@ async fn create_sandbox(ctx: &Arc<PodContext>, pod: &Pod, retry: bool) -> Result
         return Err(e);
     }
     let pid = paused.expect("checked above");
+    // Hairpin only matters once the pod talks to its own service: set off the start-up
+    // path, where one more link change per pod would queue behind every other pod's.
+    let (c, host) = (ctx.clone(), host_if_name(&uid));
+    tokio::spawn(async move {
+        if let Err(e) = c.bridge.hairpin(&host).await {
+            tracing::warn!(port = %host, error = %crate::error_chain(&e), "cannot turn on hairpin");
+        }
+    });
     tracing::debug!(
         pod = %name,
         network_ms = t_net.as_millis() as u64,
