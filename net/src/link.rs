@@ -47,6 +47,11 @@ pub(crate) fn code(e: &rtnetlink::Error) -> i32 {
     }
 }
 
+/// The error for a link that disappeared between two steps of ours.
+fn vanished(what: &str) -> LinkError {
+    LinkError::Socket(std::io::Error::other(format!("{what} vanished")))
+}
+
 /// A netlink handle for the namespace the calling thread is in.
 pub fn connect() -> Result<Handle, LinkError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
@@ -132,9 +137,9 @@ pub async fn ensure_bridge(
                 Err(e) if code(&e) == EEXIST => {}
                 Err(e) => return Err(nl(format!("create bridge {name}"))(e)),
             }
-            link_index(h, name).await?.ok_or_else(|| {
-                LinkError::Socket(std::io::Error::other(format!("bridge {name} vanished")))
-            })?
+            link_index(h, name)
+                .await?
+                .ok_or_else(|| vanished(&format!("bridge {name}")))?
         }
     };
     add_address(h, index, addr, prefix).await?;
@@ -215,9 +220,9 @@ impl Bridge {
     /// plugin's hairpinMode). Port options travel in a NEWLINK message: SETLINK
     /// ignores them.
     pub async fn hairpin(&self, host_if: &str) -> Result<(), LinkError> {
-        let index = link_index(&self.handle, host_if).await?.ok_or_else(|| {
-            LinkError::Socket(std::io::Error::other(format!("{host_if} vanished")))
-        })?;
+        let index = link_index(&self.handle, host_if)
+            .await?
+            .ok_or_else(|| vanished(host_if))?;
         self.handle
             .link()
             .change(LinkBridgePort::new(index).hairpin(true).build())
@@ -247,7 +252,6 @@ pub async fn plug(
     gateway: Ipv4Addr,
     mtu: Option<u32>,
 ) -> Result<(), LinkError> {
-    let gone = |what: &str| LinkError::Socket(std::io::Error::other(format!("{what} vanished")));
     delete_link(h, host_if).await?;
     let peer = format!("{host_if}p");
     delete_link(h, &peer).await?;
@@ -258,7 +262,7 @@ pub async fn plug(
         .map_err(nl(format!("create veth {host_if}")))?;
     let peer_index = link_index(h, &peer)
         .await?
-        .ok_or_else(|| gone("veth peer"))?;
+        .ok_or_else(|| vanished("veth peer"))?;
     let nsfile = std::fs::File::open(ns.path()).map_err(|source| NetnsError::Sys {
         what: "open",
         name: ns.name().to_string(),
@@ -273,7 +277,9 @@ pub async fn plug(
         .execute()
         .await
         .map_err(nl(format!("move {peer} into {}", ns.name())))?;
-    let host_index = link_index(h, host_if).await?.ok_or_else(|| gone("veth"))?;
+    let host_index = link_index(h, host_if)
+        .await?
+        .ok_or_else(|| vanished("veth"))?;
     let mut host = LinkUnspec::new_with_index(host_index).controller(bridge);
     if let Some(m) = mtu {
         host = host.mtu(m);
@@ -289,7 +295,7 @@ pub async fn plug(
     set_up(&inner, lo, "lo").await?;
     let idx = link_index(&inner, &peer)
         .await?
-        .ok_or_else(|| gone("veth peer"))?;
+        .ok_or_else(|| vanished("veth peer"))?;
     let mut eth0 = LinkUnspec::new_with_index(idx).name("eth0".to_string());
     if let Some(m) = mtu {
         eth0 = eth0.mtu(m);

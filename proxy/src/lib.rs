@@ -4,7 +4,6 @@
 
 pub mod rules;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -35,51 +34,39 @@ const HOOKS: [(&str, &str, &str, &str, bool); 6] = [
     ("filter", "INPUT", "kubernetes externally-visible service portals", rules::EXTERNAL_SERVICES, true),
 ];
 
-/// Writes the rules into the calling thread's network namespace, remembering which
-/// per-service chains it wrote so the next write knows which ones to delete.
-#[derive(Debug, Default)]
-pub struct Writer {
-    written: Option<BTreeSet<String>>,
-}
-
-impl Writer {
-    /// Writes `ports`: our chains whole, the per-service chains no longer wanted
-    /// deleted. A `full` write (the first, the periodic resync, after a failure) reads
-    /// the tables to find stale chains and makes sure of the jumps from the built-in
-    /// chains; the others trust what the previous write left.
-    pub fn write(
-        &mut self,
-        ports: &[rules::ServicePort],
-        cluster: Ipv4Cidr,
-        full: bool,
-    ) -> Result<(), IptablesError> {
-        let wanted = rules::owned_chains(ports);
-        let (existing, save) = match (&self.written, full) {
-            (Some(w), false) => (w.clone(), None),
-            _ => {
-                let save = iptables::must("iptables-save", &[], None)?;
-                (rules::existing_chains(&save), Some(save))
-            }
-        };
-        let stale: BTreeSet<String> = existing.difference(&wanted).cloned().collect();
-        self.written = None;
-        // The chains first, so the jumps never point at nothing.
-        iptables::restore(&rules::render(ports, cluster, &stale))?;
-        if let Some(save) = save {
-            for (table, chain, comment, target, new_only) in HOOKS {
-                if hook_present(&save, table, chain, comment, target) {
-                    continue;
-                }
-                let mut rule = vec!["-m", "comment", "--comment", comment, "-j", target];
-                if new_only {
-                    rule.splice(0..0, ["-m", "conntrack", "--ctstate", "NEW"]);
-                }
-                iptables::ensure_rule(table, chain, &rule, false)?;
-            }
+/// Writes `ports` into the calling thread's network namespace: our chains whole, the
+/// per-service chains no longer wanted deleted. `last` is what the previous write
+/// wrote, if it succeeded: its chains are the ones that may have to go. Without it (the
+/// first write, after a failure, the periodic resync) the tables are read back to find
+/// stale chains, and the jumps from the built-in chains are made sure of.
+pub fn apply(
+    ports: &[rules::ServicePort],
+    cluster: Ipv4Cidr,
+    last: Option<&[rules::ServicePort]>,
+) -> Result<(), IptablesError> {
+    let (existing, save) = match last {
+        Some(last) => (rules::owned_chains(last), None),
+        None => {
+            let save = iptables::must("iptables-save", &[], None)?;
+            (rules::existing_chains(&save), Some(save))
         }
-        self.written = Some(wanted);
-        Ok(())
+    };
+    // The chains first, so the jumps never point at nothing.
+    iptables::restore(&rules::render(ports, cluster, &existing))?;
+    let Some(save) = save else {
+        return Ok(());
+    };
+    for (table, chain, comment, target, new_only) in HOOKS {
+        if hook_present(&save, table, chain, comment, target) {
+            continue;
+        }
+        let mut rule = vec!["-m", "comment", "--comment", comment, "-j", target];
+        if new_only {
+            rule.splice(0..0, ["-m", "conntrack", "--ctstate", "NEW"]);
+        }
+        iptables::ensure_rule(table, chain, &rule, false)?;
     }
+    Ok(())
 }
 
 /// Whether an `iptables-save` dump has, in `table`, a rule of `chain` with `comment`
@@ -113,7 +100,6 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
     let mut listed = [false, false];
     let mut resync = tokio::time::interval(RESYNC);
     let mut applied: Option<Vec<rules::ServicePort>> = None;
-    let writer = std::sync::Arc::new(std::sync::Mutex::new(Writer::default()));
     loop {
         let force = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -146,15 +132,11 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
             continue;
         }
         let started = std::time::Instant::now();
-        let full = force || applied.is_none();
+        // A resync writes in full; otherwise only what changed since `applied` matters.
+        let last = if force { None } else { applied.take() };
         let result = tokio::task::spawn_blocking({
-            let (want, writer) = (want.clone(), writer.clone());
-            move || {
-                writer
-                    .lock()
-                    .expect("not poisoned")
-                    .write(&want, cluster, full)
-            }
+            let want = want.clone();
+            move || apply(&want, cluster, last.as_deref())
         })
         .await;
         match result {

@@ -74,10 +74,10 @@ pub fn service_ports<'a>(
                 "UDP" => "udp",
                 _ => continue,
             };
-            let (Ok(port), port_name) = (u16::try_from(p.port), p.name.clone().unwrap_or_default())
-            else {
+            let Ok(port) = u16::try_from(p.port) else {
                 continue;
             };
+            let port_name = p.name.clone().unwrap_or_default();
             let mut endpoints: Vec<SocketAddrV4> =
                 eps.get(&(ns.to_string(), name.to_string()))
                     .and_then(|e| e.subsets.as_ref())
@@ -143,15 +143,11 @@ fn sep_chain(p: &ServicePort, ep: &SocketAddrV4) -> String {
 }
 
 /// The whole rule set, for iptables-restore --noflush: every chain we own is declared
-/// (so flushed) and written again; `stale` chains (owned chains that exist but are no
-/// longer wanted) are flushed and deleted.
-pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>) -> String {
-    let mut chains: Vec<String> = vec![
-        SERVICES.into(),
-        NODEPORTS.into(),
-        POSTROUTING.into(),
-        MARK_MASQ.into(),
-    ];
+/// (so flushed) and written again; chains in `existing` (owned chains present now)
+/// that are no longer wanted are flushed and deleted.
+pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, existing: &BTreeSet<String>) -> String {
+    let owned = owned_chains(ports);
+    let stale: Vec<&String> = existing.difference(&owned).collect();
     let mut rules = String::new();
     let r = &mut rules;
     let _ = writeln!(
@@ -168,7 +164,6 @@ pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>
     for p in ports.iter().filter(|p| !p.endpoints.is_empty()) {
         let (name, proto) = (&p.name, p.protocol);
         let svc = svc_chain(p);
-        chains.push(svc.clone());
         let _ = writeln!(
             r,
             "-A {SERVICES} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {} -j {svc}",
@@ -183,7 +178,6 @@ pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>
         );
         if let Some(np) = p.node_port {
             let ext = ext_chain(p);
-            chains.push(ext.clone());
             let _ = writeln!(
                 r,
                 "-A {NODEPORTS} -m comment --comment \"{name}\" -m {proto} -p {proto} --dport {np} -j {ext}"
@@ -197,7 +191,6 @@ pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>
         let n = p.endpoints.len();
         for (i, ep) in p.endpoints.iter().enumerate() {
             let sep = sep_chain(p, ep);
-            chains.push(sep.clone());
             let pick = if i + 1 < n {
                 format!(
                     " -m statistic --mode random --probability {:.10}",
@@ -242,11 +235,12 @@ pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>
         "-A {SERVICES} -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j {NODEPORTS}"
     );
     let mut out = String::from("*nat\n");
-    for c in chains.iter().chain(stale) {
+    let fixed = [SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ].map(String::from);
+    for c in fixed.iter().chain(&owned).chain(stale.iter().copied()) {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
     out.push_str(&rules);
-    for c in stale {
+    for c in &stale {
         let _ = writeln!(out, "-X {c}");
     }
     out.push_str("COMMIT\n*filter\n");
@@ -256,7 +250,7 @@ pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, stale: &BTreeSet<String>
     out
 }
 
-/// The chains `render` declares in the nat table besides the fixed ones.
+/// The per-service and per-endpoint chains `render` writes for `ports`.
 pub fn owned_chains(ports: &[ServicePort]) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for p in ports.iter().filter(|p| !p.endpoints.is_empty()) {

@@ -78,12 +78,12 @@ fn main() {
                     let (mut first, mut change, mut floor) = (vec![], vec![], vec![]);
                     for _ in 0..ROUNDS {
                         flush();
-                        let mut writer = tinykube_proxy::Writer::default();
+                        let (before, after) = (ports(n, 0), ports(n, 1));
                         let t = Instant::now();
-                        writer.write(&ports(n, 0), cluster, true).unwrap();
+                        tinykube_proxy::apply(&before, cluster, None).unwrap();
                         first.push(t.elapsed().as_secs_f64() * 1e3);
                         let t = Instant::now();
-                        writer.write(&ports(n, 1), cluster, false).unwrap();
+                        tinykube_proxy::apply(&after, cluster, Some(&before)).unwrap();
                         change.push(t.elapsed().as_secs_f64() * 1e3);
                         flush();
                         let text = render(&ports(n, 0), cluster, &BTreeSet::new());

@@ -69,10 +69,11 @@ fn answered_by(out: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn nat_rules(netns: &str) -> String {
+/// `iptables-save -t table` in the network namespace at `netns`.
+fn saved_rules(netns: &str, table: &str) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={netns}"))
-        .args(["iptables-save", "-t", "nat"])
+        .args(["iptables-save", "-t", table])
         .output()
         .expect("iptables-save runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -177,7 +178,7 @@ async fn services_send_connections_to_ready_pods() {
 
     // kube-proxy's layout and names: the kubernetes service's chain has the name real
     // kube-proxy gives it.
-    let rules = nat_rules(&ns1);
+    let rules = saved_rules(&ns1, "nat");
     for needle in [
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
         "-j KUBE-SVC-NPX46M4PTMTKRN6Y",
@@ -242,12 +243,22 @@ async fn services_send_connections_to_ready_pods() {
         1,
     );
     assert!(out.contains("refused"), "its node port: {out}");
+    // Nothing listens on a node port, so that answer alone would not tell; the rule
+    // that gives it must be there too.
+    let filter = saved_rules(&ns1, "filter");
+    assert!(
+        filter
+            .lines()
+            .any(|l| l.starts_with("-A KUBE-EXTERNAL-SERVICES")
+                && l.contains(&format!("--dport {node_port} -j REJECT"))),
+        "no REJECT for node port {node_port} in worker-1's filter rules:\n{filter}"
+    );
 
     // Deleted: its rules go, the other services' stay.
     kubectl.ok(&["delete", "service", "web"]);
     let mut rules = String::new();
     let gone = eventually(Duration::from_secs(20), async || {
-        rules = nat_rules(&ns1);
+        rules = saved_rules(&ns1, "nat");
         (!rules.contains("default/web:") && rules.contains("KUBE-SVC-NPX46M4PTMTKRN6Y"))
             .then_some(())
     })
@@ -280,7 +291,7 @@ async fn services_send_connections_to_ready_pods() {
     ]);
     ipt(&["-t", "nat", "-F", "KUBE-SVC-NPX46M4PTMTKRN6Y"]);
     let repaired = eventually(Duration::from_secs(45), async || {
-        let rules = nat_rules(&ns1);
+        let rules = saved_rules(&ns1, "nat");
         (rules.contains(
             "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
         ) && rules.contains("-A KUBE-SVC-NPX46M4PTMTKRN6Y -m comment"))
@@ -290,7 +301,7 @@ async fn services_send_connections_to_ready_pods() {
     assert!(
         repaired.is_some(),
         "the resync did not repair:\n{}",
-        nat_rules(&ns1)
+        saved_rules(&ns1, "nat")
     );
     t.down().await;
 }
