@@ -132,7 +132,8 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
             continue;
         }
         let started = std::time::Instant::now();
-        // A resync writes in full; otherwise only what changed since `applied` matters.
+        // A resync reads the tables back; otherwise the last write's chains tell which
+        // ones may have to go.
         let last = if force { None } else { applied.take() };
         let result = tokio::task::spawn_blocking({
             let want = want.clone();
@@ -203,34 +204,20 @@ mod tests {
     #[test]
     fn hooks_are_found_in_their_own_table_only() {
         let save = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n*nat\n-A OUTPUT -j OTHER\nCOMMIT\n";
-        let portals = "kubernetes service portals";
-        assert!(hook_present(
-            save,
-            "filter",
-            "FORWARD",
-            portals,
-            "KUBE-SERVICES"
-        ));
-        assert!(!hook_present(
-            save,
-            "nat",
-            "FORWARD",
-            portals,
-            "KUBE-SERVICES"
-        ));
-        assert!(!hook_present(
-            save,
-            "filter",
-            "OUTPUT",
-            portals,
-            "KUBE-SERVICES"
-        ));
-        assert!(!hook_present(
-            save,
-            "nat",
-            "OUTPUT",
-            portals,
-            "KUBE-SERVICES"
-        ));
+        for (table, chain, found) in [
+            ("filter", "FORWARD", true),
+            ("nat", "FORWARD", false),
+            ("filter", "OUTPUT", false),
+            ("nat", "OUTPUT", false),
+        ] {
+            let got = hook_present(
+                save,
+                table,
+                chain,
+                "kubernetes service portals",
+                "KUBE-SERVICES",
+            );
+            assert_eq!(got, found, "{table} {chain}");
+        }
     }
 }

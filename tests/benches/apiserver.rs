@@ -12,7 +12,7 @@ use futures::StreamExt;
 use http::Request;
 use serde_json::json;
 use tinykube_apiserver::store::{SledStore, SledStoreOptions, Store, WriteOp};
-use tinykube_tests::{MasterProcess, client_for, free_port};
+use tinykube_tests::{MasterProcess, client_for, free_port, median};
 
 const CLIENTS: usize = 32;
 const ROUNDS: usize = 3;
@@ -34,11 +34,6 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -19,18 +19,9 @@ use tinykube_kubelet::runtime::container::NewContainer;
 use tinykube_kubelet::runtime::image::{TOOLBOX_IMAGE, local_images, local_layer};
 use tinykube_kubelet::runtime::spec::ContainerSpec;
 use tinykube_lab::{Lab, LabConfig};
+use tinykube_tests::{median, percentile};
 
 const REPLICAS: usize = 30;
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    pct(&mut v, 0.5)
-}
 
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -219,10 +210,10 @@ async fn main() {
             let mut mem = None;
             for i in 0..3 {
                 let (mut running, mut ready) = pod_round(&client).await;
-                r50.push(pct(&mut running, 0.5));
-                r99.push(pct(&mut running, 0.99));
-                y50.push(pct(&mut ready, 0.5));
-                y99.push(pct(&mut ready, 0.99));
+                r50.push(percentile(&mut running, 0.5));
+                r99.push(percentile(&mut running, 0.99));
+                y50.push(percentile(&mut ready, 0.5));
+                y99.push(percentile(&mut ready, 0.99));
                 if i == 2 {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                     let workers: Vec<f64> = lab.state.nodes[1..]
@@ -266,8 +257,8 @@ async fn main() {
             let (mut f50, mut f99) = (vec![], vec![]);
             for round in 0..3 {
                 let mut v = containerd_round(&rt, round).await;
-                f50.push(pct(&mut v, 0.5));
-                f99.push(pct(&mut v, 0.99));
+                f50.push(percentile(&mut v, 0.5));
+                f99.push(percentile(&mut v, 0.99));
             }
             rt.purge().await.unwrap();
             let _ = std::fs::remove_dir_all(&cache);

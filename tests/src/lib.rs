@@ -388,6 +388,18 @@ impl Drop for MasterProcess {
     }
 }
 
+/// The `p` quantile (0 to 1) of `v` by nearest rank; sorts `v`. For the benches.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// The median of `v` (the upper of the two middle ones for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    percentile(&mut v, 0.5)
+}
+
 /// A free port on loopback (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
