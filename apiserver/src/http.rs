@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::api::{self, Api, DeleteOptions, ListOptions, WriteOptions};
 use crate::auth::{self, Attributes, Tokens};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::patch::PatchType;
+use crate::registry::{self, DeleteOptions, ListOptions, Registry, WriteOptions};
 use crate::resources::{self, ResourceInfo};
 use crate::strategy::FieldValidation;
 use crate::table::{self, IncludeObject};
@@ -25,7 +25,7 @@ use crate::table::{self, IncludeObject};
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub struct Shared {
-    pub api: Arc<Api>,
+    pub registry: Arc<Registry>,
     pub tokens: Tokens,
     pub advertise: String,
     pub bookmark_interval: Duration,
@@ -229,7 +229,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         (["tinykube", "v1", "kubelet-certificate"], &Method::POST) => {
             return match &user {
                 auth::User::Node(Some(node)) => {
-                    ok(crate::kubelet::issue_certificate(shared, node)?)
+                    ok(crate::node_proxy::issue_certificate(shared, node)?)
                 }
                 _ => Err(ApiError::Forbidden(format!(
                     "User \"{}\" cannot get a kubelet certificate: only a named node can",
@@ -250,7 +250,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                     name: Some(&name),
                 },
             )?;
-            return crate::kubelet::proxy_node(shared, parts, body, &name, &path).await;
+            return crate::node_proxy::proxy_node(shared, parts, body, &name, &path).await;
         }
         (
             [
@@ -281,7 +281,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                     "attach is not supported; use exec".into(),
                 ));
             }
-            return crate::kubelet::proxy(shared, parts, body, &ns, &name, &sub).await;
+            return crate::node_proxy::proxy(shared, parts, body, &ns, &name, &sub).await;
         }
         _ => {}
     }
@@ -357,7 +357,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     // A kubelet may read the secrets its own pods use (the node authorizer's graph).
     let node_secret = match (&user, res.plural, verb, ns, name) {
         (auth::User::Node(Some(node)), "secrets", "get", Some(ns), Some(name)) => {
-            crate::kubelet::node_may_read_secret(shared, node, ns, name)
+            crate::node_proxy::node_may_read_secret(shared, node, ns, name)
         }
         _ => false,
     };
@@ -381,7 +381,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         })
     };
-    let api = &shared.api;
+    let reg = &shared.registry;
     match verb {
         "watch" => {
             let mut q = q.clone();
@@ -392,7 +392,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         }
         "list" => {
             let opts = ListOptions::from_query(&q)?;
-            let list = api.list_raw(res, ns, &opts)?;
+            let list = reg.list_raw(res, ns, &opts)?;
             if output == Output::Json {
                 let body = list.to_json_bytes();
                 return Ok((
@@ -411,9 +411,9 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             ))
         }
         "get" => {
-            let stored = api.get(res, ns, name.expect("item"))?;
+            let stored = reg.get(res, ns, name.expect("item"))?;
             let body = if sub == Some("scale") {
-                Api::scale_of(&stored.object)
+                Registry::scale_of(&stored.object)
             } else {
                 stored.object
             };
@@ -431,23 +431,23 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             };
             match sub {
                 Some("binding") => {
-                    let status = api
+                    let status = reg
                         .bind(ns.expect("namespaced"), name.expect("item"), &obj)
                         .await?;
                     Ok(respond(StatusCode::CREATED, &status, Output::Json, &[]))
                 }
                 Some("eviction") => {
                     let opts = delete_options(&obj["deleteOptions"], &q)?;
-                    api.delete(res, ns, name.expect("item"), &opts).await?;
+                    reg.delete(res, ns, name.expect("item"), &opts).await?;
                     Ok(respond(
                         StatusCode::CREATED,
-                        &api::success_status(),
+                        &registry::success_status(),
                         Output::Json,
                         &[],
                     ))
                 }
                 _ => {
-                    let w = api.create(res, ns, obj, write_opts()?).await?;
+                    let w = reg.create(res, ns, obj, write_opts()?).await?;
                     Ok(respond(
                         StatusCode::CREATED,
                         &present(res, w.object, output, include),
@@ -462,12 +462,12 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let obj = decode_object(&parts.headers, &bytes)?;
             let name = name.expect("item");
             if sub == Some("scale") {
-                let scale = api
+                let scale = reg
                     .update_scale(res, ns.expect("namespaced"), name, |_| Ok(obj.clone()))
                     .await?;
                 return Ok(respond(StatusCode::OK, &scale, output, &[]));
             }
-            let w = api.update(res, ns, name, sub, obj, write_opts()?).await?;
+            let w = reg.update(res, ns, name, sub, obj, write_opts()?).await?;
             Ok(respond(
                 StatusCode::OK,
                 &present(res, w.object, output, include),
@@ -485,14 +485,14 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             let bytes = read_body(body).await?;
             let name = name.expect("item");
             if sub == Some("scale") {
-                let out = api
+                let out = reg
                     .update_scale(res, ns.expect("namespaced"), name, |scale| {
                         crate::patch::apply(kind, scale, &bytes, "Scale")
                     })
                     .await?;
                 return Ok(respond(StatusCode::OK, &out, output, &[]));
             }
-            let w = api
+            let w = reg
                 .patch(res, ns, name, sub, kind, &bytes, write_opts()?)
                 .await?;
             Ok(respond(
@@ -510,7 +510,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 decode_object(&parts.headers, &bytes)?
             };
             let opts = delete_options(&body_opts, &q)?;
-            let obj = api.delete(res, ns, name.expect("item"), &opts).await?;
+            let obj = reg.delete(res, ns, name.expect("item"), &opts).await?;
             Ok(respond(
                 StatusCode::OK,
                 &present(res, obj, output, include),
@@ -526,7 +526,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 decode_object(&parts.headers, &bytes)?
             };
             let opts = delete_options(&body_opts, &q)?;
-            let list = api
+            let list = reg
                 .delete_collection(res, ns, &ListOptions::from_query(&q)?, &opts)
                 .await?;
             Ok(respond(StatusCode::OK, &list, Output::Json, &[]))
@@ -597,10 +597,10 @@ fn serve_watch(
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
-    let api = shared.api.clone();
+    let reg = shared.registry.clone();
     // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
     let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
-        let list = api.list(
+        let list = reg.list(
             res,
             ns,
             &ListOptions {
@@ -621,7 +621,7 @@ fn serve_watch(
             .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
         (Vec::new(), from)
     };
-    let mut rx = api
+    let mut rx = reg
         .store
         .watch(&res.list_prefix(ns), from)
         .map_err(|e| ApiError::from_store(res, "", e))?;
@@ -684,7 +684,7 @@ fn serve_watch(
                         }
                         Some(Ok(ev)) => {
                             last = ev.rev;
-                            match api::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()) {
+                            match registry::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()) {
                                 Some(kind) => watch_line(kind.as_str(), shape(ev.object.clone())),
                                 None => continue,
                             }

@@ -1,19 +1,19 @@
 //! The tinykube API server: the Kubernetes REST API over TLS, backed by sled.
 //!
-//! A request flows through `http` (routing, authentication, negotiation) into `api`
-//! (the verbs), which uses `strategy` (defaults and validation per kind), `allocator`
+//! A request flows through `http` (routing, authentication, negotiation) into `registry`
+//! (the verbs, with per-kind `registry::strategies`), which uses `strategy` (defaults and validation per kind), `allocator`
 //! (ClusterIP, NodePort) and `store` (revisions, durability, watch).
 
 pub mod allocator;
-pub mod api;
 pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
-pub mod kubelet;
+pub mod node_proxy;
 pub mod patch;
 pub mod protobuf;
+pub mod registry;
 pub mod resources;
 pub mod server;
 pub mod store;

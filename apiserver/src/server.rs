@@ -19,10 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::allocator::{Allocator, Held};
-use crate::api::{self, Api, ListOptions, WriteOptions};
 use crate::auth::{Tokens, random_token};
 use crate::error::error_chain;
 use crate::http::{self, Shared};
+use crate::registry::{self, ListOptions, Registry, WriteOptions};
 use crate::resources;
 use crate::store::{SledStore, SledStoreOptions, Store, WriteOp};
 use crate::strategy::{self, FieldValidation};
@@ -154,17 +154,17 @@ impl Master {
         )?;
 
         let (cleanup_tx, cleanup_rx) = tokio::sync::mpsc::unbounded_channel();
-        let api = Arc::new(Api {
+        let reg = Arc::new(Registry {
             store,
             alloc: Allocator::default(),
             namespace_cleanup: cleanup_tx,
             default_toleration_seconds: cfg.default_toleration_seconds,
         });
-        restore_allocations(&api)?;
-        bootstrap(&api, advertise, addr.port(), &cfg).await?;
+        restore_allocations(&reg)?;
+        bootstrap(&reg, advertise, addr.port(), &cfg).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
-            api: api.clone(),
+            registry: reg.clone(),
             tokens: tokens.clone(),
             advertise: SocketAddr::new(advertise, addr.port()).to_string(),
             bookmark_interval: cfg.bookmark_interval,
@@ -172,8 +172,11 @@ impl Master {
             pki: Arc::new(pki),
         });
         let tls = shared.pki.server_config()?;
-        let cleanup = tokio::spawn(api::run_namespace_cleanup(api.clone(), cleanup_rx));
-        resume_namespace_cleanup(&api);
+        let cleanup = tokio::spawn(registry::namespace::run_namespace_cleanup(
+            reg.clone(),
+            cleanup_rx,
+        ));
+        registry::namespace::resume_cleanup(&reg);
         let serve_cancel = cancel.clone();
         let task = tokio::spawn(async move {
             serve(listener, tls, shared, serve_cancel).await;
@@ -270,16 +273,16 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
 }
 
-fn restore_allocations(api: &Api) -> Result<(), MasterError> {
+fn restore_allocations(reg: &Registry) -> Result<(), MasterError> {
     let services = resources::find("", "services").expect("registered");
-    let list = api
+    let list = reg
         .list(services, None, &ListOptions::default())
         .map_err(|e| MasterError::Bootstrap {
             what: "service allocations".into(),
             detail: e.to_string(),
         })?;
     for svc in list["items"].as_array().into_iter().flatten() {
-        api.alloc.restore(&Held::of(svc));
+        reg.alloc.restore(&Held::of(svc));
     }
     Ok(())
 }
@@ -287,7 +290,7 @@ fn restore_allocations(api: &Api) -> Result<(), MasterError> {
 /// Creates what a fresh cluster has: the system namespaces, their default service
 /// accounts, the `kubernetes` Service with its endpoints, and the network settings.
 async fn bootstrap(
-    api: &Api,
+    reg: &Registry,
     advertise: IpAddr,
     port: u16,
     cfg: &MasterConfig,
@@ -302,17 +305,17 @@ async fn bootstrap(
     };
     let nsres = resources::namespaces();
     for ns in SYSTEM_NAMESPACES {
-        if api.get(nsres, None, ns).is_err() {
+        if reg.get(nsres, None, ns).is_err() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match api.create(nsres, None, body, opts).await {
+            match reg.create(nsres, None, body, opts).await {
                 Ok(_) | Err(crate::error::ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(fail(ns, e)),
             }
         }
-        api.ensure_default_service_account(ns).await;
+        reg.ensure_default_service_account(ns).await;
     }
     let services = resources::find("", "services").expect("registered");
-    if api.get(services, Some("default"), "kubernetes").is_err() {
+    if reg.get(services, Some("default"), "kubernetes").is_err() {
         let body = json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default",
@@ -320,7 +323,7 @@ async fn bootstrap(
             "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_SERVICE_IP,
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
         });
-        api.create(services, Some("default"), body, opts)
+        reg.create(services, Some("default"), body, opts)
             .await
             .map_err(|e| fail("service kubernetes", e))?;
     }
@@ -331,7 +334,7 @@ async fn bootstrap(
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
-    upsert(api, endpoints, ep)
+    upsert(reg, endpoints, ep)
         .await
         .map_err(|e| fail("endpoints kubernetes", e))?;
     let slices = resources::find("discovery.k8s.io", "endpointslices").expect("registered");
@@ -343,7 +346,7 @@ async fn bootstrap(
         "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });
-    upsert(api, slices, slice)
+    upsert(reg, slices, slice)
         .await
         .map_err(|e| fail("endpointslice kubernetes", e))?;
     // Follows the master's flags, which may change between starts.
@@ -355,14 +358,14 @@ async fn bootstrap(
                      "labels": {"app.kubernetes.io/managed-by": "tinykube"}},
         "data": {NETWORK_CONFIG_KEY: conf.to_string()},
     });
-    upsert(api, configmaps, cm)
+    upsert(reg, configmaps, cm)
         .await
         .map_err(|e| fail("configmap kube-system/tinykube-network", e))?;
     Ok(())
 }
 
 async fn upsert(
-    api: &Api,
+    reg: &Registry,
     res: &'static resources::ResourceInfo,
     mut body: serde_json::Value,
 ) -> Result<(), crate::error::ApiError> {
@@ -375,7 +378,7 @@ async fn upsert(
         .unwrap_or_default()
         .to_string();
     let ns = body["metadata"]["namespace"].as_str().map(str::to_string);
-    match api.get(res, ns.as_deref(), &name) {
+    match reg.get(res, ns.as_deref(), &name) {
         Ok(current) => {
             strategy::prepare_update(res, &mut body, &current.object, &name)?;
             let admitted =
@@ -386,14 +389,14 @@ async fn upsert(
                     object: admitted.object,
                     expect_rev: Some(current.rev),
                 };
-                api.store
+                reg.store
                     .write(op)
                     .await
                     .map_err(|e| crate::error::ApiError::from_store(res, &name, e))?;
             }
             Ok(())
         }
-        Err(_) => api.create(res, ns.as_deref(), body, opts).await.map(|_| ()),
+        Err(_) => reg.create(res, ns.as_deref(), body, opts).await.map(|_| ()),
     }
 }
 
@@ -404,19 +407,6 @@ fn strip_volatile(v: &serde_json::Value) -> serde_json::Value {
         m.remove("generation");
     }
     v
-}
-
-fn resume_namespace_cleanup(api: &Api) {
-    let nsres = resources::namespaces();
-    if let Ok(list) = api.list(nsres, None, &ListOptions::default()) {
-        for ns in list["items"].as_array().into_iter().flatten() {
-            if ns["metadata"].get("deletionTimestamp").is_some()
-                && let Some(name) = ns["metadata"]["name"].as_str()
-            {
-                let _ = api.namespace_cleanup.send(name.to_string());
-            }
-        }
-    }
 }
 
 /// `tinykube master`: start and serve until signalled.

@@ -352,7 +352,14 @@ pub fn prepare_create(
     }
     if res.has_status() && res.kind != "Node" {
         let status = match res.kind {
-            "Pod" => json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            // The pod's QoS class, as the API server sets it on create.
+            "Pod" => {
+                let qos = serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(
+                    obj["spec"].clone(),
+                )
+                .map_or("BestEffort", |s| tinykube_api::qos::qos_class(&s));
+                json!({"phase": "Pending", "qosClass": qos})
+            }
             "Service" => json!({"loadBalancer": {}}),
             _ => json!({}),
         };

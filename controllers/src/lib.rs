@@ -5,7 +5,6 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
-pub mod informer;
 pub mod node;
 pub mod owner;
 pub mod replicaset;
@@ -21,7 +20,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
-pub use informer::Informer;
+pub use tinykube_client::Informer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -21,14 +21,57 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use tinykube_net::overlay::Overlay;
-
 use crate::pods::PodContext;
+
+/// The node's counters in Prometheus' text format, from the parts of the node agent
+/// outside the kubelet (the overlay's per-peer counters).
+pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 struct ServerState {
     ctx: Arc<PodContext>,
-    overlay: Arc<Overlay>,
+    metrics: Metrics,
     token: String,
+}
+
+/// Where the kubelet API listens: every address, as the kubelet does.
+pub fn listen_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], tinykube_api::constants::KUBELET_PORT))
+}
+
+/// The kubelet API's TLS setup, with a certificate the API server issues for this node
+/// (its name and addresses, signed by the cluster CA).
+pub async fn serving_tls(
+    client: &kube::Client,
+    data_dir: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let fail = |m: String| format!("cannot get the kubelet's serving certificate: {m}");
+    let req = http::Request::post("/tinykube/v1/kubelet-certificate")
+        .body(Vec::new())
+        .expect("static request");
+    let v: serde_json::Value = client.request(req).await.map_err(|e| fail(e.to_string()))?;
+    let (cert, key) = (
+        v["certificate"].as_str().unwrap_or_default(),
+        v["key"].as_str().unwrap_or_default(),
+    );
+    let dir = data_dir.join("pki");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("kubelet.crt"), cert);
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("no private key in the answer".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A Kubernetes Status error, as the API server passes it on to clients.
@@ -52,19 +95,19 @@ pub async fn serve(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<PodContext>,
-    overlay: Arc<Overlay>,
+    metrics: Metrics,
     token: String,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let state = Arc::new(ServerState {
         ctx,
-        overlay,
+        metrics,
         token,
     });
     let router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(serve_metrics))
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .layer(axum::middleware::from_fn_with_state(
@@ -106,11 +149,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// The node's counters in Prometheus' text format (the overlay's, per peer).
-async fn metrics(State(st): State<Arc<ServerState>>) -> Response {
+/// The node's counters in Prometheus' text format.
+async fn serve_metrics(State(st): State<Arc<ServerState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.overlay.stats().prometheus(),
+        (st.metrics)(),
     )
         .into_response()
 }
@@ -203,7 +246,7 @@ async fn logs(
             ));
         }
     };
-    let path = crate::pods::log_path(&st.ctx, &view.uid, &container, attempt);
+    let path = crate::pods::log_path(&st.ctx.pods_dir, &view.uid, &container, attempt);
     let data = tokio::fs::read(&path).await.unwrap_or_default();
     let mut first: Vec<u8> = match q.tail_lines {
         Some(n) if n >= 0 => tail(&data, n as usize).to_vec(),

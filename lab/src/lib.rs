@@ -411,18 +411,19 @@ impl Lab {
         let socket = match &cfg.containerd_socket {
             Some(s) => s.clone(),
             None if !cfg.own_containerd
-                && containerd_answers(Path::new(tinykube_kubelet::agent::CONTAINERD_SOCKET))
-                    .await =>
+                && containerd_answers(Path::new(
+                    tinykube_kubelet::runtime::daemon::CONTAINERD_SOCKET,
+                ))
+                .await =>
             {
-                PathBuf::from(tinykube_kubelet::agent::CONTAINERD_SOCKET)
+                PathBuf::from(tinykube_kubelet::runtime::daemon::CONTAINERD_SOCKET)
             }
             None => {
                 let dir = cfg.data_dir.join("containerd");
                 let (config, socket) =
-                    tinykube_kubelet::agent::containerd_config(&dir).map_err(io(format!(
-                        "cannot write a containerd config in {}",
-                        dir.display()
-                    )))?;
+                    tinykube_kubelet::runtime::daemon::containerd_config(&dir).map_err(io(
+                        format!("cannot write a containerd config in {}", dir.display()),
+                    ))?;
                 let pid = spawn_containerd(&config, &dir.join("containerd.log"))?;
                 state.containerd_pid = Some(pid);
                 write_state(&cfg.data_dir, &state)?;
@@ -851,7 +852,7 @@ impl Lab {
                 if own_socket.exists() {
                     own_socket.clone()
                 } else {
-                    PathBuf::from(tinykube_kubelet::agent::CONTAINERD_SOCKET)
+                    PathBuf::from(tinykube_kubelet::runtime::daemon::CONTAINERD_SOCKET)
                 }
             });
         let mut pod_uids: Vec<String> = Vec::new();

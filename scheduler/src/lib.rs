@@ -17,7 +17,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
-use tinykube_controllers::Informer;
+use tinykube_client::Informer;
+use tinykube_client::recorder::{EventType, Recorder};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -233,7 +234,9 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) {
             // The event is a record, not part of the binding: it does not hold a bind slot.
             let (client, pod) = (client.clone(), pod.clone());
             let msg = format!("Successfully assigned {ns}/{name} to {node}");
-            tokio::spawn(async move { event(&client, &pod, "Normal", "Scheduled", &msg).await });
+            tokio::spawn(async move {
+                event(&client, &pod, EventType::Normal, "Scheduled", &msg).await
+            });
         }
         Err(e) => tracing::debug!(pod = name, error = %e, "binding failed"),
     }
@@ -248,25 +251,12 @@ async fn report_unschedulable(client: &kube::Client, pod: &Pod, message: &str) {
     let _ = api
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(cond))
         .await;
-    event(client, pod, "Warning", "FailedScheduling", message).await;
+    event(client, pod, EventType::Warning, "FailedScheduling", message).await;
 }
 
-/// Records a core/v1 Event about `pod`, as `kubectl describe pod` shows them.
-pub async fn event(client: &kube::Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let now = jiff::Timestamp::now();
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": pod.metadata.uid},
-        "reason": reason, "message": message, "type": kind, "count": 1,
-        "source": {"component": SCHEDULER_NAME},
-        "firstTimestamp": tinykube_api::format::rfc3339(now), "lastTimestamp": tinykube_api::format::rfc3339(now),
-        "reportingComponent": SCHEDULER_NAME, "reportingInstance": SCHEDULER_NAME,
-    });
-    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
-    if let Ok(ev) = serde_json::from_value(ev) {
-        let _ = api.create(&PostParams::default(), &ev).await;
-    }
+/// Records a core/v1 Event about `pod` as the scheduler, as `kubectl describe pod` shows them.
+async fn event(client: &kube::Client, pod: &Pod, kind: EventType, reason: &str, message: &str) {
+    Recorder::new(client.clone(), SCHEDULER_NAME, None)
+        .record(pod, kind, reason, message)
+        .await;
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
-use tinykube_kubelet::hollow::{HollowConfig, HollowNodes};
+use tinykube_node::hollow::{HollowConfig, HollowNodes};
 use tinykube_tests::{MasterProcess, client_for, free_port};
 
 fn vm(pid: u32, field: &str) -> f64 {

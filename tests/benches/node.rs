@@ -189,7 +189,7 @@ async fn main() {
     cfg.data_dir = std::env::temp_dir().join("tinykube-bench-node");
     cfg.binary = binary.clone();
     let _ = Lab::down(&cfg.name, &cfg.data_dir, false).await;
-    let socket = std::path::Path::new(tinykube_kubelet::agent::CONTAINERD_SOCKET);
+    let socket = std::path::Path::new(tinykube_kubelet::runtime::daemon::CONTAINERD_SOCKET);
     if let Ok(rt) = Runtime::connect(socket, "tinykube-benchfloor", Duration::from_secs(2)).await {
         let _ = rt.purge().await;
     }

@@ -183,13 +183,13 @@ impl TestMaster {
         &self,
         names: &[&str],
         heartbeat: Duration,
-    ) -> tinykube_kubelet::hollow::HollowNodes {
-        let config = tinykube_kubelet::hollow::HollowConfig {
+    ) -> tinykube_node::hollow::HollowNodes {
+        let config = tinykube_node::hollow::HollowConfig {
             heartbeat,
             ..Default::default()
         };
         let names = names.iter().map(|n| n.to_string()).collect();
-        tinykube_kubelet::hollow::HollowNodes::start(self.client().await, names, config)
+        tinykube_node::hollow::HollowNodes::start(self.client().await, names, config)
             .await
             .expect("hollow nodes register")
     }

@@ -22,7 +22,7 @@ fn fast() -> tinykube_controllers::Config {
     }
 }
 
-async fn lab() -> (TestMaster, tinykube_kubelet::hollow::HollowNodes, Kubectl) {
+async fn lab() -> (TestMaster, tinykube_node::hollow::HollowNodes, Kubectl) {
     let m = TestMaster::builder()
         .control_plane(fast())
         .toleration_seconds(2)
@@ -469,6 +469,47 @@ async fn unschedulable_pod_waits_with_the_kubernetes_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controllers_started_after_their_objects_reconcile_them() {
+    // A master restart mid-rollout once left a deployment unreconciled: the new
+    // controllers' caches had filled before they subscribed to them, and nothing changed
+    // afterwards. Here the objects exist before any controller runs, and nothing
+    // changes once they start.
+    let m = TestMaster::builder().start().await;
+    let nodes = m
+        .hollow_nodes(&["worker1"], Duration::from_millis(500))
+        .await;
+    let k = m.kubectl();
+    k.ok(&[
+        "create",
+        "deployment",
+        "late",
+        "--image=nginx:1",
+        "--replicas=2",
+    ]);
+    let client = m.client().await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let controllers = tokio::spawn(tinykube_controllers::run(
+        client.clone(),
+        fast(),
+        cancel.clone(),
+    ));
+    let scheduler = tokio::spawn(tinykube_scheduler::run(client.clone(), cancel.clone()));
+    let ready = eventually(Duration::from_secs(20), async || {
+        let d: Api<Deployment> = Api::namespaced(client.clone(), "default");
+        let d = d.get("late").await.ok()?;
+        (d.status?.ready_replicas? == 2).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    let _ = tokio::join!(controllers, scheduler);
+    nodes.stop().await;
+    assert!(
+        ready.is_some(),
+        "the deployment that existed before the controllers is reconciled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_restart_mid_rollout() {
     let (m, nodes, k) = lab().await;
     let client = m.client().await;

@@ -310,9 +310,15 @@ spec:
         tinykube_net::netns::NetNs::open(&cluster.lab().node(&node).unwrap().netns).unwrap();
     let url = format!("http://{ip}:8080/");
     let from_node = node_ns
-        .run(move || tinykube_kubelet::toolbox::get(&url, Duration::from_secs(5)))
+        .run(move || {
+            // The toolbox's own client, started from inside the node's namespace.
+            std::process::Command::new(tinykube_tests::tinykube_bin().unwrap())
+                .args(["toolbox", "fetch", &url, "--count", "1"])
+                .output()
+        })
         .unwrap()
         .expect("node to pod");
+    let from_node = String::from_utf8_lossy(&from_node.stdout).into_owned();
     assert!(from_node.contains("pod=pair"), "{from_node}");
     cluster.down().await;
 }
@@ -1023,6 +1029,14 @@ struct Registry {
 
 impl Registry {
     fn start(netns: &str, addr: &str, dir: std::path::PathBuf) -> Self {
+        let found = std::process::Command::new("sh")
+            .args(["-c", "command -v docker-registry"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "docker-registry is not installed; this test pushes to a real registry (apt-get install docker-registry)"
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.yml");
         std::fs::write(
@@ -1041,8 +1055,19 @@ impl Registry {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("docker-registry is installed (apt-get install docker-registry)");
+            .expect("nsenter starts the registry");
         Self { child, dir }
+    }
+
+    /// What went wrong with the registry, for a failing assertion: whether it exited,
+    /// and its log.
+    fn report(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("the registry exited ({status})"),
+            _ => "the registry is running".to_string(),
+        };
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        format!("{state}; its log:\n{log}")
     }
 }
 
@@ -1060,7 +1085,7 @@ async fn images_are_pulled_from_a_registry() {
     let client = cluster.client().await;
     let master = cluster.lab().state.nodes[0].clone();
     let registry_addr = format!("{}:5000", master.ip);
-    let _registry = Registry::start(&master.netns, &registry_addr, cluster.dir.join("registry"));
+    let mut registry = Registry::start(&master.netns, &registry_addr, cluster.dir.join("registry"));
 
     // Push an image made from the tinykube binary (layer, config, manifest).
     let bin = tinykube_tests::tinykube_bin().unwrap();
@@ -1098,7 +1123,11 @@ async fn images_are_pulled_from_a_registry() {
         .ok()
     })
     .await;
-    assert!(pushed.is_some(), "image pushed to the registry");
+    assert!(
+        pushed.is_some(),
+        "image pushed to the registry: {}",
+        registry.report()
+    );
 
     let kubectl = cluster.kubectl();
     kubectl.ok_stdin(

@@ -9,23 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::worker::Event;
+use super::state::{Event, ProbeKind as Kind};
 use crate::runtime::Runtime;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Liveness,
-    Readiness,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Liveness => "Liveness",
-            Kind::Readiness => "Readiness",
-        }
-    }
-}
 
 /// A port by number or by the name of one of the container's ports.
 fn port(c: &Container, p: &IntOrString) -> Option<u16> {

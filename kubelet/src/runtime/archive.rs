@@ -201,7 +201,7 @@ fn oci_layout(archive: &Path, work: &Path) -> Result<Vec<(String, ImageBlobs)>, 
             .to_string();
         let mut manifest = read_json(&blob_path(work, &digest))?;
         if media == MEDIA_INDEX || manifest["manifests"].is_array() {
-            let arch = crate::node::arch();
+            let arch = tinykube_api::constants::arch();
             let pick = manifest["manifests"]
                 .as_array()
                 .into_iter()

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod container;
+pub mod daemon;
 pub mod image;
 pub mod pull;
 pub mod purge;

@@ -62,7 +62,7 @@ impl Puller {
             .map_err(|e| fail(name, e))?;
         let mut manifest: Value = serde_json::from_slice(&raw).map_err(|e| fail(name, e))?;
         if manifest["manifests"].is_array() {
-            let arch = crate::node::arch();
+            let arch = tinykube_api::constants::arch();
             let pick = manifest["manifests"]
                 .as_array()
                 .into_iter()

@@ -19,7 +19,10 @@ use tinykube_net::overlay::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentError;
+/// The cluster's network settings could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("kube-system/{NETWORK_CONFIGMAP}: {0}")]
+pub struct NetworkError(String);
 
 /// The cluster's network settings, from `kube-system/tinykube-network` (flannel keeps
 /// the same `net-conf.json` in `kube-flannel-cfg`).
@@ -50,7 +53,7 @@ pub fn parse_net_conf(text: &str) -> Result<NetConf, String> {
 pub async fn net_conf(
     client: &kube::Client,
     cancel: &CancellationToken,
-) -> Result<Option<NetConf>, AgentError> {
+) -> Result<Option<NetConf>, NetworkError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     loop {
         match api.get_opt(NETWORK_CONFIGMAP).await {
@@ -61,9 +64,7 @@ pub async fn net_conf(
                     .and_then(|d| d.get(NETWORK_CONFIG_KEY))
                     .cloned()
                     .unwrap_or_default();
-                return parse_net_conf(&text).map(Some).map_err(|e| {
-                    AgentError::Other(format!("kube-system/{NETWORK_CONFIGMAP}: {e}"))
-                });
+                return parse_net_conf(&text).map(Some).map_err(NetworkError);
             }
             Ok(None) => tracing::info!("waiting for kube-system/{NETWORK_CONFIGMAP}"),
             Err(e) => tracing::warn!(error = %e, "cannot read the cluster's network settings"),
@@ -191,7 +192,7 @@ pub async fn follow_peers(
         match overlay.sync(&want).await {
             Ok(()) => applied = Some(want),
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot apply the overlay peers");
+                tracing::warn!(error = %tinykube_api::error_chain(&e), "cannot apply the overlay peers");
                 applied = None;
             }
         }

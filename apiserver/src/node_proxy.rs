@@ -18,7 +18,7 @@ use crate::resources;
 /// Issues a serving certificate for node `node`, for its name and addresses.
 pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError> {
     let nodes = resources::find("", "nodes").expect("nodes are served");
-    let stored = shared.api.get(nodes, None, node)?;
+    let stored = shared.registry.get(nodes, None, node)?;
     let mut sans = vec![node.to_string()];
     for a in stored.object["status"]["addresses"]
         .as_array()
@@ -44,11 +44,11 @@ pub fn node_may_read_secret(shared: &Shared, node: &str, ns: &str, name: &str) -
     let pods = resources::find("", "pods").expect("pods are served");
     let mut q = std::collections::HashMap::new();
     q.insert("fieldSelector".to_string(), format!("spec.nodeName={node}"));
-    let Ok(opts) = crate::api::ListOptions::from_query(&q) else {
+    let Ok(opts) = crate::registry::ListOptions::from_query(&q) else {
         return false;
     };
     let Ok(list) = shared
-        .api
+        .registry
         .list_raw(pods, Some(ns), &opts)
         .and_then(|l| l.into_value())
     else {
@@ -90,7 +90,7 @@ fn target(
     container: Option<&str>,
 ) -> Result<(String, String), ApiError> {
     let pods = resources::find("", "pods").expect("pods are served");
-    let p = shared.api.get(pods, Some(ns), pod)?.object;
+    let p = shared.registry.get(pods, Some(ns), pod)?.object;
     let names: Vec<String> = p["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -132,7 +132,7 @@ fn target(
 /// Where node `node`'s kubelet listens: its InternalIP and kubelet port.
 fn kubelet_address(shared: &Shared, node: &str) -> Result<String, ApiError> {
     let nodes = resources::find("", "nodes").expect("nodes are served");
-    let n = shared.api.get(nodes, None, node)?.object;
+    let n = shared.registry.get(nodes, None, node)?.object;
     let ip = n["status"]["addresses"]
         .as_array()
         .into_iter()

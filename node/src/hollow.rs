@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::registration;
 
 #[derive(Debug, Clone)]
 pub struct HollowConfig {
@@ -54,12 +55,6 @@ pub struct HollowNodes {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn now_micro() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
 }
 
 impl HollowNodes {
@@ -132,7 +127,6 @@ impl HollowNodes {
 }
 
 async fn register(shared: &Shared, name: &str) -> Result<(), kube::Error> {
-    let api: Api<Node> = Api::all(shared.client.clone());
     let c = &shared.config;
     let status = json!({
         "capacity": {"cpu": c.cpu, "memory": c.memory, "pods": c.max_pods.to_string()},
@@ -143,28 +137,10 @@ async fn register(shared: &Shared, name: &str) -> Result<(), kube::Error> {
                      "containerRuntimeVersion": "hollow://0", "osImage": "hollow", "kernelVersion": "hollow",
                      "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
     });
-    let node = json!({"apiVersion": "v1", "kind": "Node",
-                      "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                                             "tinykube.io/hollow": "true"}},
-                      "status": status.clone()});
-    match api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(node).expect("node json"),
-        )
+    let labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "tinykube.io/hollow": "true"});
+    registration::register(&shared.client, name, labels, json!([]), status)
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map(|_| ()),
-        Err(e) => Err(e),
-    }
+        .map(|_| ())
 }
 
 fn ready_condition() -> serde_json::Value {
@@ -174,7 +150,6 @@ fn ready_condition() -> serde_json::Value {
 }
 
 async fn heartbeat(shared: Arc<Shared>, name: String, cancel: CancellationToken) {
-    let leases: Api<Lease> = Api::namespaced(shared.client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(shared.client.clone());
     let mut tick = tokio::time::interval(shared.config.heartbeat);
     let mut was_paused = false;
@@ -187,21 +162,10 @@ async fn heartbeat(shared: Arc<Shared>, name: String, cancel: CancellationToken)
             was_paused = true;
             continue;
         }
-        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                           "metadata": {"name": name, "namespace": "kube-node-lease"},
-                           "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
-        let renewed = leases
-            .patch(&name, &PatchParams::default(), &Patch::Merge(lease.clone()))
-            .await;
-        if let Err(kube::Error::Api(s)) = &renewed
-            && s.code == 404
+        if let Err(e) =
+            registration::renew_lease(&shared.client, &name, registration::LEASE_DURATION).await
         {
-            let _ = leases
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(lease).expect("lease json"),
-                )
-                .await;
+            tracing::debug!(node = %name, error = %e, "hollow lease renewal failed");
         }
         // Post Ready (the node lifecycle controller may have marked it Unknown).
         if let Ok(node) = nodes.get(&name).await {
@@ -347,7 +311,7 @@ async fn handle(shared: &Arc<Shared>, pod: &Pod) {
         .collect();
     let status = json!({"status": {
         "phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "hostIP": "127.0.0.1",
-        "startTime": now, "qosClass": "BestEffort",
+        "startTime": now, "qosClass": pod.spec.as_ref().map_or("BestEffort", tinykube_api::qos::qos_class),
         "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
         "containerStatuses": statuses,
     }});

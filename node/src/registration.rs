@@ -10,8 +10,18 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tinykube_api::constants::{
-    KUBE_GIT_VERSION, KUBELET_PORT, LABEL_HOSTNAME, LABEL_NODE_ROLE_CONTROL_PLANE,
+    KUBE_GIT_VERSION, KUBELET_PORT, LABEL_HOSTNAME, LABEL_NODE_ROLE_CONTROL_PLANE, arch,
 };
+
+/// How long a node's Lease holds without renewal (kubelet's default: 40 s).
+pub const LEASE_DURATION: Duration = Duration::from_secs(40);
+
+/// The Lease's renewTime, in the microsecond format Kubernetes writes.
+pub fn now_micro() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
 
 /// What the node reports about itself.
 #[derive(Debug, Clone)]
@@ -76,14 +86,6 @@ fn read_id(path: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// The status a node posts: addresses, capacity, nodeInfo, conditions and images.
 /// Ready only once the pod network is set up, as the kubelet waits for its CNI.
 pub fn status(facts: &NodeFacts, images: &[(Vec<String>, i64)], ready: bool) -> Value {
@@ -133,13 +135,9 @@ pub fn status(facts: &NodeFacts, images: &[(Vec<String>, i64)], ready: bool) -> 
     })
 }
 
-/// Creates the Node, or refreshes its labels and status if it exists (a restart).
-pub async fn register(
-    client: &kube::Client,
-    facts: &NodeFacts,
-    status: Value,
-) -> Result<Node, kube::Error> {
-    let api: Api<Node> = Api::all(client.clone());
+/// The labels a node registers with (kubelet's well-known ones, and the
+/// control-plane role on the master).
+pub fn labels(facts: &NodeFacts) -> Value {
     let mut labels = json!({
         LABEL_HOSTNAME: facts.name,
         "kubernetes.io/os": "linux",
@@ -147,14 +145,33 @@ pub async fn register(
         "beta.kubernetes.io/os": "linux",
         "beta.kubernetes.io/arch": arch(),
     });
-    let mut taints = json!([]);
     if facts.control_plane {
         labels[LABEL_NODE_ROLE_CONTROL_PLANE] = json!("");
-        taints = json!([{"key": LABEL_NODE_ROLE_CONTROL_PLANE, "effect": "NoSchedule"}]);
     }
+    labels
+}
+
+/// The taints a node registers with: the control plane's NoSchedule on the master.
+pub fn taints(facts: &NodeFacts) -> Value {
+    if facts.control_plane {
+        json!([{"key": LABEL_NODE_ROLE_CONTROL_PLANE, "effect": "NoSchedule"}])
+    } else {
+        json!([])
+    }
+}
+
+/// Creates the Node, or refreshes its labels and status if it exists (a restart).
+pub async fn register(
+    client: &kube::Client,
+    name: &str,
+    labels: Value,
+    taints: Value,
+    status: Value,
+) -> Result<Node, kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": facts.name, "labels": labels},
+        "metadata": {"name": name, "labels": labels},
         "spec": {"taints": taints},
         "status": status,
     });
@@ -168,7 +185,7 @@ pub async fn register(
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
             api.patch(
-                &facts.name,
+                name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"metadata": {"labels": labels}})),
             )
@@ -177,7 +194,7 @@ pub async fn register(
         Err(e) => return Err(e),
     }
     api.patch_status(
-        &facts.name,
+        name,
         &PatchParams::default(),
         &Patch::Merge(json!({"status": status})),
     )
@@ -191,9 +208,7 @@ pub async fn renew_lease(
     duration: Duration,
 ) -> Result<(), kube::Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let now = now_micro();
     let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                        "metadata": {"name": name, "namespace": "kube-node-lease"},
                        "spec": {"holderIdentity": name, "leaseDurationSeconds": duration.as_secs(), "renewTime": now}});

@@ -59,11 +59,16 @@ where
         Arc::new(Self { store, changes })
     }
 
-    /// Every later change (applied or deleted object). A subscriber that falls behind
-    /// skips what it missed; controllers also resync periodically.
+    /// Every object the cache holds now, then every later change (applied or deleted
+    /// object), so a controller that starts after the cache filled still reconciles
+    /// everything once, as kube-runtime's own controller does after its initial list.
+    /// The broadcast is joined before the cache is read, so no change falls between
+    /// the two (some objects may come twice; reconciles are idempotent). A subscriber
+    /// that falls behind skips what it missed; controllers also resync periodically.
     pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        BroadcastStream::new(self.changes.subscribe())
-            .filter_map(|r| futures::future::ready(r.ok()))
+        let later = self.changes.subscribe();
+        let now = futures::stream::iter(self.store.state());
+        now.chain(BroadcastStream::new(later).filter_map(|r| futures::future::ready(r.ok())))
     }
 
     pub async fn ready(&self) {

@@ -6,7 +6,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use clap::Subcommand;
 
 /// Who this pod is: the downward API variables when the pod sets them (POD_NAME,
 /// POD_NAMESPACE, NODE_NAME, POD_IP), otherwise what the kubelet's files say
@@ -114,7 +118,7 @@ pub fn serve(port: u16) -> std::io::Result<()> {
 }
 
 /// One GET of `url` (http only); returns the body.
-pub fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
+fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| std::io::Error::other(format!("only http:// URLs are supported: {url}")))?;
@@ -204,4 +208,74 @@ pub fn alloc(mib: usize) -> ! {
         std::thread::sleep(Duration::from_secs(3600));
         std::hint::black_box(&blocks);
     }
+}
+
+#[derive(Subcommand)]
+pub enum ToolboxCommand {
+    /// Answer HTTP and UDP on PORT with this pod's name, namespace, node and IP, and the caller's.
+    Serve {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Request URL repeatedly and print each answer.
+    Fetch {
+        url: String,
+        /// How many requests (0: until stopped).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Send a datagram to HOST:PORT and print the answer, COUNT times.
+    Udp {
+        addr: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Print the environment, one VAR=value per line.
+    Env,
+    /// Print files.
+    Cat { files: Vec<PathBuf> },
+    /// Write TEXT (and a newline) to FILE.
+    Write { file: PathBuf, text: String },
+    /// Sleep (as PID 1 this ignores SIGTERM, like `sleep` in a container).
+    Sleep { seconds: u64 },
+    /// Exit with CODE.
+    Exit { code: u8 },
+    /// Allocate and touch MiB of memory, then sleep.
+    Alloc { mib: usize },
+}
+
+/// Runs one toolbox program.
+pub fn run(command: ToolboxCommand) -> std::io::Result<ExitCode> {
+    match command {
+        ToolboxCommand::Serve { port } => serve(port)?,
+        ToolboxCommand::Fetch {
+            url,
+            count,
+            interval_ms,
+        } => fetch(&url, count, Duration::from_millis(interval_ms))?,
+        ToolboxCommand::Udp {
+            addr,
+            count,
+            interval_ms,
+        } => udp(&addr, count, Duration::from_millis(interval_ms))?,
+        ToolboxCommand::Env => {
+            for (k, v) in std::env::vars() {
+                println!("{k}={v}");
+            }
+        }
+        ToolboxCommand::Cat { files } => {
+            for f in files {
+                print!("{}", std::fs::read_to_string(&f)?);
+            }
+        }
+        ToolboxCommand::Write { file, text } => std::fs::write(file, format!("{text}\n"))?,
+        ToolboxCommand::Sleep { seconds } => std::thread::sleep(Duration::from_secs(seconds)),
+        ToolboxCommand::Exit { code } => return Ok(ExitCode::from(code)),
+        ToolboxCommand::Alloc { mib } => alloc(mib),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,221 +1,34 @@
-//! The API's verbs over the store: get, list, create, update, patch, delete and the
-//! subresources, with the rules Kubernetes' registries apply.
+//! The registry: the API's verbs over the store (get, list, create, update, patch,
+//! delete and the subresources) with the rules Kubernetes' generic registry applies;
+//! what differs per kind is in `strategies`, list options in `list`, the namespace
+//! cleanup in `namespace`.
 
-use std::collections::HashMap;
+mod list;
+pub mod namespace;
+pub mod strategies;
+
+pub use list::{ListOptions, RawList, encode_continue, field_value, filter_event};
+
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tinykube_api::selector::{FieldSelector, Selector};
+use tinykube_api::selector::Selector;
 
-use crate::allocator::{Allocator, Held};
+use crate::allocator::Allocator;
 use crate::error::ApiError;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceInfo};
-use crate::store::{EventType, Store, Stored, WriteOp};
+use crate::store::{Store, Stored, WriteOp};
 use crate::strategy::{self, FieldValidation};
+use strategies::Step;
 
-/// Namespaces that may not be deleted.
-const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
-
-pub struct Api {
+pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocator,
     /// Namespaces being deleted, for the cleanup task (`run_namespace_cleanup`).
     pub namespace_cleanup: tokio::sync::mpsc::UnboundedSender<String>,
     /// `tolerationSeconds` of the not-ready/unreachable tolerations every pod gets.
     pub default_toleration_seconds: i64,
-}
-
-/// The namespace controller's work: delete everything in a terminating namespace, then
-/// the namespace itself.
-pub async fn run_namespace_cleanup(
-    api: Arc<Api>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    while let Some(ns) = rx.recv().await {
-        let api = api.clone();
-        tokio::spawn(async move {
-            for _ in 0..3600 {
-                let mut remaining = 0;
-                for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-                    let Ok(list) = api.list(res, Some(&ns), &ListOptions::default()) else {
-                        continue;
-                    };
-                    for item in list["items"].as_array().into_iter().flatten() {
-                        remaining += 1;
-                        let _ = api
-                            .delete(res, Some(&ns), name_of(item), &DeleteOptions::default())
-                            .await;
-                    }
-                }
-                if remaining == 0 {
-                    let nsres = resources::namespaces();
-                    if let Ok(cur) = api.get(nsres, None, &ns) {
-                        let op = WriteOp::Delete {
-                            key: nsres.key(None, &ns),
-                            expect_rev: Some(cur.rev),
-                        };
-                        let _ = api.store.write(op).await;
-                    }
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        });
-    }
-}
-
-/// Query options of list and watch.
-#[derive(Default)]
-pub struct ListOptions {
-    pub labels: Selector,
-    pub fields: FieldSelector,
-    pub limit: usize,
-    pub continue_key: Option<String>,
-}
-
-impl ListOptions {
-    pub fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
-        let labels = match q.get("labelSelector") {
-            Some(s) => Selector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            None => Selector::everything(),
-        };
-        let fields = match q.get("fieldSelector") {
-            Some(s) => FieldSelector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            None => FieldSelector::default(),
-        };
-        let limit = match q.get("limit") {
-            Some(l) => l
-                .parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
-            None => 0,
-        };
-        let continue_key = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(c) => Some(decode_continue(c)?),
-            None => None,
-        };
-        Ok(Self {
-            labels,
-            fields,
-            limit,
-            continue_key,
-        })
-    }
-
-    pub fn matches(&self, res: &ResourceInfo, obj: &Value) -> bool {
-        self.labels.matches_json(obj["metadata"].get("labels"))
-            && self.fields.matches(|f| field_value(res, obj, f))
-    }
-
-    pub fn check_fields(&self, res: &ResourceInfo) -> Result<(), ApiError> {
-        for r in &self.fields.requirements {
-            if !supported_field(res, &r.field) {
-                return Err(ApiError::BadRequest(format!(
-                    "field label not supported: {}",
-                    r.field
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn supported_field(res: &ResourceInfo, field: &str) -> bool {
-    matches!(field, "metadata.name" | "metadata.namespace")
-        || match res.kind {
-            "Pod" => matches!(
-                field,
-                "spec.nodeName"
-                    | "status.phase"
-                    | "spec.schedulerName"
-                    | "spec.restartPolicy"
-                    | "status.podIP"
-                    | "spec.serviceAccountName"
-            ),
-            "Node" => field == "spec.unschedulable",
-            "Secret" => field == "type",
-            "Event" => {
-                field.starts_with("involvedObject.")
-                    || matches!(field, "reason" | "type" | "source")
-            }
-            _ => false,
-        }
-}
-
-/// The value of a selectable field, as Kubernetes' `GetAttrs` functions give them.
-pub fn field_value(_res: &ResourceInfo, obj: &Value, field: &str) -> Option<String> {
-    let mut cur = obj;
-    for part in field.split('.') {
-        cur = cur.get(part)?;
-    }
-    match cur {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-    .or_else(|| (field == "spec.unschedulable").then(|| "false".to_string()))
-}
-
-pub fn encode_continue(key: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
-}
-
-fn decode_continue(token: &str) -> Result<String, ApiError> {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest("continue key is not valid: illegal base64 data".into())
-        })
-}
-
-/// A list whose items are still the stored JSON bytes.
-pub struct RawList {
-    pub kind: String,
-    pub api_version: String,
-    pub meta: Value,
-    pub items: Vec<bytes::Bytes>,
-}
-
-impl RawList {
-    /// The list's JSON, with the stored items spliced in as they are.
-    pub fn to_json_bytes(&self) -> Vec<u8> {
-        let size: usize = self.items.iter().map(|i| i.len() + 1).sum();
-        let mut out = Vec::with_capacity(size + 256);
-        out.extend_from_slice(b"{\"kind\":");
-        serde_json::to_writer(&mut out, &self.kind).expect("string");
-        out.extend_from_slice(b",\"apiVersion\":");
-        serde_json::to_writer(&mut out, &self.api_version).expect("string");
-        out.extend_from_slice(b",\"metadata\":");
-        serde_json::to_writer(&mut out, &self.meta).expect("json");
-        out.extend_from_slice(b",\"items\":[");
-        for (i, item) in self.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(item);
-        }
-        out.extend_from_slice(b"]}");
-        out
-    }
-
-    pub fn into_value(self) -> Result<Value, ApiError> {
-        let items = self
-            .items
-            .iter()
-            .map(|b| {
-                serde_json::from_slice(b)
-                    .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))
-            })
-            .collect::<Result<Vec<Value>, _>>()?;
-        Ok(
-            json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": self.meta, "items": items}),
-        )
-    }
 }
 
 /// Options of a write: dry run and field validation.
@@ -240,7 +53,7 @@ pub struct Written {
     pub warnings: Vec<String>,
 }
 
-fn name_of(obj: &Value) -> &str {
+pub(crate) fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
 }
 
@@ -251,7 +64,7 @@ fn rev_of(obj: &Value) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-impl Api {
+impl Registry {
     pub fn get(
         &self,
         res: &ResourceInfo,
@@ -350,21 +163,16 @@ impl Api {
         mut body: Value,
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
+        let kind = strategies::for_kind(res.kind);
         strategy::prepare_create(res, &mut body, ns)?;
-        if res.kind == "Pod" {
-            strategy::add_default_tolerations(&mut body, self.default_toleration_seconds);
-        }
+        kind.prepare_create(self, &mut body);
         let admitted = strategy::admit(res, body, None, opts.validation)?;
         let mut obj = admitted.object;
         let name = name_of(&obj).to_string();
         self.namespace_must_accept(res, ns).await?;
-        let held = if res.kind == "Service" {
-            self.alloc
-                .assign(&mut obj, None)
-                .map_err(|errs| ApiError::invalid(res, &name, errs))?
-        } else {
-            Held::default()
-        };
+        let held = kind
+            .allocate(&self.alloc, &mut obj, None)
+            .map_err(|errs| ApiError::invalid(res, &name, errs))?;
         if opts.dry_run {
             self.alloc.release(&held);
             return Ok(Written {
@@ -398,9 +206,7 @@ impl Api {
             self.alloc.release(&held);
         }
         let object = result?;
-        if res.kind == "Namespace" {
-            self.ensure_default_service_account(&name).await;
-        }
+        kind.created(self, &name).await;
         Ok(Written {
             object,
             warnings: admitted.warnings,
@@ -484,13 +290,10 @@ impl Api {
         if sub.is_none() {
             strategy::bump_generation(&mut obj, &current.object);
         }
-        let held = if res.kind == "Service" {
-            self.alloc
-                .assign(&mut obj, Some(&current.object))
-                .map_err(|errs| ApiError::invalid(res, name, errs))?
-        } else {
-            Held::default()
-        };
+        let kind = strategies::for_kind(res.kind);
+        let held = kind
+            .allocate(&self.alloc, &mut obj, Some(&current.object))
+            .map_err(|errs| ApiError::invalid(res, name, errs))?;
         if opts.dry_run {
             self.alloc.release(&held);
             return Ok(Written {
@@ -514,7 +317,7 @@ impl Api {
         let no_finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .is_none_or(Vec::is_empty);
-        let op = if terminating && no_finalizers && (res.kind != "Pod" || pod_may_vanish(&obj)) {
+        let op = if terminating && no_finalizers && kind.may_vanish(&obj) {
             WriteOp::Delete {
                 key,
                 expect_rev: Some(current.rev),
@@ -530,14 +333,7 @@ impl Api {
         let result = self.write(res, name, op).await;
         match &result {
             Err(_) => self.alloc.release(&held),
-            Ok(new) if res.kind == "Service" => {
-                if deleting {
-                    self.alloc.release(&Held::of(new));
-                } else {
-                    self.alloc.release_dropped(&current.object, new);
-                }
-            }
-            Ok(_) => {}
+            Ok(new) => kind.stored(&self.alloc, &current.object, new, deleting),
         }
         Ok(Written {
             object: result?,
@@ -587,11 +383,8 @@ impl Api {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        if res.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::Forbidden(format!(
-                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-            )));
-        }
+        let kind = strategies::for_kind(res.kind);
+        kind.may_delete(name)?;
         loop {
             let current = self.get(res, ns, name)?;
             let meta = &current.object["metadata"];
@@ -621,7 +414,7 @@ impl Api {
             }
             let mut obj = current.object.clone();
             let key = res.key(ns, name);
-            let op = match self.deletion_step(res, &mut obj, opts) {
+            let op = match deletion_step(kind, &mut obj, opts) {
                 Step::Remove => WriteOp::Delete {
                     key,
                     expect_rev: Some(current.rev),
@@ -641,113 +434,14 @@ impl Api {
                 Err(ApiError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
                 Ok(written) => {
-                    if removed && res.kind == "Service" {
-                        self.alloc.release(&Held::of(&written));
-                    }
-                    if res.kind == "Namespace" && !removed {
-                        self.spawn_namespace_cleanup(name.to_string());
+                    kind.stored(&self.alloc, &current.object, &written, removed);
+                    if !removed {
+                        kind.deletion_marked(self, name);
                     }
                     return Ok(written);
                 }
             }
         }
-    }
-
-    fn deletion_step(&self, res: &ResourceInfo, obj: &mut Value, opts: &DeleteOptions) -> Step {
-        let now = jiff::Timestamp::now();
-        let meta = obj["metadata"].as_object_mut().expect("metadata");
-        let already = meta.get("deletionTimestamp").is_some_and(|d| !d.is_null());
-        // Propagation policies become finalizers that the garbage collector honours.
-        let policy_finalizer = match opts.propagation.as_deref() {
-            Some("Foreground") => Some("foregroundDeletion"),
-            Some("Orphan") => Some("orphan"),
-            _ => None,
-        };
-        if let Some(f) = policy_finalizer.filter(|_| !already) {
-            let list = meta.entry("finalizers").or_insert_with(|| json!([]));
-            if let Some(a) = list.as_array_mut()
-                && !a.iter().any(|x| x == f)
-            {
-                a.push(json!(f));
-            }
-        }
-        let has_finalizers = meta
-            .get("finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty());
-        if res.kind == "Namespace" {
-            if already {
-                return Step::AlreadyPending;
-            }
-            meta.insert(
-                "deletionTimestamp".into(),
-                json!(tinykube_api::format::rfc3339(now)),
-            );
-            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            obj["status"]["phase"] = json!("Terminating");
-            return Step::Mark;
-        }
-        if res.kind == "Pod" {
-            let bound = obj["spec"]["nodeName"]
-                .as_str()
-                .is_some_and(|n| !n.is_empty());
-            let terminal = matches!(
-                obj["status"]["phase"].as_str(),
-                Some("Succeeded") | Some("Failed")
-            );
-            let grace = opts.grace_period.unwrap_or_else(|| {
-                obj["spec"]["terminationGracePeriodSeconds"]
-                    .as_i64()
-                    .unwrap_or(30)
-            });
-            let graceful = bound && !terminal && grace > 0;
-            if graceful {
-                let meta = obj["metadata"].as_object_mut().expect("metadata");
-                let current_grace = meta
-                    .get("deletionGracePeriodSeconds")
-                    .and_then(Value::as_i64);
-                if already && current_grace.is_some_and(|g| g <= grace) {
-                    return Step::AlreadyPending;
-                }
-                let at = now
-                    .checked_add(jiff::SignedDuration::from_secs(grace))
-                    .unwrap_or(now);
-                meta.insert(
-                    "deletionTimestamp".into(),
-                    json!(tinykube_api::format::rfc3339(at)),
-                );
-                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                return Step::Mark;
-            }
-            if has_finalizers {
-                let meta = obj["metadata"].as_object_mut().expect("metadata");
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-                if !already {
-                    meta.insert(
-                        "deletionTimestamp".into(),
-                        json!(tinykube_api::format::rfc3339(now)),
-                    );
-                }
-                return Step::Mark;
-            }
-            return Step::Remove;
-        }
-        if has_finalizers {
-            if already {
-                return Step::AlreadyPending;
-            }
-            meta.insert(
-                "deletionTimestamp".into(),
-                json!(tinykube_api::format::rfc3339(now)),
-            );
-            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            return Step::Mark;
-        }
-        Step::Remove
-    }
-
-    fn spawn_namespace_cleanup(&self, ns: String) {
-        let _ = self.namespace_cleanup.send(ns);
     }
 
     pub async fn delete_collection(
@@ -940,42 +634,31 @@ fn same_except_revision(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-/// A pod object may leave storage once the kubelet is done with it (or none holds it).
-fn pod_may_vanish(pod: &Value) -> bool {
-    pod["metadata"]["deletionGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(0)
-        == 0
-        || pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
-}
-
-enum Step {
-    Remove,
-    Mark,
-    AlreadyPending,
+/// Propagation policies become the finalizers the garbage collector honours; then the
+/// kind's strategy decides what the delete does.
+fn deletion_step(kind: &dyn strategies::Strategy, obj: &mut Value, opts: &DeleteOptions) -> Step {
+    let meta = obj["metadata"].as_object_mut().expect("metadata");
+    let already = meta.get("deletionTimestamp").is_some_and(|d| !d.is_null());
+    let policy_finalizer = match opts.propagation.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    if let Some(f) = policy_finalizer.filter(|_| !already) {
+        let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+        if let Some(a) = list.as_array_mut()
+            && !a.iter().any(|x| x == f)
+        {
+            a.push(json!(f));
+        }
+    }
+    let finalizers = meta
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    kind.deletion_step(obj, opts, already, finalizers, jiff::Timestamp::now())
 }
 
 pub fn success_status() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
-}
-
-/// Whether a watch event passes the selectors, and as what: an object that starts or
-/// stops matching shows up as ADDED or DELETED, as Kubernetes' watch cache does it.
-pub fn filter_event(
-    res: &ResourceInfo,
-    opts: &ListOptions,
-    kind: EventType,
-    obj: &Value,
-    prev: Option<&Value>,
-) -> Option<EventType> {
-    let now = opts.matches(res, obj);
-    match (kind, prev) {
-        (EventType::Modified, Some(p)) => match (opts.matches(res, p), now) {
-            (true, true) => Some(EventType::Modified),
-            (false, true) => Some(EventType::Added),
-            (true, false) => Some(EventType::Deleted),
-            (false, false) => None,
-        },
-        _ => now.then_some(kind),
-    }
 }

@@ -1,0 +1,352 @@
+//! The node agent: one process per node that registers the Node, waits for its
+//! podCIDR, sets up the overlay, and then starts and stops the node's parts: the
+//! kubelet (pods, the kubelet API), the service proxy and the overlay's peer list,
+//! while renewing the node's Lease and posting its status.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tinykube_kubelet::images::node_images;
+use tinykube_kubelet::runtime::Runtime;
+use tinykube_kubelet::runtime::daemon::{CONTAINERD_SOCKET, OwnContainerd};
+use tinykube_kubelet::{Kubelet, KubeletConfig};
+use tinykube_net::Ipv4Cidr;
+use tinykube_net::overlay::{Local, Overlay, OverlayError};
+use tokio_util::sync::CancellationToken;
+
+use crate::network;
+use crate::registration::{self, LEASE_DURATION, NodeFacts};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub token: String,
+    /// The cluster CA (PEM) that signed the API server's certificate.
+    pub ca_file: PathBuf,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    pub data_dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    /// Register as a control-plane node (label and NoSchedule taint).
+    pub control_plane: bool,
+    /// First container restart back-off (Kubernetes: 10 s).
+    pub backoff_base: Duration,
+    pub heartbeat: Duration,
+    /// Registries (host:port) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// The address peers send overlay traffic to (default: the node's address), or the
+    /// interface whose address that is; never a NAT address every VM shares.
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn new(
+        server: &str,
+        token: &str,
+        ca_file: PathBuf,
+        node_name: &str,
+        data_dir: PathBuf,
+    ) -> Self {
+        Self {
+            server: server.to_string(),
+            token: token.to_string(),
+            ca_file,
+            node_name: node_name.to_string(),
+            node_ip: None,
+            data_dir,
+            containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
+            control_plane: false,
+            backoff_base: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            insecure_registries: Vec::new(),
+            public_ip: None,
+            iface: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read the cluster CA {path}")]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make an API client for {server}: {message}")]
+    Client { server: String, message: String },
+    #[error("cannot register node {node}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] tinykube_kubelet::runtime::RuntimeError),
+    #[error(transparent)]
+    Kubelet(#[from] tinykube_kubelet::KubeletError),
+    #[error("cannot start containerd")]
+    Containerd(#[source] std::io::Error),
+    #[error("cannot set up the pod network")]
+    Network(#[from] tinykube_net::link::LinkError),
+    #[error(transparent)]
+    NetConf(#[from] network::NetworkError),
+    #[error("cannot set up the overlay")]
+    Overlay(#[from] OverlayError),
+    #[error("{0}")]
+    Other(String),
+}
+
+async fn client(cfg: AgentConfig) -> Result<kube::Client, AgentError> {
+    let ca = std::fs::read_to_string(&cfg.ca_file).map_err(|source| AgentError::Ca {
+        path: cfg.ca_file.clone(),
+        source,
+    })?;
+    let token = format!("node:{}:{}", cfg.node_name, cfg.token);
+    let kc = tinykube_api::kubeconfig::Kubeconfig::admin(&cfg.node_name, &cfg.server, &ca, &token);
+    let path = cfg.data_dir.join("kubelet.kubeconfig");
+    let server = cfg.server.clone();
+    let bad = move |message: String| AgentError::Client {
+        server: server.clone(),
+        message,
+    };
+    std::fs::write(&path, kc.to_yaml()).map_err(|e| bad(e.to_string()))?;
+    tinykube_client::from_kubeconfig(&path)
+        .await
+        .map_err(|e| bad(e.to_string()))
+}
+
+fn server_addr(server: &str) -> Option<SocketAddr> {
+    let hostport = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))?;
+    let hostport = hostport.split('/').next()?;
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:443")
+    };
+    hostport.to_socket_addrs().ok()?.next()
+}
+
+/// Runs the node agent until `cancel`.
+pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let client = client(cfg.clone()).await?;
+    let namespace = format!("tinykube-{}", cfg.node_name);
+    let (runtime, own) = match Runtime::connect(
+        &cfg.containerd_socket,
+        &namespace,
+        Duration::from_secs(1),
+    )
+    .await
+    {
+        Ok(r) => (r, None),
+        Err(_) => {
+            tracing::info!(socket = %cfg.containerd_socket.display(), "no containerd answers; starting one");
+            let own = OwnContainerd::start(&cfg.data_dir.join("containerd"))
+                .await
+                .map_err(AgentError::Containerd)?;
+            let rt = Runtime::connect(&own.socket, &namespace, Duration::from_secs(20)).await?;
+            (rt, Some(own))
+        }
+    };
+    let result = run_with(cfg, client, runtime, cancel).await;
+    if let Some(own) = own {
+        own.stop().await;
+    }
+    result
+}
+
+async fn run_with(
+    cfg: AgentConfig,
+    client: kube::Client,
+    runtime: Runtime,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    runtime.ensure_namespace().await?;
+    let version = runtime.version().await?;
+    let binary = std::env::current_exe()
+        .map_err(|e| AgentError::Other(format!("cannot find the tinykube binary: {e}")))?;
+    let images =
+        tinykube_kubelet::images::prepare(&runtime, &binary, &cfg.data_dir.join("images")).await?;
+    release_free_memory();
+    let ip = cfg
+        .node_ip
+        .or_else(|| server_addr(&cfg.server).and_then(registration::address_towards))
+        .ok_or_else(|| {
+            AgentError::Other("cannot tell this node's address; pass --node-ip".into())
+        })?;
+    let facts = NodeFacts {
+        name: cfg.node_name.clone(),
+        ip,
+        control_plane: cfg.control_plane,
+        runtime_version: version,
+        max_pods: 110,
+    };
+    let registered = registration::register(
+        &client,
+        &cfg.node_name,
+        registration::labels(&facts),
+        registration::taints(&facts),
+        registration::status(&facts, &images.sizes, false),
+    )
+    .await
+    .map_err(|source| AgentError::Register {
+        node: cfg.node_name.clone(),
+        source,
+    })?;
+    registration::renew_lease(&client, &cfg.node_name, LEASE_DURATION)
+        .await
+        .ok();
+    tracing::info!(node = %cfg.node_name, %ip, "node registered");
+
+    // The node IPAM controller hands out the podCIDR shortly after registration.
+    let Some(cidr) = pod_cidr(&client, &cfg.node_name, registered, &cancel).await? else {
+        return Ok(());
+    };
+    // The overlay first: its MTU is the pods'.
+    let Some(conf) = network::net_conf(&client, &cancel).await? else {
+        return Ok(());
+    };
+    let public_ip = public_ip(&cfg, ip).await?;
+    let overlay = Arc::new(
+        Overlay::setup(
+            conf.backend,
+            Local {
+                cluster: conf.network,
+                subnet: cidr,
+                public_ip,
+            },
+        )
+        .await?,
+    );
+    network::publish(&client, &cfg.node_name, &overlay)
+        .await
+        .map_err(|e| AgentError::Other(format!("cannot publish the overlay annotations: {e}")))?;
+    tracing::info!(backend = %conf.backend, %public_ip, mtu = overlay.pod_mtu(), "overlay ready");
+    let peers = tokio::spawn(network::follow_peers(
+        client.clone(),
+        overlay.clone(),
+        cfg.node_name.clone(),
+        cancel.clone(),
+    ));
+    // The service proxy: ClusterIP and NodePort rules in this node's namespace.
+    let proxy = tokio::spawn(tinykube_proxy::run(
+        client.clone(),
+        conf.network,
+        cancel.clone(),
+    ));
+    // The kubelet: pods, and the kubelet API with the overlay's counters on /metrics.
+    let counters = overlay.clone();
+    let kubelet = Kubelet::start(
+        client.clone(),
+        runtime.clone(),
+        KubeletConfig {
+            node: cfg.node_name.clone(),
+            node_ip: ip.to_string(),
+            data_dir: cfg.data_dir.clone(),
+            pod_cidr: cidr,
+            pod_mtu: Some(overlay.pod_mtu()),
+            backoff_base: cfg.backoff_base,
+            insecure_registries: cfg.insecure_registries.clone(),
+            api_token: cfg.token.clone(),
+            pause_image: images.pause,
+        },
+        Arc::new(move || counters.stats().prometheus()),
+        cfg.heartbeat,
+        cancel.clone(),
+    )
+    .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = registration::renew_lease(&client, &cfg.node_name, LEASE_DURATION).await {
+            tracing::warn!(error = %e, "cannot renew the node lease");
+        }
+        let status = registration::status(&facts, &node_images(&runtime).await, true);
+        if let Err(e) = nodes
+            .patch_status(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "cannot post node status");
+        }
+    }
+    kubelet.stopped().await;
+    let _ = peers.await;
+    let _ = proxy.await;
+    Ok(())
+}
+
+/// Waits for the podCIDR the node IPAM controller gives this node.
+async fn pod_cidr(
+    client: &kube::Client,
+    name: &str,
+    registered: Node,
+    cancel: &CancellationToken,
+) -> Result<Option<Ipv4Cidr>, AgentError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut cidr = registered.spec.and_then(|s| s.pod_cidr);
+    while cidr.is_none() {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        cidr = nodes
+            .get(name)
+            .await
+            .ok()
+            .and_then(|n| n.spec)
+            .and_then(|s| s.pod_cidr);
+    }
+    cidr.unwrap_or_default()
+        .parse()
+        .map(Some)
+        .map_err(|e: tinykube_net::cidr::CidrError| AgentError::Other(e.to_string()))
+}
+
+/// The overlay's public address: `--public-ip`, else the address of `--iface`, else the
+/// node's own.
+async fn public_ip(cfg: &AgentConfig, node_ip: IpAddr) -> Result<Ipv4Addr, AgentError> {
+    if let Some(ip) = cfg.public_ip {
+        return Ok(ip);
+    }
+    if let Some(name) = &cfg.iface {
+        let h = tinykube_net::link::connect()?;
+        return tinykube_net::overlay::routes::address_of(&h, name)
+            .await?
+            .ok_or_else(|| AgentError::Other(format!("interface {name} has no IPv4 address")));
+    }
+    match node_ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(AgentError::Other(
+            "the overlay needs an IPv4 address; pass --public-ip".into(),
+        )),
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. Importing the local images streams
+/// tens of MB through gRPC buffers; glibc keeps what they freed in its arenas, and
+/// the worker would carry it as resident memory for the rest of its life.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,102 @@
+//! `tinykube master`: the API server, then the controllers, the scheduler and the
+//! master's own node agent, all as API clients of the server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::NodeArgs;
+
+#[derive(clap::Args)]
+pub struct MasterArgs {
+    #[arg(long, default_value = tinykube_api::constants::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// The address clients and nodes use to reach this master.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Do not run a node agent on the master.
+    #[arg(long)]
+    no_kubelet: bool,
+    /// Run without the controllers (API server and scheduler only).
+    #[arg(long)]
+    disable_controllers: bool,
+    /// Run without the scheduler.
+    #[arg(long)]
+    disable_scheduler: bool,
+    /// Seconds a node may go without a heartbeat before it is NotReady.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods tolerate a not-ready or unreachable node before eviction (labs lower it).
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
+    /// The pod network; each node gets a /24 of it.
+    #[arg(long, default_value = tinykube_api::constants::CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// How pod traffic crosses nodes: udp (TUN + UDP 8285), vxlan (kernel VXLAN,
+    /// UDP 8472) or host-gw (plain routes; nodes on one L2 segment).
+    #[arg(long, default_value = "udp", value_parser = crate::worker::parse_backend)]
+    flannel_backend: String,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Runs the master until SIGINT or SIGTERM.
+pub async fn run(args: MasterArgs) -> Result<(), String> {
+    let mut cfg = tinykube_apiserver::MasterConfig::new(args.data_dir.clone());
+    cfg.cluster_cidr = args.cluster_cidr.clone();
+    cfg.network_backend = args.flannel_backend;
+    cfg.listen = args.listen;
+    cfg.advertise = args.advertise_address;
+    cfg.default_toleration_seconds = args.default_toleration_seconds;
+    let controllers = (!args.disable_controllers).then(|| tinykube_controllers::Config {
+        node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period),
+        cluster_cidr: args.cluster_cidr,
+        ..Default::default()
+    });
+    let master = tinykube_apiserver::Master::start(cfg)
+        .await
+        .map_err(|e| tinykube_apiserver::error::error_chain(&e))?;
+    let client = tinykube_client::from_kubeconfig(&master.kubeconfig)
+        .await
+        .map_err(|e| tinykube_api::error_chain(&e))?;
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Some(c) = controllers {
+        tasks.push(tokio::spawn(tinykube_controllers::run(
+            client.clone(),
+            c,
+            cancel.clone(),
+        )));
+    }
+    if !args.disable_scheduler {
+        tasks.push(tokio::spawn(tinykube_scheduler::run(
+            client,
+            cancel.clone(),
+        )));
+    }
+    if !args.no_kubelet {
+        // The master is a node too, tainted so ordinary pods go to the workers.
+        let mut agent = args.node.config(
+            &master.url,
+            &master.tokens.node,
+            args.data_dir.join("tls").join("ca.crt"),
+            args.data_dir.join("agent"),
+        );
+        agent.control_plane = true;
+        let cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tinykube_node::run(agent, cancel).await {
+                eprintln!("error: node agent: {}", tinykube_api::error_chain(&e));
+            }
+        }));
+    }
+    master.run_until_signal_then(|| cancel.cancel()).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
