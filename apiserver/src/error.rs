@@ -232,17 +232,7 @@ impl ApiError {
     }
 }
 
-/// An error and its sources, one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+pub use tinykube_api::error_chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

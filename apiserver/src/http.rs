@@ -2,7 +2,6 @@
 //! (JSON, YAML, Table, PartialObjectMetadata) and watch streams.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ pub struct Shared {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Output {
+pub(crate) enum Output {
     Json,
     Yaml,
     Table(&'static str),
@@ -77,7 +76,12 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
     )))
 }
 
-fn respond(code: StatusCode, body: &Value, output: Output, warnings: &[String]) -> Response {
+pub(crate) fn respond(
+    code: StatusCode,
+    body: &Value,
+    output: Output,
+    warnings: &[String],
+) -> Response {
     let (bytes, ct) = match output {
         Output::Yaml => (
             serde_saphyr::to_string(body)
@@ -100,7 +104,12 @@ fn respond(code: StatusCode, body: &Value, output: Output, warnings: &[String]) 
 }
 
 /// Shapes one object (or list) for the negotiated output.
-fn present(res: &ResourceInfo, body: Value, output: Output, include: IncludeObject) -> Value {
+pub(crate) fn present(
+    res: &ResourceInfo,
+    body: Value,
+    output: Output,
+    include: IncludeObject,
+) -> Value {
     match output {
         Output::Table(api_version) => {
             let (items, meta) = match body.get("items") {
@@ -127,7 +136,7 @@ fn present(res: &ResourceInfo, body: Value, output: Output, include: IncludeObje
     }
 }
 
-fn partial(o: &Value) -> Value {
+pub(crate) fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
 
@@ -388,7 +397,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             if let Some(n) = name {
                 q.insert("fieldSelector".into(), format!("metadata.name={n}"));
             }
-            serve_watch(shared, res, ns, &q, output, include)
+            crate::watch::serve_watch(shared, res, ns, &q, output, include)
         }
         "list" => {
             let opts = ListOptions::from_query(&q)?;
@@ -503,13 +512,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             ))
         }
         "delete" => {
-            let bytes = read_body(body).await?;
-            let body_opts = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                decode_object(&parts.headers, &bytes)?
-            };
-            let opts = delete_options(&body_opts, &q)?;
+            let opts = delete_options_of(&parts.headers, body, &q).await?;
             let obj = reg.delete(res, ns, name.expect("item"), &opts).await?;
             Ok(respond(
                 StatusCode::OK,
@@ -519,13 +522,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             ))
         }
         "deletecollection" => {
-            let bytes = read_body(body).await?;
-            let body_opts = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                decode_object(&parts.headers, &bytes)?
-            };
-            let opts = delete_options(&body_opts, &q)?;
+            let opts = delete_options_of(&parts.headers, body, &q).await?;
             let list = reg
                 .delete_collection(res, ns, &ListOptions::from_query(&q)?, &opts)
                 .await?;
@@ -533,6 +530,21 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         }
         _ => Err(ApiError::NoRoute),
     }
+}
+
+/// DeleteOptions from a delete's body (which may be empty) and its query.
+async fn delete_options_of(
+    headers: &HeaderMap,
+    body: Body,
+    q: &HashMap<String, String>,
+) -> Result<DeleteOptions, ApiError> {
+    let bytes = read_body(body).await?;
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        decode_object(headers, &bytes)?
+    };
+    delete_options(&body, q)
 }
 
 fn delete_options(body: &Value, q: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
@@ -571,143 +583,4 @@ fn delete_options(body: &Value, q: &HashMap<String, String>) -> Result<DeleteOpt
             .map(str::to_string),
         dry_run,
     })
-}
-
-fn watch_line(kind: &str, object: Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-fn serve_watch(
-    shared: &Arc<Shared>,
-    res: &'static ResourceInfo,
-    ns: Option<&str>,
-    q: &HashMap<String, String>,
-    output: Output,
-    include: IncludeObject,
-) -> Result<Response, ApiError> {
-    let opts = ListOptions::from_query(q)?;
-    opts.check_fields(res)?;
-    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
-    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1800));
-    let reg = shared.registry.clone();
-    // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
-    let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
-        let list = reg.list(
-            res,
-            ns,
-            &ListOptions {
-                labels: opts.labels.clone(),
-                fields: opts.fields.clone(),
-                ..Default::default()
-            },
-        )?;
-        let from: u64 = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        (list["items"].as_array().cloned().unwrap_or_default(), from)
-    } else {
-        let from = rv
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
-        (Vec::new(), from)
-    };
-    let mut rx = reg
-        .store
-        .watch(&res.list_prefix(ns), from)
-        .map_err(|e| ApiError::from_store(res, "", e))?;
-    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let interval = shared.bookmark_interval;
-    tokio::spawn(async move {
-        let mut first = true;
-        let mut shape = |obj: Value| -> Value {
-            let out = match output {
-                Output::Table(v) => {
-                    let mut t = table::table(
-                        res,
-                        std::slice::from_ref(&obj),
-                        include,
-                        first,
-                        json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
-                    );
-                    t["apiVersion"] = json!(v);
-                    t
-                }
-                Output::Metadata => partial(&obj),
-                _ => obj,
-            };
-            first = false;
-            out
-        };
-        let bookmark = |rev: u64, initial_end: bool| {
-            let mut meta = json!({"resourceVersion": rev.to_string()});
-            if initial_end {
-                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-            }
-            watch_line(
-                "BOOKMARK",
-                json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
-            )
-        };
-        for obj in initial {
-            if tx.send(Ok(watch_line("ADDED", shape(obj)))).await.is_err() {
-                return;
-            }
-        }
-        if send_initial && tx.send(Ok(bookmark(from, true))).await.is_err() {
-            return;
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        let mut last = from;
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                ev = rx.recv() => {
-                    let line = match ev {
-                        None => return,
-                        Some(Err(e)) => {
-                            let err = ApiError::from_store(res, "", e);
-                            let _ = tx.send(Ok(watch_line("ERROR", err.status()))).await;
-                            return;
-                        }
-                        Some(Ok(ev)) => {
-                            last = ev.rev;
-                            match registry::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()) {
-                                Some(kind) => watch_line(kind.as_str(), shape(ev.object.clone())),
-                                None => continue,
-                            }
-                        }
-                    };
-                    if tx.send(Ok(line)).await.is_err() {
-                        return;
-                    }
-                }
-                _ = ticker.tick(), if bookmarks => {
-                    if tx.send(Ok(bookmark(last, false))).await.is_err() {
-                        return;
-                    }
-                }
-                _ = &mut deadline => return,
-            }
-        }
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response())
 }

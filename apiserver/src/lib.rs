@@ -21,5 +21,6 @@ pub mod strategy;
 pub mod table;
 pub mod tls;
 pub mod validation;
+pub mod watch;
 
 pub use server::{Master, MasterConfig, MasterError, run};

@@ -279,15 +279,11 @@ pub fn deployment(d: &Deployment, old: Option<&Deployment>) -> Vec<FieldError> {
             &["Recreate", "RollingUpdate"],
         ));
     }
-    if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
-        && old_spec.selector != spec.selector
-    {
-        errs.push(FieldError::invalid(
-            "spec.selector",
-            format!("{:?}", spec.selector),
-            "field is immutable",
-        ));
-    }
+    immutable_selector(
+        old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector),
+        &spec.selector,
+        &mut errs,
+    );
     errs
 }
 
@@ -302,16 +298,27 @@ pub fn replica_set(rs: &ReplicaSet, old: Option<&ReplicaSet>) -> Vec<FieldError>
         spec.replicas,
         &mut errs,
     );
-    if let Some(old_spec) = old.and_then(|o| o.spec.as_ref())
-        && old_spec.selector != spec.selector
-    {
+    immutable_selector(
+        old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector),
+        &spec.selector,
+        &mut errs,
+    );
+    errs
+}
+
+/// A workload's selector may not change once set (apps/v1).
+fn immutable_selector<S: PartialEq + std::fmt::Debug>(
+    old: Option<&S>,
+    new: &S,
+    errs: &mut Vec<FieldError>,
+) {
+    if old.is_some_and(|o| o != new) {
         errs.push(FieldError::invalid(
             "spec.selector",
-            format!("{:?}", spec.selector),
+            format!("{new:?}"),
             "field is immutable",
         ));
     }
-    errs
 }
 
 /// An IANA service name, as a named port: at most 15 characters, lowercase letters,

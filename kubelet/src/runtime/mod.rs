@@ -6,6 +6,8 @@ pub mod archive;
 pub mod container;
 pub mod daemon;
 pub mod image;
+mod import;
+mod local;
 pub mod pull;
 pub mod purge;
 pub mod spec;

@@ -1,0 +1,158 @@
+//! Watch over HTTP: the event log replayed from a resourceVersion (or the initial
+//! state), then live events, one JSON object per line, with bookmarks and the timeout.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::http::{Output, Shared, partial};
+use crate::registry::{self, ListOptions};
+use crate::resources::ResourceInfo;
+use crate::table;
+use crate::table::IncludeObject;
+
+fn watch_line(kind: &str, object: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+pub(crate) fn serve_watch(
+    shared: &Arc<Shared>,
+    res: &'static ResourceInfo,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+    output: Output,
+    include: IncludeObject,
+) -> Result<Response, ApiError> {
+    let opts = ListOptions::from_query(q)?;
+    opts.check_fields(res)?;
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let reg = shared.registry.clone();
+    // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
+    let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
+        let list = reg.list(
+            res,
+            ns,
+            &ListOptions {
+                labels: opts.labels.clone(),
+                fields: opts.fields.clone(),
+                ..Default::default()
+            },
+        )?;
+        let from: u64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        (list["items"].as_array().cloned().unwrap_or_default(), from)
+    } else {
+        let from = rv
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+        (Vec::new(), from)
+    };
+    let mut rx = reg
+        .store
+        .watch(&res.list_prefix(ns), from)
+        .map_err(|e| ApiError::from_store(res, "", e))?;
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let interval = shared.bookmark_interval;
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut shape = |obj: Value| -> Value {
+            let out = match output {
+                Output::Table(v) => {
+                    let mut t = table::table(
+                        res,
+                        std::slice::from_ref(&obj),
+                        include,
+                        first,
+                        json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                    );
+                    t["apiVersion"] = json!(v);
+                    t
+                }
+                Output::Metadata => partial(&obj),
+                _ => obj,
+            };
+            first = false;
+            out
+        };
+        let bookmark = |rev: u64, initial_end: bool| {
+            let mut meta = json!({"resourceVersion": rev.to_string()});
+            if initial_end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            watch_line(
+                "BOOKMARK",
+                json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
+            )
+        };
+        for obj in initial {
+            if tx.send(Ok(watch_line("ADDED", shape(obj)))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial && tx.send(Ok(bookmark(from, true))).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let mut last = from;
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                ev = rx.recv() => {
+                    let line = match ev {
+                        None => return,
+                        Some(Err(e)) => {
+                            let err = ApiError::from_store(res, "", e);
+                            let _ = tx.send(Ok(watch_line("ERROR", err.status()))).await;
+                            return;
+                        }
+                        Some(Ok(ev)) => {
+                            last = ev.rev;
+                            match registry::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()) {
+                                Some(kind) => watch_line(kind.as_str(), shape(ev.object.clone())),
+                                None => continue,
+                            }
+                        }
+                    };
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ticker.tick(), if bookmarks => {
+                    if tx.send(Ok(bookmark(last, false))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
