@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -198,7 +198,72 @@ pub(crate) struct PodState {
     pub posted: Option<Value>,
 }
 
+/// What a pod's worker does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Nothing is due: wait for a change, an exit or the next retry.
+    Wait,
+    /// Make the sandbox (netns, veth, pause container).
+    Sandbox,
+    /// Start these containers (one init container, or every app container that is due).
+    Start(Vec<String>),
+}
+
 impl PodState {
+    /// The next step towards `spec`: the sandbox first, then the init containers one at
+    /// a time, each to success, then every app container that is due by `policy`.
+    pub(crate) fn next_step(&mut self, spec: &PodSpec, policy: &str, now: Instant) -> Step {
+        if self.sandbox.is_none() {
+            return if self.sandbox_retry_at.is_some_and(|t| now < t) {
+                Step::Wait
+            } else {
+                Step::Sandbox
+            };
+        }
+        for c in spec.init_containers.iter().flatten() {
+            let ctr = self
+                .containers
+                .entry(c.name.clone())
+                .or_insert_with(Ctr::new);
+            match &ctr.run {
+                Run::Exited(t) if t.exit_code == 0 => continue,
+                Run::Running { .. } => return Step::Wait,
+                // A failed init container is retried unless the pod's policy is Never.
+                Run::Exited(_) if policy == "Never" => return Step::Wait,
+                Run::Exited(_) | Run::Waiting { .. } => {
+                    return if ctr.retry_at.is_some_and(|r| now < r) {
+                        Step::Wait
+                    } else {
+                        Step::Start(vec![c.name.clone()])
+                    };
+                }
+            }
+        }
+        let due: Vec<String> = spec
+            .containers
+            .iter()
+            .filter(|c| {
+                self.containers
+                    .entry(c.name.clone())
+                    .or_insert_with(Ctr::new)
+                    .due(policy, now)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if due.is_empty() {
+            Step::Wait
+        } else {
+            Step::Start(due)
+        }
+    }
+
+    /// The sandbox is up: errors and retries are forgotten.
+    pub(crate) fn sandbox_ready(&mut self, sandbox: Sandbox) {
+        self.sandbox = Some(sandbox);
+        self.sandbox_error = None;
+        self.sandbox_retry_at = None;
+    }
+
     /// The sandbox could not be made: retry after a back-off doubling from 1 s to `max`.
     pub(crate) fn sandbox_failed(&mut self, error: String, max: Duration) {
         self.sandbox_error = Some(error);
@@ -372,6 +437,117 @@ mod tests {
         // Not a pull error: the reason is shown as it is.
         c.image_failed("InvalidImageName".into(), "empty".into(), &BACKOFF);
         assert!(matches!(&c.run, Run::Waiting { reason, .. } if reason == "InvalidImageName"));
+    }
+
+    fn spec(inits: &[&str], apps: &[&str]) -> PodSpec {
+        let c = |n: &&str| serde_json::json!({"name": n, "image": "toolbox"});
+        serde_json::from_value(serde_json::json!({
+            "initContainers": inits.iter().map(c).collect::<Vec<_>>(),
+            "containers": apps.iter().map(c).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    fn with_sandbox() -> PodState {
+        let mut st = PodState::default();
+        st.sandbox_ready(Sandbox {
+            id: SandboxId::for_pod("u"),
+            pid: 1,
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+        });
+        st
+    }
+
+    fn running() -> Run {
+        Run::Running {
+            started_at: "t0".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sandbox_comes_first_then_init_containers_in_order_then_the_apps() {
+        let spec = spec(&["setup", "migrate"], &["web", "sidecar"]);
+        let now = Instant::now();
+        let mut st = PodState::default();
+        assert_eq!(st.next_step(&spec, "Always", now), Step::Sandbox);
+        st.sandbox_failed("no address".into(), Duration::from_secs(300));
+        assert_eq!(st.next_step(&spec, "Always", Instant::now()), Step::Wait);
+        let mut st = with_sandbox();
+        assert_eq!(
+            st.next_step(&spec, "Always", now),
+            Step::Start(vec!["setup".into()])
+        );
+        st.containers.get_mut("setup").unwrap().run = running();
+        assert_eq!(
+            st.next_step(&spec, "Always", now),
+            Step::Wait,
+            "one init container at a time"
+        );
+        st.containers
+            .get_mut("setup")
+            .unwrap()
+            .exited_with(exit(0), "Always", &BACKOFF);
+        assert_eq!(
+            st.next_step(&spec, "Always", now),
+            Step::Start(vec!["migrate".into()])
+        );
+        st.containers
+            .get_mut("migrate")
+            .unwrap()
+            .exited_with(exit(0), "Always", &BACKOFF);
+        assert_eq!(
+            st.next_step(&spec, "Always", now),
+            Step::Start(vec!["web".into(), "sidecar".into()]),
+            "every app container together once the init containers succeeded"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_init_container_blocks_the_apps_and_is_retried_unless_never() {
+        let spec = spec(&["setup"], &["web"]);
+        let mut st = with_sandbox();
+        st.next_step(&spec, "Never", Instant::now());
+        st.containers
+            .get_mut("setup")
+            .unwrap()
+            .exited_with(exit(1), "Never", &BACKOFF);
+        assert_eq!(st.next_step(&spec, "Never", Instant::now()), Step::Wait);
+        let mut st = with_sandbox();
+        st.next_step(&spec, "Always", Instant::now());
+        let setup = st.containers.get_mut("setup").unwrap();
+        setup.exited_with(exit(1), "Always", &BACKOFF);
+        setup.exited_with(exit(1), "Always", &BACKOFF);
+        assert_eq!(
+            st.next_step(&spec, "Always", Instant::now()),
+            Step::Wait,
+            "backing off"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            st.next_step(&spec, "Always", Instant::now()),
+            Step::Start(vec!["setup".into()])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_app_containers_that_are_due_restart() {
+        let spec = spec(&[], &["web", "batch"]);
+        let mut st = with_sandbox();
+        st.next_step(&spec, "OnFailure", Instant::now());
+        st.containers.get_mut("web").unwrap().run = running();
+        st.containers
+            .get_mut("batch")
+            .unwrap()
+            .exited_with(exit(0), "OnFailure", &BACKOFF);
+        assert_eq!(st.next_step(&spec, "OnFailure", Instant::now()), Step::Wait);
+        st.containers
+            .get_mut("web")
+            .unwrap()
+            .exited_with(exit(2), "OnFailure", &BACKOFF);
+        assert_eq!(
+            st.next_step(&spec, "OnFailure", Instant::now()),
+            Step::Start(vec!["web".into()])
+        );
     }
 
     #[tokio::test(start_paused = true)]

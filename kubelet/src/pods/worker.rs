@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::Sources;
-use super::state::{Ctr, Event, PodState, ProbeKind, Run, pod_key, restart_policy};
+use super::state::{Event, PodState, ProbeKind, Step, pod_key, restart_policy};
 use super::{PodContext, containers, sandbox, status, teardown};
 
 /// Runs one pod until it is deleted (or the agent stops).
@@ -94,55 +94,43 @@ async fn sync(
                 .unwrap_or_else(now_rfc3339),
         );
     }
-    if st.sandbox.is_none() {
-        if st.sandbox_retry_at.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        match sandbox::create_sandbox(ctx, pod, st.sandbox_error.is_some()).await {
-            Ok(s) => {
-                st.sandbox = Some(s);
-                st.sandbox_error = None;
-                st.sandbox_retry_at = None;
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod_key(pod), error = %e, "cannot create the pod sandbox");
-                ctx.recorder.record_later(
-                    pod,
-                    EventType::Warning,
-                    "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: {e}"),
-                );
-                st.sandbox_failed(e, ctx.backoff.max);
-                return;
-            }
-        }
-    }
     let policy = restart_policy(pod).to_string();
     let mut sources = Sources::new(
         ctx.client.clone(),
         pod.metadata.namespace.as_deref().unwrap_or("default"),
     );
-    // Init containers, one at a time, each to success.
-    for c in spec.init_containers.iter().flatten() {
-        let ctr = st.containers.entry(c.name.clone()).or_insert_with(Ctr::new);
-        match &ctr.run {
-            Run::Exited(t) if t.exit_code == 0 => continue,
-            Run::Running { .. } => return,
-            // A failed init container is retried unless the pod's policy is Never.
-            Run::Exited(_) if policy == "Never" => return,
-            Run::Exited(_) | Run::Waiting { .. } => {
-                if ctr.retry_at.is_some_and(|r| Instant::now() < r) {
-                    return;
+    loop {
+        match st.next_step(spec, &policy, Instant::now()) {
+            Step::Wait => return,
+            Step::Sandbox => {
+                match sandbox::create_sandbox(ctx, pod, st.sandbox_error.is_some()).await {
+                    Ok(s) => st.sandbox_ready(s),
+                    Err(e) => {
+                        tracing::warn!(pod = %pod_key(pod), error = %e, "cannot create the pod sandbox");
+                        ctx.recorder.record_later(
+                            pod,
+                            EventType::Warning,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {e}"),
+                        );
+                        st.sandbox_failed(e, ctx.backoff.max);
+                        return;
+                    }
                 }
-                containers::start(ctx, pod, c, st, exits, &mut sources).await;
+            }
+            Step::Start(names) => {
+                for name in names {
+                    let c = spec
+                        .init_containers
+                        .iter()
+                        .flatten()
+                        .chain(&spec.containers)
+                        .find(|c| c.name == name)
+                        .expect("planned from the spec");
+                    containers::start(ctx, pod, c, st, exits, &mut sources).await;
+                }
                 return;
             }
-        }
-    }
-    for c in &spec.containers {
-        let ctr = st.containers.entry(c.name.clone()).or_insert_with(Ctr::new);
-        if ctr.due(&policy, Instant::now()) {
-            containers::start(ctx, pod, c, st, exits, &mut sources).await;
         }
     }
 }
