@@ -552,7 +552,16 @@ async fn master_restart_mid_rollout() {
         kubeconfig: m.kubeconfig().to_path_buf(),
         home: kubeconfig_home.home,
     };
-    k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let rollout = k.run(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    if !rollout.ok {
+        // What the next person needs to tell a stuck controller from a stuck node.
+        let state = k.run(&["get", "deploy,rs,pods,nodes", "-o", "wide"]);
+        let objects = k.run(&["get", "deploy,rs", "-o", "yaml"]);
+        panic!(
+            "rollout did not finish after the master restart: {}{}\n{}\n{}",
+            rollout.stdout, rollout.stderr, state.stdout, objects.stdout
+        );
+    }
     let client = m.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let settled = eventually(WAIT, async || {
