@@ -1,6 +1,9 @@
 //! containerd, spoken to over gRPC: one containerd namespace per node, images
-//! (`image`), the OCI spec of sandboxes and containers (`spec`), and containers and
-//! their tasks (`container`).
+//! (`image`: names and resolving; `import`: content and unpacking; `local`: the node's
+//! own images; `archive` and `pull`: tarballs and registries), the OCI spec of
+//! sandboxes and containers (`spec`), containers and their tasks (`container`),
+//! clearing a namespace (`purge`), and a containerd of the node's own (`daemon`).
+//! Nothing here knows what a Pod is.
 
 pub mod archive;
 pub mod container;
