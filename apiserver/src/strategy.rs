@@ -535,4 +535,16 @@ mod tests {
         let mut wrong = json!({"kind": "Pod", "metadata": {"name": "d"}});
         assert!(prepare_create(deploys, &mut wrong, Some("default")).is_err());
     }
+
+    #[test]
+    fn pods_are_created_with_their_qos_class() {
+        let pods = find("", "pods").unwrap();
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "toolbox", "resources": {"requests": {"cpu": "100m"}}}]}});
+        prepare_create(pods, &mut p, Some("default")).unwrap();
+        assert_eq!(p["status"]["qosClass"], "Burstable");
+        let mut bare = json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "toolbox"}]}});
+        prepare_create(pods, &mut bare, Some("default")).unwrap();
+        assert_eq!(bare["status"]["qosClass"], "BestEffort");
+    }
 }

@@ -45,10 +45,7 @@ impl Recorder {
         K: Resource<DynamicType = ()>,
     {
         let ev = self.event(obj, kind, reason, message, jiff::Timestamp::now());
-        let ns = ev["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let ns = obj.namespace().unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         if let Ok(ev) = serde_json::from_value::<Event>(ev)
             && let Err(e) = api.create(&PostParams::default(), &ev).await

@@ -1,10 +1,11 @@
 //! `apply`, `create` and the objects `create deployment|service` and `expose` make.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::client::{Ctx, Resource};
-use crate::*;
 
 /// Reads YAML or JSON documents from files, directories (their .yaml/.yml/.json files) or `-`.
 pub(crate) fn read_documents(sources: &[String]) -> Result<Vec<Value>> {

@@ -2,8 +2,10 @@
 
 use anyhow::{Result, bail};
 
+use crate::apply::{read_documents, target};
+use crate::client;
 use crate::client::{Ctx, Resource};
-use crate::*;
+use crate::get::type_and_names;
 
 pub(crate) async fn delete(
     ctx: &mut Ctx,

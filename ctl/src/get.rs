@@ -5,7 +5,7 @@ use futures::AsyncBufReadExt;
 use serde_json::{Value, json};
 
 use crate::client::{Ctx, Resource};
-use crate::*;
+use crate::{TABLE_ACCEPT, client, print};
 
 /// `TYPE NAME...` or `TYPE/NAME...`.
 pub(crate) async fn type_and_names(

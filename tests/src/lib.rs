@@ -204,7 +204,10 @@ pub async fn kube_config(kubeconfig: &Path) -> kube::Config {
 }
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
-    kube::Client::try_from(kube_config(kubeconfig).await).expect("client")
+    init_crypto();
+    tinykube_client::from_kubeconfig(kubeconfig)
+        .await
+        .expect("a client from the kubeconfig")
 }
 
 /// The real kubectl, isolated from the user's own configuration.

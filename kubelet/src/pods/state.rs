@@ -31,7 +31,7 @@ impl SandboxId {
     }
 
     pub fn container_id(&self) -> String {
-        format!("{}{}", self.uid, Self::SUFFIX)
+        self.to_string()
     }
 }
 
