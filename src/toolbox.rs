@@ -2,15 +2,16 @@
 //! `tinykube.local/toolbox` image. `serve` answers HTTP (and UDP) on 8080 with who
 //! answered (pod, namespace, node, IP) and who asked; `fetch` requests a URL repeatedly
 //! and prints each answer, the client side of the load-balancing exercise; `udp` does
-//! the same over UDP.
+//! the same over UDP; `dig` asks the cluster DNS one question.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use hickory_proto::rr::RecordType;
 
 /// Who this pod is: the downward API variables when the pod sets them (POD_NAME,
 /// POD_NAMESPACE, NODE_NAME, POD_IP), otherwise what the kubelet's files say
@@ -117,6 +118,126 @@ pub fn serve(port: u16) -> std::io::Result<()> {
     Ok(())
 }
 
+/// HOST:PORT with HOST an address or a name, resolved as the pod's resolver would
+/// (/etc/hosts, then cluster DNS through the search list): the binary is static, and
+/// glibc's resolver needs shared libraries no image here carries.
+fn socket_addr(hostport: &str) -> std::io::Result<SocketAddr> {
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| std::io::Error::other(format!("{hostport}: expected HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{hostport}: bad port")))?;
+    let ip = tinykube_dns::stub::resolve(host.trim_start_matches('[').trim_end_matches(']'))?[0];
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Asks the cluster DNS (or `server`) one question and prints the answer as dig does.
+pub fn dig(
+    name: &str,
+    qtype: &str,
+    server: Option<IpAddr>,
+    tcp: bool,
+    short: bool,
+    search: bool,
+) -> std::io::Result<ExitCode> {
+    use tinykube_dns::stub;
+    let qtype: RecordType = qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("unknown record type {qtype}")))?;
+    let conf = stub::ResolvConf::system();
+    let server = server
+        .or_else(|| conf.nameservers.first().copied())
+        .ok_or_else(|| std::io::Error::other("no nameserver in /etc/resolv.conf; pass --server"))?;
+    let names = if search {
+        conf.candidates(name)
+    } else {
+        vec![if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        }]
+    };
+    let mut last = None;
+    for n in &names {
+        let m = stub::query(
+            SocketAddr::new(server, 53),
+            n,
+            qtype,
+            tcp,
+            Duration::from_secs(3),
+        )?;
+        let done = m.response_code() != hickory_proto::op::ResponseCode::NXDomain;
+        last = Some(m);
+        if done {
+            break;
+        }
+    }
+    let m = last.expect("at least one name");
+    if short {
+        for r in m.answers() {
+            println!("{}", r.data());
+        }
+    } else {
+        let h = m.header();
+        let mut flags = vec!["qr"];
+        for (on, f) in [
+            (h.authoritative(), "aa"),
+            (h.truncated(), "tc"),
+            (h.recursion_desired(), "rd"),
+            (h.recursion_available(), "ra"),
+        ] {
+            if on {
+                flags.push(f);
+            }
+        }
+        println!(
+            ";; ->>HEADER<<- opcode: QUERY, status: {}, id: {}",
+            m.response_code(),
+            m.id()
+        );
+        println!(
+            ";; flags: {}; QUERY: {}, ANSWER: {}, AUTHORITY: {}, ADDITIONAL: {}",
+            flags.join(" "),
+            m.queries().len(),
+            m.answers().len(),
+            m.name_servers().len(),
+            m.additionals().len()
+        );
+        for (title, records) in [
+            ("ANSWER", m.answers()),
+            ("AUTHORITY", m.name_servers()),
+            ("ADDITIONAL", m.additionals()),
+        ] {
+            if !records.is_empty() {
+                println!("\n;; {title} SECTION:");
+                for r in records {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        r.name(),
+                        r.ttl(),
+                        r.dns_class(),
+                        r.record_type(),
+                        r.data()
+                    );
+                }
+            }
+        }
+        println!(
+            "\n;; SERVER: {server}#53({})",
+            if tcp { "TCP" } else { "UDP" }
+        );
+    }
+    Ok(
+        if m.response_code() == hickory_proto::op::ResponseCode::NoError {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
 /// One GET of `url` (http only); returns the body.
 fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
     let rest = url
@@ -131,10 +252,7 @@ fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
     } else {
         format!("{hostport}:80")
     };
-    let addr = addr_str
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {hostport}")))?;
+    let addr = socket_addr(&addr_str)?;
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     write!(
@@ -175,10 +293,7 @@ pub fn fetch(url: &str, count: u64, interval: Duration) -> std::io::Result<()> {
 
 /// Sends a datagram to `addr` `count` times and prints each answer (or a timeout).
 pub fn udp(addr: &str, count: u64, interval: Duration) -> std::io::Result<()> {
-    let to = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+    let to = socket_addr(addr)?;
     let s = UdpSocket::bind(("0.0.0.0", 0))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2048];
@@ -234,6 +349,25 @@ pub enum ToolboxCommand {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// Look NAME up in DNS (the pod's nameserver, or --server) and print the answer as
+    /// dig does; exits 1 unless NOERROR.
+    Dig {
+        name: String,
+        /// A, AAAA, SRV, PTR, TXT, CNAME, SOA, ...
+        #[arg(default_value = "A")]
+        qtype: String,
+        #[arg(long)]
+        server: Option<IpAddr>,
+        /// Ask over TCP.
+        #[arg(long)]
+        tcp: bool,
+        /// Print only the answers' data.
+        #[arg(long)]
+        short: bool,
+        /// Try the search list of /etc/resolv.conf, as nslookup does.
+        #[arg(long)]
+        search: bool,
+    },
     /// Print the environment, one VAR=value per line.
     Env,
     /// Print files.
@@ -262,6 +396,14 @@ pub fn run(command: ToolboxCommand) -> std::io::Result<ExitCode> {
             count,
             interval_ms,
         } => udp(&addr, count, Duration::from_millis(interval_ms))?,
+        ToolboxCommand::Dig {
+            name,
+            qtype,
+            server,
+            tcp,
+            short,
+            search,
+        } => return dig(&name, &qtype, server, tcp, short, search),
         ToolboxCommand::Env => {
             for (k, v) in std::env::vars() {
                 println!("{k}={v}");

@@ -47,6 +47,13 @@ pub struct NodeArgs {
     /// NAT interface every VM shares).
     #[arg(long, conflicts_with = "public_ip")]
     iface: Option<String>,
+    /// The resolvers names outside the cluster are forwarded to, and what pods with
+    /// dnsPolicy Default get (as the kubelet's --resolv-conf).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Seconds the cluster DNS answers may be cached (CoreDNS's `ttl`).
+    #[arg(long, default_value_t = 5)]
+    dns_ttl: u32,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +92,8 @@ impl NodeArgs {
         cfg.insecure_registries = self.insecure_registries;
         cfg.public_ip = self.public_ip;
         cfg.iface = self.iface;
+        cfg.resolv_conf = self.resolv_conf;
+        cfg.dns_ttl = self.dns_ttl;
         cfg
     }
 }

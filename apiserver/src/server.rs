@@ -11,7 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tinykube_api::constants::{
-    API_SERVER_PORT, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP,
+    API_SERVER_PORT, CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP,
     SYSTEM_NAMESPACES,
 };
 use tinykube_api::kubeconfig::Kubeconfig;
@@ -288,7 +288,8 @@ fn restore_allocations(reg: &Registry) -> Result<(), MasterError> {
 }
 
 /// Creates what a fresh cluster has: the system namespaces, their default service
-/// accounts, the `kubernetes` Service with its endpoints, and the network settings.
+/// accounts, the `kubernetes` Service with its endpoints, the `kube-dns` Service, and
+/// the network settings.
 async fn bootstrap(
     reg: &Registry,
     advertise: IpAddr,
@@ -326,6 +327,25 @@ async fn bootstrap(
         reg.create(services, Some("default"), body, opts)
             .await
             .map_err(|e| fail("service kubernetes", e))?;
+    }
+    // The cluster DNS Service as kubeadm makes it; every node agent answers on its
+    // address itself (no DNS pods), so it selects nothing that runs.
+    if reg.get(services, Some("kube-system"), "kube-dns").is_err() {
+        let body = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                    "kubernetes.io/name": "CoreDNS"},
+                         "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_DNS_IP,
+                     "selector": {"k8s-app": "kube-dns"},
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                               {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]},
+        });
+        reg.create(services, Some("kube-system"), body, opts)
+            .await
+            .map_err(|e| fail("service kube-system/kube-dns", e))?;
     }
     // The endpoints follow the advertised address, which may change between starts.
     let endpoints = resources::find("", "endpoints").expect("registered");

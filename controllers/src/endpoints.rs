@@ -127,7 +127,6 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             namespace(&p.metadata) == ns
                 && selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty))
         })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             p.status
                 .as_ref()
@@ -161,19 +160,41 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .unwrap_or_default();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let target = json!({"kind": "Pod", "name": name(&pod.metadata), "namespace": ns, "uid": pod.metadata.uid});
-        let ready = pod_is_ready(pod) || publish_not_ready;
-        let addr = json!({"ip": ip, "nodeName": node, "targetRef": target});
-        let entry = subsets.entry(ports.clone()).or_default();
+        // A pod whose hostname and subdomain name this service gets a DNS name of its
+        // own under it (`hostname.service.ns.svc`).
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| s.subdomain.as_deref() == Some(svc_name.as_str()))
+            .and_then(|s| s.hostname.clone());
+        let serving = pod_is_ready(pod) || publish_not_ready;
+        // A terminating pod leaves the Endpoints at once; the slice keeps it, not ready,
+        // with whether it still serves (kube-proxy falls back to those when no endpoint
+        // is ready).
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let ready = serving && !terminating;
+        let mut slice_ep = json!({
+            "addresses": [ip], "nodeName": node, "targetRef": target,
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+        });
+        if let Some(h) = &hostname {
+            slice_ep["hostname"] = json!(h);
+        }
+        slice_ports.get_or_insert(ports.clone());
+        slice_endpoints.push(slice_ep);
+        if terminating {
+            continue;
+        }
+        let mut addr = json!({"ip": ip, "nodeName": node, "targetRef": target});
+        if let Some(h) = &hostname {
+            addr["hostname"] = json!(h);
+        }
+        let entry = subsets.entry(ports).or_default();
         if ready {
             entry.0.push(addr)
         } else {
             entry.1.push(addr)
         }
-        slice_ports.get_or_insert(ports);
-        slice_endpoints.push(json!({
-            "addresses": [ip], "nodeName": node, "targetRef": target,
-            "conditions": {"ready": ready, "serving": ready, "terminating": false},
-        }));
     }
     let port_json = |ports: &[ResolvedPort]| -> Vec<Value> {
         ports

@@ -41,6 +41,8 @@ pub struct KubeletConfig {
     /// The token the API server presents to the kubelet API.
     pub api_token: String,
     pub pause_image: ResolvedImage,
+    /// The node's own resolv.conf (pods with `dnsPolicy: Default` get its servers).
+    pub resolv_conf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ impl Kubelet {
             node: cfg.node.clone(),
             node_ip: cfg.node_ip,
             pods_dir: cfg.data_dir.join("pods"),
+            resolv_conf: cfg.resolv_conf,
             backoff: Backoff {
                 base: cfg.backoff_base,
                 max: Duration::from_secs(300).max(cfg.backoff_base),

@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::cidr::Ipv4Cidr;
 use crate::netns::{NetNs, NetnsError};
@@ -143,6 +145,28 @@ pub async fn ensure_bridge(
         }
     };
     add_address(h, index, addr, prefix).await?;
+    set_up(h, index, name).await?;
+    Ok(index)
+}
+
+/// Makes sure dummy link `name` exists, is up and holds `addr/32` (an address of this
+/// node that no wire answers for, as NodeLocal DNSCache's `nodelocaldns`); returns its
+/// index.
+pub async fn ensure_dummy(h: &Handle, name: &str, addr: Ipv4Addr) -> Result<u32, LinkError> {
+    let index = match link_index(h, name).await? {
+        Some(i) => i,
+        None => {
+            match h.link().add(LinkDummy::new(name).build()).execute().await {
+                Ok(()) => {}
+                Err(e) if code(&e) == EEXIST => {}
+                Err(e) => return Err(nl(format!("create dummy link {name}"))(e)),
+            }
+            link_index(h, name)
+                .await?
+                .ok_or_else(|| vanished(&format!("dummy link {name}")))?
+        }
+    };
+    add_address(h, index, addr, 32).await?;
     set_up(h, index, name).await?;
     Ok(index)
 }

@@ -8,9 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
 use serde_json::json;
+use tinykube_api::error_chain;
+use tinykube_client::Informer;
+use tinykube_dns::{Dns, DnsConfig};
 use tinykube_kubelet::images::node_images;
 use tinykube_kubelet::runtime::Runtime;
 use tinykube_kubelet::runtime::daemon::{CONTAINERD_SOCKET, OwnContainerd};
@@ -43,6 +48,10 @@ pub struct AgentConfig {
     /// interface whose address that is; never a NAT address every VM shares.
     pub public_ip: Option<Ipv4Addr>,
     pub iface: Option<String>,
+    /// The node's own resolvers: DNS forwards to them, `dnsPolicy: Default` pods get them.
+    pub resolv_conf: PathBuf,
+    /// TTL of the cluster DNS answers.
+    pub dns_ttl: u32,
 }
 
 impl AgentConfig {
@@ -67,6 +76,8 @@ impl AgentConfig {
             insecure_registries: Vec::new(),
             public_ip: None,
             iface: None,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            dns_ttl: 5,
         }
     }
 }
@@ -238,13 +249,39 @@ async fn run_with(
         cfg.node_name.clone(),
         cancel.clone(),
     ));
+    // Services and their endpoints, watched once for the proxy and DNS.
+    let services = Informer::<Service>::start(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        cancel.clone(),
+    );
+    let slices = Informer::<EndpointSlice>::start(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        cancel.clone(),
+    );
     // The service proxy: ClusterIP and NodePort rules in this node's namespace.
     let proxy = tokio::spawn(tinykube_proxy::run(
-        client.clone(),
+        services.clone(),
+        slices.clone(),
         conf.network,
         cancel.clone(),
     ));
-    // The kubelet: pods, and the kubelet API with the overlay's counters on /metrics.
+    // Cluster DNS on the kube-dns address, answered on this node.
+    let dns_config = DnsConfig {
+        ttl: cfg.dns_ttl,
+        resolv_conf: cfg.resolv_conf.clone(),
+        ..DnsConfig::default()
+    };
+    let dns = match Dns::start(dns_config, services, slices, cancel.clone()).await {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cluster DNS is not served on this node");
+            None
+        }
+    };
+    // The kubelet: pods, and the kubelet API with the overlay's and DNS's counters on
+    // /metrics.
     let counters = overlay.clone();
     let kubelet = Kubelet::start(
         client.clone(),
@@ -259,8 +296,15 @@ async fn run_with(
             insecure_registries: cfg.insecure_registries.clone(),
             api_token: cfg.token.clone(),
             pause_image: images.pause,
+            resolv_conf: cfg.resolv_conf.clone(),
         },
-        Arc::new(move || counters.stats().prometheus()),
+        Arc::new(move || {
+            let mut m = counters.stats().prometheus();
+            if let Some(d) = &dns {
+                m.push_str(&d.prometheus());
+            }
+            m
+        }),
         cfg.heartbeat,
         cancel.clone(),
     )

@@ -1,17 +1,20 @@
 //! The service proxy of a node, in kube-proxy's iptables mode: it follows Services and
-//! Endpoints and keeps this network namespace's nat and filter rules in step, so a
-//! connection to a ClusterIP or a NodePort is sent to one of the service's ready pods.
+//! EndpointSlices (the node agent's shared informers) and keeps this network namespace's
+//! nat and filter rules in step, so a connection to a ClusterIP or a NodePort is sent to
+//! one of the service's ready pods.
 
 pub mod rules;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, Service};
-use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
 use tinykube_api::error_chain;
+use tinykube_client::Informer;
 use tinykube_net::Ipv4Cidr;
 use tinykube_net::iptables::{self, IptablesError};
 use tokio_util::sync::CancellationToken;
@@ -86,18 +89,24 @@ fn hook_present(save: &str, table: &str, chain: &str, comment: &str, target: &st
     })
 }
 
-/// Follows Services and Endpoints until `cancel`, keeping the rules of the calling
-/// process's network namespace in step.
-pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationToken) {
-    let (services, svc_events) = follow::<Service>(client.clone());
-    let (endpoints, ep_events) = follow::<Endpoints>(client);
-    // Which of the two streams each event came from: 0 services, 1 endpoints.
+/// Follows the node's Service and EndpointSlice informers until `cancel`, keeping the
+/// rules of the calling process's network namespace in step.
+pub async fn run(
+    services: Arc<Informer<Service>>,
+    slices: Arc<Informer<EndpointSlice>>,
+    cluster: Ipv4Cidr,
+    cancel: CancellationToken,
+) {
+    // Until both lists are in, missing objects would read as "no service".
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = async { services.ready().await; slices.ready().await } => {}
+    }
     let mut events = futures::stream::select(
-        svc_events.map(|e| (0usize, e)),
-        ep_events.map(|e| (1usize, e)),
+        services.subscribe().map(|_| ()),
+        slices.subscribe().map(|_| ()),
     )
     .boxed();
-    let mut listed = [false, false];
     let mut resync = tokio::time::interval(RESYNC);
     let mut applied: Option<Vec<rules::ServicePort>> = None;
     loop {
@@ -106,28 +115,13 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
             _ = resync.tick() => true,
             ev = events.next() => match ev {
                 None => return,
-                Some((_, Err(e))) => {
-                    tracing::debug!(error = %e, "service watch restarting");
-                    continue;
-                }
-                Some((which, Ok(init_done))) => {
-                    listed[which] |= init_done;
-                    false
-                }
+                Some(()) => false,
             },
         };
-        // Until both lists are in, missing objects would read as "no service".
-        if !listed.iter().all(|l| *l) {
-            continue;
-        }
         // Let a burst of changes (a scale-up, a rollout) land before writing.
         tokio::time::sleep(SETTLE).await;
-        while let Some(Some((which, r))) = events.next().now_or_never() {
-            if let Ok(init_done) = r {
-                listed[which] |= init_done;
-            }
-        }
-        let want = wanted(&services, &endpoints);
+        while let Some(Some(())) = events.next().now_or_never() {}
+        let want = wanted(&services.store, &slices.store);
         if !force && applied.as_ref() == Some(&want) {
             continue;
         }
@@ -162,38 +156,8 @@ pub async fn run(client: kube::Client, cluster: Ipv4Cidr, cancel: CancellationTo
     }
 }
 
-/// A store of every object of kind `K` and the stream that fills it; the stream yields
-/// true once the first full list is in.
-fn follow<K>(
-    client: kube::Client,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<bool, String>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let events = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .map(|e| {
-        e.map(|e| matches!(e, watcher::Event::InitDone))
-            .map_err(|e| e.to_string())
-    });
-    (store, events)
-}
-
-fn wanted(services: &Store<Service>, endpoints: &Store<Endpoints>) -> Vec<rules::ServicePort> {
-    let (s, e) = (services.state(), endpoints.state());
+fn wanted(services: &Store<Service>, slices: &Store<EndpointSlice>) -> Vec<rules::ServicePort> {
+    let (s, e) = (services.state(), slices.state());
     rules::service_ports(s.iter().map(|s| s.as_ref()), e.iter().map(|e| e.as_ref()))
 }
 

@@ -1,5 +1,5 @@
 //! The service rules in kube-proxy's iptables layout, as iptables-restore input, from
-//! the cluster's Services and Endpoints. Pure: no I/O.
+//! the cluster's Services and EndpointSlices. Pure: no I/O.
 //!
 //! nat: `KUBE-SERVICES` (from PREROUTING and OUTPUT) sends each ClusterIP:port to its
 //! `KUBE-SVC-*` chain, which picks one `KUBE-SEP-*` endpoint chain at random (rule i
@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tinykube_net::Ipv4Cidr;
 
 pub const SERVICES: &str = "KUBE-SERVICES";
@@ -21,6 +22,8 @@ pub const EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
 pub const NODEPORTS: &str = "KUBE-NODEPORTS";
 pub const POSTROUTING: &str = "KUBE-POSTROUTING";
 pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The packet mark that asks `KUBE-POSTROUTING` to masquerade (kube-proxy's bit).
 const MASQ_MARK: &str = "0x4000";
 /// Prefixes of the per-service and per-endpoint chains this proxy owns.
@@ -40,17 +43,71 @@ pub struct ServicePort {
     pub endpoints: Vec<SocketAddrV4>,
 }
 
+/// The endpoints of one service port in its EndpointSlices, as kube-proxy picks them:
+/// the ready ones, or when none is ready, those still serving while they terminate (so
+/// a rollout's last old pod finishes its connections' successors instead of refusing).
+fn slice_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port_name: &str,
+    protocol: &str,
+) -> Vec<SocketAddrV4> {
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let Some(target) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol
+        }) else {
+            continue;
+        };
+        let Some(port) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            let c = e.conditions.as_ref();
+            // Unset `ready` means ready; `serving` defaults to `ready`.
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            for a in &e.addresses {
+                let Ok(ip) = a.parse() else { continue };
+                if is_ready {
+                    ready.push(SocketAddrV4::new(ip, port));
+                } else if serving && is_terminating {
+                    terminating.push(SocketAddrV4::new(ip, port));
+                }
+            }
+        }
+    }
+    let mut out = if ready.is_empty() { terminating } else { ready };
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The service ports to program: every port of every Service with an IPv4 ClusterIP
-/// (headless and ExternalName services have none), joined to the ready addresses of
-/// its Endpoints by port name.
+/// (headless and ExternalName services have none), joined to the endpoints of its
+/// EndpointSlices (by the `kubernetes.io/service-name` label) by port name.
 pub fn service_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,
-    endpoints: impl IntoIterator<Item = &'a Endpoints>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> Vec<ServicePort> {
-    let eps: BTreeMap<(String, String), &Endpoints> = endpoints
-        .into_iter()
-        .filter_map(|e| Some(((e.metadata.namespace.clone()?, e.metadata.name.clone()?), e)))
-        .collect();
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
     let mut out = Vec::new();
     for svc in services {
         let (Some(ns), Some(name), Some(spec)) = (
@@ -60,6 +117,9 @@ pub fn service_ports<'a>(
         ) else {
             continue;
         };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
         let Some(cluster_ip) = spec
             .cluster_ip
             .as_deref()
@@ -68,8 +128,13 @@ pub fn service_ports<'a>(
             continue;
         };
         let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        let slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         for p in spec.ports.iter().flatten() {
-            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            let proto_name = p.protocol.as_deref().unwrap_or("TCP");
+            let protocol = match proto_name {
                 "TCP" => "tcp",
                 "UDP" => "udp",
                 _ => continue,
@@ -78,25 +143,6 @@ pub fn service_ports<'a>(
                 continue;
             };
             let port_name = p.name.clone().unwrap_or_default();
-            let mut endpoints: Vec<SocketAddrV4> =
-                eps.get(&(ns.to_string(), name.to_string()))
-                    .and_then(|e| e.subsets.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|subset| {
-                        let target = subset.ports.iter().flatten().find(|ep| {
-                            ep.name.clone().unwrap_or_default() == port_name
-                                && ep.protocol.as_deref().unwrap_or("TCP")
-                                    == p.protocol.as_deref().unwrap_or("TCP")
-                        });
-                        let target = target.and_then(|t| u16::try_from(t.port).ok());
-                        subset.addresses.iter().flatten().filter_map(move |a| {
-                            Some(SocketAddrV4::new(a.ip.parse().ok()?, target?))
-                        })
-                    })
-                    .collect();
-            endpoints.sort();
-            endpoints.dedup();
             out.push(ServicePort {
                 name: format!("{ns}/{name}:{port_name}"),
                 protocol,
@@ -106,7 +152,7 @@ pub fn service_ports<'a>(
                     .node_port
                     .filter(|_| node_ports)
                     .and_then(|n| u16::try_from(n).ok()),
-                endpoints,
+                endpoints: slice_endpoints(slices.iter().copied(), &port_name, proto_name),
             });
         }
     }
@@ -288,11 +334,18 @@ mod tests {
         .unwrap()
     }
 
-    fn endpoints(name: &str, ips: &[&str], ports: serde_json::Value) -> Endpoints {
-        let addresses: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    fn slice(name: &str, ips: &[&str], ports: serde_json::Value) -> EndpointSlice {
+        let mut endpoints: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        endpoints.push(json!({"addresses": ["10.244.9.9"], "conditions": {"ready": false}}));
         serde_json::from_value(json!({
-            "metadata": {"namespace": "default", "name": name},
-            "subsets": [{"addresses": addresses, "notReadyAddresses": [{"ip": "10.244.9.9"}], "ports": ports}]
+            "metadata": {"namespace": "default", "name": format!("{name}-x1"),
+                         "labels": {SERVICE_NAME_LABEL: name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
         }))
         .unwrap()
     }
@@ -313,7 +366,7 @@ mod tests {
             ),
             service("headless", "None", "ClusterIP", json!([{"port": 80}])),
         ];
-        let eps = [endpoints(
+        let eps = [slice(
             "web",
             &["10.244.2.3", "10.244.1.7", "10.244.1.5"],
             json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
@@ -345,6 +398,24 @@ mod tests {
             eps,
             ["10.244.1.5:8080", "10.244.1.7:8080", "10.244.2.3:8080"]
         );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let mk = |eps: serde_json::Value| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": "w-1", "labels": {SERVICE_NAME_LABEL: "w"}},
+                "addressType": "IPv4", "endpoints": eps, "ports": [{"port": 80, "protocol": "TCP"}],
+            }))
+            .unwrap()
+        };
+        let old = json!({"addresses": ["10.244.1.1"], "conditions": {"ready": false, "serving": true, "terminating": true}});
+        let gone = json!({"addresses": ["10.244.1.3"], "conditions": {"ready": false, "serving": false, "terminating": true}});
+        let new = json!({"addresses": ["10.244.1.2"], "conditions": {"ready": true}});
+        let got = slice_endpoints([&mk(json!([old, gone, new]))], "", "TCP");
+        assert_eq!(got, vec!["10.244.1.2:80".parse().unwrap()]);
+        let got = slice_endpoints([&mk(json!([old, gone]))], "", "TCP");
+        assert_eq!(got, vec!["10.244.1.1:80".parse().unwrap()]);
     }
 
     #[test]

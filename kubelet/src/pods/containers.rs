@@ -230,7 +230,7 @@ async fn build_spec(
             .unwrap_or_else(|| "/".into()),
         uid: uid_n,
         gid: gid_n,
-        hostname: pod.metadata.name.clone().unwrap_or_default(),
+        hostname: super::files::hostname(pod),
         netns: format!("/proc/{pause_pid}/ns/net"),
         ipc: Some(format!("/proc/{pause_pid}/ns/ipc")),
         uts: Some(format!("/proc/{pause_pid}/ns/uts")),

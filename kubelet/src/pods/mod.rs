@@ -11,6 +11,7 @@
 mod adopt;
 pub mod config;
 mod containers;
+pub mod files;
 pub mod logs;
 pub mod probe;
 pub mod registry;
@@ -61,6 +62,9 @@ pub struct PodContext {
     pub node: String,
     pub node_ip: String,
     pub pods_dir: PathBuf,
+    /// The node's own resolv.conf, read for each pod's (`dnsPolicy: Default`, and the
+    /// node's search domains after the cluster's).
+    pub resolv_conf: PathBuf,
     /// Container restart back-off (Kubernetes: 10 s doubling to 5 min).
     pub backoff: Backoff,
     /// cgroup under which every pod of this node lives.

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::logs::pod_dir;
 use super::state::{Sandbox, SandboxId, uid};
-use super::{PodContext, labels};
+use super::{PodContext, files, labels};
 use crate::runtime::container::NewContainer;
 use crate::runtime::spec::ContainerSpec;
 
@@ -32,7 +32,6 @@ pub(super) async fn create_sandbox(
 ) -> Result<Sandbox, String> {
     let uid = uid(pod);
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let t0 = Instant::now();
     let ip = ctx.ipam.allocate(&uid).map_err(|e| e.to_string())?;
     let nsname = netns_name(&uid);
@@ -41,25 +40,15 @@ pub(super) async fn create_sandbox(
         Err(_) => NetNs::create(&nsname).map_err(|e| e.to_string())?,
     };
     let dir = pod_dir(&ctx.pods_dir, &uid);
-    let files = || -> std::io::Result<()> {
+    let hostname = files::hostname(pod);
+    let write_files = || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("hostname"), format!("{name}\n"))?;
-        std::fs::write(
-            dir.join("hosts"),
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"
-            ),
-        )?;
-        let domain = tinykube_api::constants::CLUSTER_DOMAIN;
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!(
-                "search {ns}.svc.{domain} svc.{domain} {domain}\nnameserver {}\noptions ndots:5\n",
-                tinykube_api::constants::CLUSTER_DNS_IP
-            ),
-        )
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        std::fs::write(dir.join("hosts"), files::hosts(pod, &ip.to_string()))?;
+        let host = std::fs::read_to_string(&ctx.resolv_conf).unwrap_or_default();
+        std::fs::write(dir.join("resolv.conf"), files::resolv_conf(pod, &host))
     };
-    files().map_err(|e| format!("cannot write the pod's files in {}: {e}", dir.display()))?;
+    write_files().map_err(|e| format!("cannot write the pod's files in {}: {e}", dir.display()))?;
     let id = SandboxId::for_pod(&uid);
     let cid = id.container_id();
     if retry {
@@ -71,7 +60,7 @@ pub(super) async fn create_sandbox(
         args: image.entrypoint(),
         env: image.env(),
         cwd: "/".into(),
-        hostname: name.clone(),
+        hostname: hostname.clone(),
         netns: netns.path().to_string_lossy().into_owned(),
         cgroups_path: cgroup(ctx, &uid, "sandbox"),
         shim_group: Some(cid.clone()),
