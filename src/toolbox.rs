@@ -194,7 +194,7 @@ pub fn dig(
         }
         println!(
             ";; ->>HEADER<<- opcode: QUERY, status: {}, id: {}",
-            m.response_code(),
+            rcode_name(m.response_code()),
             m.id()
         );
         println!(
@@ -236,6 +236,20 @@ pub fn dig(
             ExitCode::from(1)
         },
     )
+}
+
+/// An rcode as dig names it.
+fn rcode_name(r: hickory_proto::op::ResponseCode) -> String {
+    use hickory_proto::op::ResponseCode as R;
+    match r {
+        R::NoError => "NOERROR".into(),
+        R::FormErr => "FORMERR".into(),
+        R::ServFail => "SERVFAIL".into(),
+        R::NXDomain => "NXDOMAIN".into(),
+        R::NotImp => "NOTIMP".into(),
+        R::Refused => "REFUSED".into(),
+        other => u16::from(other).to_string(),
+    }
 }
 
 /// One GET of `url` (http only); returns the body.

@@ -4,7 +4,8 @@
 //! is down), and every other name forwarded to the node's own resolvers.
 //!
 //! The server listens on the cluster DNS address (10.96.0.10, the `kube-dns` Service's
-//! ClusterIP) held by a dummy link `tinykube-dns` in the node's network namespace, with
+//! ClusterIP) held by a dummy link `tinykube-dns` (on `lo` where the kernel has no dummy
+//! driver) in the node's network namespace, with
 //! its packets exempt from connection tracking (NodeLocal DNSCache's arrangement): a
 //! pod's question goes to its own node, is never DNAT-ed by the service rules, and does
 //! not add a conntrack entry per query (nor meet conntrack's UDP insertion races).
@@ -25,6 +26,7 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tinykube_api::error_chain;
 use tinykube_client::Informer;
 use tinykube_net::iptables::{self, IptablesError};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +72,7 @@ impl Default for DnsConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("cannot put the cluster DNS address {address} on {DNS_LINK}")]
+    #[error("cannot put the cluster DNS address {address} on this node")]
     Address {
         address: Ipv4Addr,
         #[source]
@@ -165,9 +167,17 @@ impl Dns {
 async fn own_address(address: Ipv4Addr, port: u16) -> Result<(), DnsError> {
     let bad = |source| DnsError::Address { address, source };
     let h = tinykube_net::link::connect().map_err(bad)?;
-    tinykube_net::link::ensure_dummy(&h, DNS_LINK, address)
-        .await
-        .map_err(bad)?;
+    if let Err(e) = tinykube_net::link::ensure_dummy(&h, DNS_LINK, address).await {
+        // A kernel without the dummy driver: loopback holds a local address as well.
+        tracing::info!(error = %error_chain(&e), "no dummy link; the cluster DNS address goes on lo");
+        let lo = tinykube_net::link::link_index(&h, "lo")
+            .await
+            .map_err(bad)?
+            .unwrap_or(1);
+        tinykube_net::link::add_address(&h, lo, address, 32)
+            .await
+            .map_err(bad)?;
+    }
     let ip = format!("{address}/32");
     let comment = "tinykube cluster DNS: not tracked";
     let rules = tokio::task::spawn_blocking(move || -> Result<(), IptablesError> {
