@@ -345,8 +345,22 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
     if kind == "ExternalName" {
-        if spec.external_name.as_deref().unwrap_or_default().is_empty() {
+        // A trailing dot is allowed (a fully qualified name); the rest must be a
+        // DNS-1123 subdomain, as Kubernetes checks it.
+        let cname = spec
+            .external_name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('.');
+        if cname.is_empty() {
             errs.push(FieldError::required("spec.externalName", ""));
+        }
+        for msg in if cname.is_empty() {
+            Vec::new()
+        } else {
+            v::dns1123_subdomain(cname)
+        } {
+            errs.push(FieldError::invalid("spec.externalName", cname, msg));
         }
     } else if ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
         errs.push(FieldError::required("spec.ports", ""));
@@ -504,6 +518,31 @@ mod tests {
         assert_eq!(
             errs[0].to_string(),
             "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767"
+        );
+    }
+
+    #[test]
+    fn external_names_must_be_dns_subdomains() {
+        let svc = |name: &str| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "away"},
+                "spec": {"type": "ExternalName", "externalName": name}
+            }))
+            .unwrap()
+        };
+        assert!(service(&svc("db.example.org."), None).is_empty());
+        let errs = service(&svc("Not_A.Name"), None);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with(
+                "spec.externalName: Invalid value: \"Not_A.Name\": a lowercase RFC 1123 subdomain must consist of"
+            ),
+            "{}",
+            errs[0]
+        );
+        assert_eq!(
+            service(&svc(""), None)[0].to_string(),
+            "spec.externalName: Required value"
         );
     }
 

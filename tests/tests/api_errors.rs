@@ -321,3 +321,83 @@ async fn files_written_by_the_master_are_private() {
     }
     m.shutdown().await;
 }
+
+/// Service type changes both ways keep the allocations as Kubernetes does, and a bad
+/// `externalName` is a 422 with Kubernetes' message and field cause.
+#[tokio::test]
+async fn external_name_services_validate_and_change_type_both_ways() {
+    let m = TestMaster::start().await;
+    let c = m.client().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let body = |v: Value| serde_json::to_vec(&v).unwrap();
+    let r = send(
+        &c,
+        Method::POST,
+        svcs,
+        "application/json",
+        body(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"},
+                    "spec": {"type": "ExternalName", "externalName": "no_such name"}}),
+        ),
+    )
+    .await;
+    assert_status(
+        &r,
+        422,
+        "Invalid",
+        "spec.externalName: Invalid value: \"no_such name\": a lowercase RFC 1123 subdomain",
+    );
+    assert_eq!(
+        r.body["details"]["causes"][0]["field"], "spec.externalName",
+        "{}",
+        r.body
+    );
+
+    // ClusterIP -> ExternalName: the ClusterIP goes; and back: a new one is given.
+    let r = send(
+        &c,
+        Method::POST,
+        svcs,
+        "application/json",
+        body(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                    "spec": {"ports": [{"port": 80}]}}),
+        ),
+    )
+    .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    assert!(
+        r.body["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10."))
+    );
+    let merge = "application/merge-patch+json";
+    let r = send(
+        &c,
+        Method::PATCH,
+        &format!("{svcs}/web"),
+        merge,
+        body(json!({"spec": {"type": "ExternalName", "externalName": "db.example.org", "clusterIP": null, "clusterIPs": null}})),
+    )
+    .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(r.body["spec"]["clusterIP"].is_null(), "{}", r.body);
+    let r = send(
+        &c,
+        Method::PATCH,
+        &format!("{svcs}/web"),
+        merge,
+        body(json!({"spec": {"type": "NodePort", "externalName": null}})),
+    )
+    .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(
+        r.body["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "{}",
+        r.body
+    );
+    let np = r.body["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or(0);
+    assert!((30000..=32767).contains(&np), "{}", r.body);
+}
