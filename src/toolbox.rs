@@ -269,9 +269,9 @@ fn get(url: &str, timeout: Duration) -> std::io::Result<String> {
     let addr = socket_addr(&addr_str)?;
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    // One write: a server that answers after the first segment never resets us.
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;

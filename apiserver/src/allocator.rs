@@ -37,6 +37,7 @@ impl Held {
             .into_iter()
             .flatten()
             .filter_map(|p| p["nodePort"].as_u64())
+            .chain(spec["healthCheckNodePort"].as_u64())
             .filter(|p| *p > 0)
             .map(|p| p as u16)
             .collect();
@@ -237,6 +238,55 @@ impl Allocator {
                 port["nodePort"] = json!(p);
             }
         }
+        // A LoadBalancer with externalTrafficPolicy Local gets one more node port, where
+        // every node answers whether it has a local endpoint.
+        let wants_health = kind == "LoadBalancer" && spec["externalTrafficPolicy"] == "Local";
+        if !wants_health {
+            spec.as_object_mut()
+                .map(|s| s.remove("healthCheckNodePort"));
+        } else {
+            let requested = spec["healthCheckNodePort"].as_u64().unwrap_or(0) as u16;
+            let previous = old
+                .and_then(|o| o["spec"]["healthCheckNodePort"].as_u64())
+                .filter(|p| *p > 0)
+                .map(|p| p as u16);
+            let chosen = match (requested, previous) {
+                (0, Some(p)) => Some(p),
+                (r, Some(p)) if r == p => Some(p),
+                (0, None) => {
+                    let p = self.pick_port(&used.1);
+                    if let Some(p) = p {
+                        used.1.insert(p);
+                        taken.ports.push(p);
+                    }
+                    p
+                }
+                (r, _) if used.1.contains(&r) => {
+                    errs.push(FieldError::invalid(
+                        "spec.healthCheckNodePort",
+                        r,
+                        "provided port is already allocated",
+                    ));
+                    None
+                }
+                (r, _) if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&r) => {
+                    errs.push(FieldError::invalid(
+                        "spec.healthCheckNodePort",
+                        r,
+                        format!("provided port is not in the valid range. The range of valid ports is {NODE_PORT_MIN}-{NODE_PORT_MAX}"),
+                    ));
+                    None
+                }
+                (r, _) => {
+                    used.1.insert(r);
+                    taken.ports.push(r);
+                    Some(r)
+                }
+            };
+            if let Some(p) = chosen {
+                spec["healthCheckNodePort"] = json!(p);
+            }
+        }
         if !errs.is_empty() {
             drop(used);
             self.release(&taken);
@@ -320,6 +370,31 @@ mod tests {
         a.release(&Held::of(&first));
         let mut third = svc("NodePort", Some(30080));
         assert!(a.assign(&mut third, None).is_ok());
+    }
+
+    #[test]
+    fn local_load_balancers_get_a_health_check_node_port_until_they_change() {
+        let a = Allocator::default();
+        let mut s = svc("LoadBalancer", None);
+        s["spec"]["externalTrafficPolicy"] = json!("Local");
+        a.assign(&mut s, None).unwrap();
+        let hc = s["spec"]["healthCheckNodePort"].as_u64().unwrap() as u16;
+        assert!((NODE_PORT_MIN..=NODE_PORT_MAX).contains(&hc));
+        assert!(Held::of(&s).ports.contains(&hc));
+        // Kept on update; released once the policy is Cluster.
+        let mut same = s.clone();
+        same["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("healthCheckNodePort");
+        a.assign(&mut same, Some(&s)).unwrap();
+        assert_eq!(same["spec"]["healthCheckNodePort"], json!(hc));
+        let mut cluster = same.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        a.assign(&mut cluster, Some(&same)).unwrap();
+        assert!(cluster["spec"]["healthCheckNodePort"].is_null());
+        a.release_dropped(&same, &cluster);
+        assert!(!a.used.lock().unwrap().1.contains(&hc));
     }
 
     #[test]

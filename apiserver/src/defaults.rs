@@ -99,12 +99,31 @@ pub fn service(s: &mut Service) {
     if kind == "ExternalName" {
         return;
     }
-    spec.session_affinity.get_or_insert_with(|| "None".into());
+    let affinity = spec.session_affinity.get_or_insert_with(|| "None".into());
+    if affinity == "ClientIP" {
+        // timeoutSeconds defaults to 3 hours (Kubernetes' DefaultClientIPServiceAffinitySeconds).
+        let c = spec
+            .session_affinity_config
+            .get_or_insert_with(Default::default)
+            .client_ip
+            .get_or_insert_with(Default::default);
+        c.timeout_seconds.get_or_insert(10800);
+    }
     spec.internal_traffic_policy
         .get_or_insert_with(|| "Cluster".into());
-    if kind == "NodePort" || kind == "LoadBalancer" {
+    let external = kind == "NodePort"
+        || kind == "LoadBalancer"
+        || spec.external_ips.as_ref().is_some_and(|e| !e.is_empty());
+    if external {
         spec.external_traffic_policy
             .get_or_insert_with(|| "Cluster".into());
+    } else {
+        // A service that stops being reachable from outside loses its external policy,
+        // as Kubernetes drops type-dependent fields.
+        spec.external_traffic_policy = None;
+    }
+    if kind != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
+        spec.health_check_node_port = None;
     }
     if spec.cluster_ip.as_deref() != Some("None") {
         spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);

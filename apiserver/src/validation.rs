@@ -427,6 +427,56 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
             }
         }
     }
+    // Session affinity and traffic policies, with Kubernetes' messages.
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => {
+            if spec.session_affinity_config.is_some() {
+                errs.push(FieldError::invalid(
+                    "spec.sessionAffinityConfig",
+                    "{}",
+                    "must not be set when session affinity is None",
+                ));
+            }
+        }
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            if let Some(t) = t
+                && !(1..=86400).contains(&t)
+            {
+                errs.push(FieldError::invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t,
+                    "must be greater than 0 and less than 86400",
+                ));
+            }
+        }
+        Some(other) => errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            other,
+            &["ClientIP", "None"],
+        )),
+    }
+    for (field, value) in [
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
+    ] {
+        if let Some(v) = value
+            && v != "Cluster"
+            && v != "Local"
+        {
+            errs.push(FieldError::not_supported(field, v, &["Cluster", "Local"]));
+        }
+    }
     if let Some(old_ip) = old
         .and_then(|o| o.spec.as_ref())
         .and_then(|sp| sp.cluster_ip.as_deref())

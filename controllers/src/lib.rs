@@ -1,6 +1,7 @@
 //! The controllers the master runs, each an API client with watch caches and
 //! level-triggered reconciles: replica sets, deployments, garbage collection,
-//! endpoints and endpoint slices, node lifecycle and node IPAM.
+//! endpoints and endpoint slices, node lifecycle and node IPAM, and LoadBalancer
+//! addresses (ServiceLB).
 
 pub mod deployment;
 pub mod endpoints;
@@ -8,6 +9,7 @@ pub mod gc;
 pub mod node;
 pub mod owner;
 pub mod replicaset;
+pub mod servicelb;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,5 +104,6 @@ pub async fn run(client: kube::Client, config: Config, cancel: CancellationToken
         gc::run(client.clone(), inf.clone(), cancel.clone()),
         endpoints::run(client.clone(), inf.clone(), cancel.clone()),
         node::run(client.clone(), inf.clone(), config.clone(), cancel.clone()),
+        servicelb::run(client.clone(), inf.clone(), cancel.clone()),
     );
 }

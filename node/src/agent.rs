@@ -261,10 +261,13 @@ async fn run_with(
         cancel.clone(),
     );
     // The service proxy: ClusterIP and NodePort rules in this node's namespace.
+    let proxy_metrics = Arc::new(tinykube_proxy::Metrics::default());
     let proxy = tokio::spawn(tinykube_proxy::run(
         services.clone(),
         slices.clone(),
+        cfg.node_name.clone(),
         conf.network,
+        proxy_metrics.clone(),
         cancel.clone(),
     ));
     // Cluster DNS on the kube-dns address, answered on this node.
@@ -300,6 +303,7 @@ async fn run_with(
         },
         Arc::new(move || {
             let mut m = counters.stats().prometheus();
+            m.push_str(&proxy_metrics.prometheus());
             if let Some(d) = &dns {
                 m.push_str(&d.prometheus());
             }

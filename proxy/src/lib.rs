@@ -3,11 +3,14 @@
 //! nat and filter rules in step, so a connection to a ClusterIP or a NodePort is sent to
 //! one of the service's ready pods.
 
+pub mod conntrack;
+pub mod health;
+pub mod metrics;
 pub mod rules;
 
-use std::time::Duration;
-
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
@@ -18,6 +21,8 @@ use tinykube_client::Informer;
 use tinykube_net::Ipv4Cidr;
 use tinykube_net::iptables::{self, IptablesError};
 use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
 
 /// How often the rules are written again even if nothing changed (repairs outside
 /// damage, like kube-proxy's periodic sync).
@@ -37,27 +42,51 @@ const HOOKS: [(&str, &str, &str, &str, bool); 6] = [
     ("filter", "INPUT", "kubernetes externally-visible service portals", rules::EXTERNAL_SERVICES, true),
 ];
 
-/// Writes `ports` into the calling thread's network namespace: our chains whole, the
-/// per-service chains no longer wanted deleted. `last` is what the previous write
-/// wrote, if it succeeded: its chains are the ones that may have to go. Without it (the
-/// first write, after a failure, the periodic resync) the tables are read back to find
-/// stale chains, and the jumps from the built-in chains are made sure of.
+/// What a write did: how many bytes iptables-restore was given, how many per-port
+/// chains it wrote, and whether it was a full write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: usize,
+    pub chains: usize,
+    pub full: bool,
+}
+
+/// Writes the rules of `ports` into the calling thread's network namespace. `last` is
+/// what the previous write left, if it succeeded: then only the dispatch chains and the
+/// chains of the ports whose rules changed are written, and the chains no port wants any
+/// more are deleted. Without it (the first write, after a failure, the periodic resync)
+/// every chain is written, the tables are read back to find stale chains, and the jumps
+/// from the built-in chains are made sure of.
 pub fn apply(
-    ports: &[rules::ServicePort],
-    cluster: Ipv4Cidr,
-    last: Option<&[rules::ServicePort]>,
-) -> Result<(), IptablesError> {
-    let (existing, save) = match last {
-        Some(last) => (rules::owned_chains(last), None),
+    rules: &BTreeMap<String, rules::PortRules>,
+    last: Option<&BTreeMap<String, rules::PortRules>>,
+) -> Result<Written, IptablesError> {
+    let (existing, save, changed) = match last {
+        Some(last) => (
+            rules::owned_chains(last),
+            None,
+            Some(rules::changed_ports(last, rules)),
+        ),
         None => {
             let save = iptables::must("iptables-save", &[], None)?;
-            (rules::existing_chains(&save), Some(save))
+            (rules::existing_chains(&save), Some(save), None)
         }
     };
     // The chains first, so the jumps never point at nothing.
-    iptables::restore(&rules::render(ports, cluster, &existing))?;
+    let text = rules::render(rules, &existing, changed.as_ref());
+    iptables::restore(&text)?;
+    let written = Written {
+        bytes: text.len(),
+        chains: text
+            .lines()
+            .filter(|l| {
+                l.starts_with(':') && rules::OWNED_PREFIXES.iter().any(|p| l[1..].starts_with(p))
+            })
+            .count(),
+        full: changed.is_none(),
+    };
     let Some(save) = save else {
-        return Ok(());
+        return Ok(written);
     };
     for (table, chain, comment, target, new_only) in HOOKS {
         if hook_present(&save, table, chain, comment, target) {
@@ -69,7 +98,7 @@ pub fn apply(
         }
         iptables::ensure_rule(table, chain, &rule, false)?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Whether an `iptables-save` dump has, in `table`, a rule of `chain` with `comment`
@@ -90,11 +119,14 @@ fn hook_present(save: &str, table: &str, chain: &str, comment: &str, target: &st
 }
 
 /// Follows the node's Service and EndpointSlice informers until `cancel`, keeping the
-/// rules of the calling process's network namespace in step.
+/// rules of the calling process's network namespace in step, and serving the health
+/// check node ports of `externalTrafficPolicy: Local` services.
 pub async fn run(
     services: Arc<Informer<Service>>,
     slices: Arc<Informer<EndpointSlice>>,
+    node: String,
     cluster: Ipv4Cidr,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     // Until both lists are in, missing objects would read as "no service".
@@ -108,7 +140,8 @@ pub async fn run(
     )
     .boxed();
     let mut resync = tokio::time::interval(RESYNC);
-    let mut applied: Option<Vec<rules::ServicePort>> = None;
+    let health = health::HealthChecks::new(node.clone(), cancel.clone());
+    let mut applied: Option<(Vec<rules::ServicePort>, BTreeMap<String, rules::PortRules>)> = None;
     loop {
         let force = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -121,34 +154,53 @@ pub async fn run(
         // Let a burst of changes (a scale-up, a rollout) land before writing.
         tokio::time::sleep(SETTLE).await;
         while let Some(Some(())) = events.next().now_or_never() {}
-        let want = wanted(&services.store, &slices.store);
-        if !force && applied.as_ref() == Some(&want) {
+        let want = wanted(&services.store, &slices.store, &node);
+        health.set(&want);
+        if !force && applied.as_ref().is_some_and(|(p, _)| *p == want) {
             continue;
         }
         let started = std::time::Instant::now();
-        // A resync reads the tables back; otherwise the last write's chains tell which
-        // ones may have to go.
+        let rules = rules::all_rules(&want, cluster);
+        // A resync writes everything and reads the tables back; otherwise only what
+        // changed since the last write.
         let last = if force { None } else { applied.take() };
+        let gone = last.as_ref().map(|(p, _)| conntrack::stale_udp(p, &want));
         let result = tokio::task::spawn_blocking({
-            let want = want.clone();
-            move || apply(&want, cluster, last.as_deref())
+            let rules = rules.clone();
+            move || {
+                let w = apply(&rules, last.as_ref().map(|(_, r)| r))?;
+                let gone = gone.unwrap_or_default();
+                match conntrack::forget(&gone) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "stale UDP conntrack entries deleted"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot delete stale UDP conntrack entries")
+                    }
+                }
+                Ok::<_, IptablesError>(w)
+            }
         })
         .await;
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(w)) => {
+                metrics.synced(started.elapsed(), &w, &rules);
                 tracing::debug!(
                     ports = want.len(),
+                    bytes = w.bytes,
+                    full = w.full,
                     ms = started.elapsed().as_millis() as u64,
                     "service rules written"
                 );
-                applied = Some(want);
+                applied = Some((want, rules));
             }
             Ok(Err(e)) => {
+                metrics.failed();
                 tracing::warn!(error = %error_chain(&e), "cannot write the service rules");
                 applied = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {
+                metrics.failed();
                 tracing::warn!(error = %e, "the service rules writer failed");
                 applied = None;
             }
@@ -156,9 +208,17 @@ pub async fn run(
     }
 }
 
-fn wanted(services: &Store<Service>, slices: &Store<EndpointSlice>) -> Vec<rules::ServicePort> {
+fn wanted(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    node: &str,
+) -> Vec<rules::ServicePort> {
     let (s, e) = (services.state(), slices.state());
-    rules::service_ports(s.iter().map(|s| s.as_ref()), e.iter().map(|e| e.as_ref()))
+    rules::service_ports(
+        s.iter().map(|s| s.as_ref()),
+        e.iter().map(|e| e.as_ref()),
+        node,
+    )
 }
 
 #[cfg(test)]

@@ -3,11 +3,21 @@
 //!
 //! nat: `KUBE-SERVICES` (from PREROUTING and OUTPUT) sends each ClusterIP:port to its
 //! `KUBE-SVC-*` chain, which picks one `KUBE-SEP-*` endpoint chain at random (rule i
-//! of n matches with probability 1/(n-i)), which DNATs to the pod. NodePorts go
-//! through `KUBE-NODEPORTS` (the last rule of `KUBE-SERVICES`, for addresses of this
-//! node) and `KUBE-EXT-*`, which marks the connection for masquerade so the answer
-//! comes back through this node. `KUBE-POSTROUTING` masquerades what was marked.
-//! filter: a service port with no endpoints rejects new connections at once.
+//! of n matches with probability 1/(n-i)), which DNATs to the pod. Traffic from outside
+//! (NodePorts through `KUBE-NODEPORTS`, the last rule of `KUBE-SERVICES`; LoadBalancer
+//! ingress addresses and externalIPs straight from `KUBE-SERVICES`) goes through
+//! `KUBE-EXT-*`, which marks the connection for masquerade so the answer comes back
+//! through this node, or, with `externalTrafficPolicy: Local`, keeps the client's
+//! address and picks among this node's endpoints only (`KUBE-SVL-*`, also what
+//! `internalTrafficPolicy: Local` uses). `sessionAffinity: ClientIP` sends a client
+//! back to the endpoint it had (`-m recent` per endpoint chain). `KUBE-POSTROUTING`
+//! masquerades what was marked.
+//! filter: a service port with no endpoints rejects new connections at once; one with
+//! no local endpoint under a Local policy drops them.
+//!
+//! The rules come in per-port pieces (`PortRules`), so a change can rewrite only the
+//! chains of the ports that changed plus the shared dispatch chains
+//! (kube-proxy's `MinimizeIPTablesRestore`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -27,7 +37,15 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The packet mark that asks `KUBE-POSTROUTING` to masquerade (kube-proxy's bit).
 const MASQ_MARK: &str = "0x4000";
 /// Prefixes of the per-service and per-endpoint chains this proxy owns.
-pub const OWNED_PREFIXES: [&str; 3] = ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"];
+pub const OWNED_PREFIXES: [&str; 4] = ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"];
+
+/// One endpoint of a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: SocketAddrV4,
+    /// On this node (its slice's `nodeName` is this node's name).
+    pub local: bool,
+}
 
 /// One port of one service, with the endpoints that serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +57,56 @@ pub struct ServicePort {
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
     pub node_port: Option<u16>,
-    /// Ready endpoints, sorted.
-    pub endpoints: Vec<SocketAddrV4>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress` addresses.
+    pub lb_ips: Vec<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP`, with its timeout in seconds.
+    pub affinity: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// Ready endpoints (or serving terminating ones when none is ready), sorted.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// A port with no endpoints and nothing but its ClusterIP (the rest is filled in).
+    pub fn new(name: &str, protocol: &'static str, cluster_ip: Ipv4Addr, port: u16) -> Self {
+        Self {
+            name: name.to_string(),
+            protocol,
+            cluster_ip,
+            port,
+            node_port: None,
+            external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            affinity: None,
+            external_local: false,
+            internal_local: false,
+            health_check_node_port: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn service(&self) -> &str {
+        self.name.split(':').next().unwrap_or_default()
+    }
+
+    pub fn local_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.local)
+    }
+
+    fn has_external(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty() || !self.lb_ips.is_empty()
+    }
+
+    fn key(&self) -> String {
+        format!("{}{}", self.name, self.protocol)
+    }
 }
 
 /// The endpoints of one service port in its EndpointSlices, as kube-proxy picks them:
@@ -50,7 +116,8 @@ fn slice_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port_name: &str,
     protocol: &str,
-) -> Vec<SocketAddrV4> {
+    node: &str,
+) -> Vec<Endpoint> {
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
     for slice in slices {
@@ -72,12 +139,17 @@ fn slice_endpoints<'a>(
             let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
             let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
             let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = e.node_name.as_deref() == Some(node);
             for a in &e.addresses {
                 let Ok(ip) = a.parse() else { continue };
+                let ep = Endpoint {
+                    addr: SocketAddrV4::new(ip, port),
+                    local,
+                };
                 if is_ready {
-                    ready.push(SocketAddrV4::new(ip, port));
+                    ready.push(ep);
                 } else if serving && is_terminating {
-                    terminating.push(SocketAddrV4::new(ip, port));
+                    terminating.push(ep);
                 }
             }
         }
@@ -94,6 +166,7 @@ fn slice_endpoints<'a>(
 pub fn service_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
 ) -> Vec<ServicePort> {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
@@ -132,6 +205,47 @@ pub fn service_ports<'a>(
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
+        let ips = |v: Option<&Vec<String>>| -> Vec<Ipv4Addr> {
+            let mut v: Vec<Ipv4Addr> = v
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let external_ips = ips(spec.external_ips.as_ref());
+        let lb_ips = if spec.type_.as_deref() == Some("LoadBalancer") {
+            let ingress: Vec<String> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.clone())
+                .collect();
+            ips(Some(&ingress))
+        } else {
+            Vec::new()
+        };
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(10800)
+        });
+        let has_external = node_ports || !external_ips.is_empty() || !lb_ips.is_empty();
+        let external_local =
+            has_external && spec.external_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let health_check_node_port = spec
+            .health_check_node_port
+            .filter(|_| external_local)
+            .and_then(|p| u16::try_from(p).ok());
         for p in spec.ports.iter().flatten() {
             let proto_name = p.protocol.as_deref().unwrap_or("TCP");
             let protocol = match proto_name {
@@ -152,7 +266,13 @@ pub fn service_ports<'a>(
                     .node_port
                     .filter(|_| node_ports)
                     .and_then(|n| u16::try_from(n).ok()),
-                endpoints: slice_endpoints(slices.iter().copied(), &port_name, proto_name),
+                external_ips: external_ips.clone(),
+                lb_ips: lb_ips.clone(),
+                affinity,
+                external_local,
+                internal_local,
+                health_check_node_port,
+                endpoints: slice_endpoints(slices.iter().copied(), &port_name, proto_name, node),
             });
         }
     }
@@ -177,138 +297,298 @@ pub fn chain_name(prefix: &str, key: &str) -> String {
 }
 
 fn svc_chain(p: &ServicePort) -> String {
-    chain_name("KUBE-SVC-", &format!("{}{}", p.name, p.protocol))
+    chain_name("KUBE-SVC-", &p.key())
+}
+
+fn svl_chain(p: &ServicePort) -> String {
+    chain_name("KUBE-SVL-", &p.key())
 }
 
 fn ext_chain(p: &ServicePort) -> String {
-    chain_name("KUBE-EXT-", &format!("{}{}", p.name, p.protocol))
+    chain_name("KUBE-EXT-", &p.key())
 }
 
 fn sep_chain(p: &ServicePort, ep: &SocketAddrV4) -> String {
-    chain_name("KUBE-SEP-", &format!("{}{}{ep}", p.name, p.protocol))
+    chain_name("KUBE-SEP-", &format!("{}{ep}", p.key()))
 }
 
-/// The whole rule set, for iptables-restore --noflush: every chain we own is declared
-/// (so flushed) and written again; chains in `existing` (owned chains present now)
-/// that are no longer wanted are flushed and deleted.
-pub fn render(ports: &[ServicePort], cluster: Ipv4Cidr, existing: &BTreeSet<String>) -> String {
-    let owned = owned_chains(ports);
-    let stale: Vec<&String> = existing.difference(&owned).collect();
-    let mut rules = String::new();
-    let r = &mut rules;
-    let _ = writeln!(
-        r,
-        "-A {POSTROUTING} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
-    );
-    let _ = writeln!(r, "-A {POSTROUTING} -j MARK --xor-mark {MASQ_MARK}");
-    let _ = writeln!(
-        r,
-        "-A {POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully"
-    );
-    let _ = writeln!(r, "-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}");
-    let mut rejects = String::new();
-    for p in ports.iter().filter(|p| !p.endpoints.is_empty()) {
-        let (name, proto) = (&p.name, p.protocol);
-        let svc = svc_chain(p);
-        let _ = writeln!(
-            r,
-            "-A {SERVICES} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {} -j {svc}",
-            p.cluster_ip, p.port
-        );
-        // Callers from outside the pod network are masqueraded, so the answer returns
-        // through this node rather than straight from the pod.
-        let _ = writeln!(
-            r,
-            "-A {svc} -m comment --comment \"{name} cluster IP\" ! -s {cluster} -d {}/32 -m {proto} -p {proto} --dport {} -j {MARK_MASQ}",
-            p.cluster_ip, p.port
-        );
-        if let Some(np) = p.node_port {
-            let ext = ext_chain(p);
-            let _ = writeln!(
-                r,
-                "-A {NODEPORTS} -m comment --comment \"{name}\" -m {proto} -p {proto} --dport {np} -j {ext}"
-            );
-            let _ = writeln!(
-                r,
-                "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j {MARK_MASQ}"
-            );
-            let _ = writeln!(r, "-A {ext} -j {svc}");
-        }
-        let n = p.endpoints.len();
-        for (i, ep) in p.endpoints.iter().enumerate() {
-            let sep = sep_chain(p, ep);
-            let pick = if i + 1 < n {
-                format!(
-                    " -m statistic --mode random --probability {:.10}",
-                    1.0 / (n - i) as f64
-                )
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                r,
-                "-A {svc} -m comment --comment \"{name} -> {ep}\"{pick} -j {sep}"
-            );
-            // A pod reaching itself through its service: masqueraded, or its own
-            // answer would bypass the DNAT.
-            let _ = writeln!(
-                r,
-                "-A {sep} -m comment --comment \"{name}\" -s {}/32 -j {MARK_MASQ}",
-                ep.ip()
-            );
-            let _ = writeln!(
-                r,
-                "-A {sep} -m comment --comment \"{name}\" -m {proto} -p {proto} -j DNAT --to-destination {ep}"
-            );
+/// The rules of one service port: its lines in the shared dispatch chains, and its own
+/// chains whole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortRules {
+    /// nat `KUBE-SERVICES` lines (cluster IP, external IPs, LoadBalancer addresses).
+    pub services: Vec<String>,
+    /// nat `KUBE-NODEPORTS` lines.
+    pub nodeports: Vec<String>,
+    /// The port's own nat chains (`KUBE-SVC/SVL/EXT/SEP-*`) and their lines.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// filter `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES` lines.
+    pub filter_services: Vec<String>,
+    pub filter_external: Vec<String>,
+}
+
+/// Rules that pick one of `eps` from `chain`: with affinity, a client seen within the
+/// timeout goes back to its endpoint first; then one at random.
+fn pick(p: &ServicePort, chain: &str, eps: &[&Endpoint], out: &mut Vec<String>) {
+    let name = &p.name;
+    if let Some(t) = p.affinity {
+        for ep in eps {
+            let sep = sep_chain(p, &ep.addr);
+            out.push(format!(
+                "-A {chain} -m comment --comment \"{name} -> {}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {t} --reap -j {sep}",
+                ep.addr
+            ));
         }
     }
-    for p in ports.iter().filter(|p| p.endpoints.is_empty()) {
-        let (name, proto) = (&p.name, p.protocol);
-        let _ = writeln!(
-            rejects,
-            "-A {SERVICES} -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {}/32 --dport {} -j REJECT",
-            p.cluster_ip, p.port
-        );
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = sep_chain(p, &ep.addr);
+        let chance = if i + 1 < n {
+            format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "-A {chain} -m comment --comment \"{name} -> {}\"{chance} -j {sep}",
+            ep.addr
+        ));
+    }
+}
+
+/// The rules of one service port (see the module's notes for the layout).
+pub fn port_rules(p: &ServicePort, cluster: Ipv4Cidr) -> PortRules {
+    let mut r = PortRules::default();
+    let (name, proto) = (&p.name, p.protocol);
+    let all: Vec<&Endpoint> = p.endpoints.iter().collect();
+    let local: Vec<&Endpoint> = p.local_endpoints().collect();
+    let (cip, port) = (p.cluster_ip, p.port);
+    if all.is_empty() {
+        r.filter_services.push(format!(
+            "-A {SERVICES} -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {cip}/32 --dport {port} -j REJECT"
+        ));
+        for ip in p.external_ips.iter().chain(&p.lb_ips) {
+            r.filter_external.push(format!(
+                "-A {EXTERNAL_SERVICES} -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j REJECT"
+            ));
+        }
         if let Some(np) = p.node_port {
-            let _ = writeln!(
-                rejects,
+            r.filter_external.push(format!(
                 "-A {EXTERNAL_SERVICES} -m comment --comment \"{name} has no endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {np} -j REJECT"
-            );
+            ));
+        }
+        return r;
+    }
+    let svc = svc_chain(p);
+    let svl = svl_chain(p);
+    let needs_local = p.internal_local || p.external_local;
+    // Traffic from inside the cluster (to the ClusterIP).
+    let internal = if p.internal_local { &svl } else { &svc };
+    let masq_internal = format!(
+        "-A {internal} -m comment --comment \"{name} cluster IP\" ! -s {cluster} -d {cip}/32 -m {proto} -p {proto} --dport {port} -j {MARK_MASQ}"
+    );
+    if p.internal_local && local.is_empty() {
+        r.filter_services.push(format!(
+            "-A {SERVICES} -m comment --comment \"{name} has no local endpoints\" -m {proto} -p {proto} -d {cip}/32 --dport {port} -j DROP"
+        ));
+    } else {
+        r.services.push(format!(
+            "-A {SERVICES} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {cip}/32 --dport {port} -j {internal}"
+        ));
+    }
+    let mut svc_lines = Vec::new();
+    if !p.internal_local {
+        svc_lines.push(masq_internal.clone());
+    }
+    pick(p, &svc, &all, &mut svc_lines);
+    r.chains.insert(svc.clone(), svc_lines);
+    if needs_local {
+        let mut svl_lines = Vec::new();
+        if p.internal_local {
+            svl_lines.push(masq_internal);
+        }
+        pick(p, &svl, &local, &mut svl_lines);
+        r.chains.insert(svl.clone(), svl_lines);
+    }
+    // Traffic from outside: node ports, external IPs, LoadBalancer addresses.
+    if p.has_external() {
+        let ext = ext_chain(p);
+        let mut lines = Vec::new();
+        if !p.external_local {
+            lines.push(format!(
+                "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j {MARK_MASQ}"
+            ));
+            lines.push(format!("-A {ext} -j {svc}"));
+        } else {
+            // Pods and the node itself are sent anywhere in the cluster; clients from
+            // outside only to this node's endpoints, keeping their address.
+            lines.push(format!(
+                "-A {ext} -s {cluster} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc}"
+            ));
+            lines.push(format!(
+                "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ}"
+            ));
+            lines.push(format!(
+                "-A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+            ));
+            if !local.is_empty() {
+                lines.push(format!("-A {ext} -j {svl}"));
+            }
+        }
+        r.chains.insert(ext.clone(), lines);
+        for ip in &p.external_ips {
+            r.services.push(format!(
+                "-A {SERVICES} -m comment --comment \"{name} external IP\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext}"
+            ));
+        }
+        for ip in &p.lb_ips {
+            r.services.push(format!(
+                "-A {SERVICES} -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext}"
+            ));
+        }
+        if let Some(np) = p.node_port {
+            r.nodeports.push(format!(
+                "-A {NODEPORTS} -m comment --comment \"{name}\" -m {proto} -p {proto} --dport {np} -j {ext}"
+            ));
+        }
+        if p.external_local && local.is_empty() {
+            for ip in p.external_ips.iter().chain(&p.lb_ips) {
+                r.filter_external.push(format!(
+                    "-A {EXTERNAL_SERVICES} -m comment --comment \"{name} has no local endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j DROP"
+                ));
+            }
+            if let Some(np) = p.node_port {
+                r.filter_external.push(format!(
+                    "-A {EXTERNAL_SERVICES} -m comment --comment \"{name} has no local endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {np} -j DROP"
+                ));
+            }
         }
     }
-    let _ = writeln!(
-        r,
-        "-A {SERVICES} -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j {NODEPORTS}"
-    );
+    for ep in &all {
+        let sep = sep_chain(p, &ep.addr);
+        let recent = if p.affinity.is_some() {
+            format!(" -m recent --name {sep} --mask 255.255.255.255 --rsource --set")
+        } else {
+            String::new()
+        };
+        r.chains.insert(
+            sep.clone(),
+            vec![
+                // A pod reaching itself through its service: masqueraded, or its own
+                // answer would bypass the DNAT.
+                format!(
+                    "-A {sep} -m comment --comment \"{name}\" -s {}/32 -j {MARK_MASQ}",
+                    ep.addr.ip()
+                ),
+                format!(
+                    "-A {sep} -m comment --comment \"{name}\" -m {proto} -p {proto}{recent} -j DNAT --to-destination {}",
+                    ep.addr
+                ),
+            ],
+        );
+    }
+    r
+}
+
+/// The rules of every port, by port key (`name` + protocol).
+pub fn all_rules(ports: &[ServicePort], cluster: Ipv4Cidr) -> BTreeMap<String, PortRules> {
+    ports
+        .iter()
+        .map(|p| (p.key(), port_rules(p, cluster)))
+        .collect()
+}
+
+/// iptables-restore --noflush input. Always: the dispatch chains (nat `KUBE-SERVICES`,
+/// `KUBE-NODEPORTS`; filter `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES`) whole, from
+/// every port's pieces. With `changed` None (a full write), also the fixed chains and
+/// every port's own chains; otherwise only the chains of the ports in `changed`. Chains
+/// in `existing` (this proxy's chains present now) that no port wants any more are
+/// flushed and deleted.
+pub fn render(
+    rules: &BTreeMap<String, PortRules>,
+    existing: &BTreeSet<String>,
+    changed: Option<&BTreeSet<String>>,
+) -> String {
+    let owned: BTreeSet<&String> = rules.values().flat_map(|r| r.chains.keys()).collect();
+    let stale: Vec<&String> = existing.iter().filter(|c| !owned.contains(c)).collect();
+    let written: Vec<(&String, &Vec<String>)> = rules
+        .iter()
+        .filter(|(k, _)| changed.is_none_or(|c| c.contains(*k)))
+        .flat_map(|(_, r)| r.chains.iter())
+        .collect();
     let mut out = String::from("*nat\n");
-    let fixed = [SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ].map(String::from);
-    for c in fixed.iter().chain(&owned).chain(stale.iter().copied()) {
+    let mut declare = vec![SERVICES.to_string(), NODEPORTS.to_string()];
+    if changed.is_none() {
+        declare.push(POSTROUTING.to_string());
+        declare.push(MARK_MASQ.to_string());
+    }
+    declare.extend(written.iter().map(|(c, _)| (*c).clone()));
+    declare.extend(stale.iter().map(|c| (*c).clone()));
+    for c in &declare {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
-    out.push_str(&rules);
+    if changed.is_none() {
+        let _ = writeln!(
+            out,
+            "-A {POSTROUTING} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+        );
+        let _ = writeln!(out, "-A {POSTROUTING} -j MARK --xor-mark {MASQ_MARK}");
+        let _ = writeln!(
+            out,
+            "-A {POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully"
+        );
+        let _ = writeln!(out, "-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}");
+    }
+    for r in rules.values() {
+        for l in r.services.iter().chain(&r.nodeports) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "-A {SERVICES} -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j {NODEPORTS}"
+    );
+    for (_, lines) in &written {
+        for l in *lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
     for c in &stale {
         let _ = writeln!(out, "-X {c}");
     }
     out.push_str("COMMIT\n*filter\n");
     let _ = writeln!(out, ":{SERVICES} - [0:0]\n:{EXTERNAL_SERVICES} - [0:0]");
-    out.push_str(&rejects);
+    for r in rules.values() {
+        for l in r.filter_services.iter().chain(&r.filter_external) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
     out.push_str("COMMIT\n");
     out
 }
 
-/// The per-service and per-endpoint chains `render` writes for `ports`.
-pub fn owned_chains(ports: &[ServicePort]) -> BTreeSet<String> {
-    let mut set = BTreeSet::new();
-    for p in ports.iter().filter(|p| !p.endpoints.is_empty()) {
-        set.insert(svc_chain(p));
-        if p.node_port.is_some() {
-            set.insert(ext_chain(p));
-        }
-        for ep in &p.endpoints {
-            set.insert(sep_chain(p, ep));
-        }
-    }
-    set
+/// The per-port chains the rules use.
+pub fn owned_chains(rules: &BTreeMap<String, PortRules>) -> BTreeSet<String> {
+    rules
+        .values()
+        .flat_map(|r| r.chains.keys().cloned())
+        .collect()
+}
+
+/// The ports whose rules differ between `old` and `new` (added or changed).
+pub fn changed_ports(
+    old: &BTreeMap<String, PortRules>,
+    new: &BTreeMap<String, PortRules>,
+) -> BTreeSet<String> {
+    new.iter()
+        .filter(|(k, r)| old.get(*k) != Some(*r))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Owned chains present in an `iptables-save -t nat` dump.
@@ -334,10 +614,11 @@ mod tests {
         .unwrap()
     }
 
-    fn slice(name: &str, ips: &[&str], ports: serde_json::Value) -> EndpointSlice {
-        let mut endpoints: Vec<_> = ips
+    /// A slice of ready endpoints (ip, node), plus one not ready.
+    fn slice(name: &str, eps: &[(&str, &str)], ports: serde_json::Value) -> EndpointSlice {
+        let mut endpoints: Vec<_> = eps
             .iter()
-            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
             .collect();
         endpoints.push(json!({"addresses": ["10.244.9.9"], "conditions": {"ready": false}}));
         serde_json::from_value(json!({
@@ -348,6 +629,22 @@ mod tests {
             "ports": ports,
         }))
         .unwrap()
+    }
+
+    fn cluster() -> Ipv4Cidr {
+        "10.244.0.0/16".parse().unwrap()
+    }
+
+    fn web_eps() -> EndpointSlice {
+        slice(
+            "web",
+            &[
+                ("10.244.2.3", "w2"),
+                ("10.244.1.7", "w1"),
+                ("10.244.1.5", "w1"),
+            ],
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        )
     }
 
     fn web() -> Vec<ServicePort> {
@@ -366,12 +663,11 @@ mod tests {
             ),
             service("headless", "None", "ClusterIP", json!([{"port": 80}])),
         ];
-        let eps = [slice(
-            "web",
-            &["10.244.2.3", "10.244.1.7", "10.244.1.5"],
-            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
-        )];
-        service_ports(&svcs, &eps)
+        service_ports(&svcs, &[web_eps()], "w1")
+    }
+
+    fn text(ports: &[ServicePort]) -> String {
+        render(&all_rules(ports, cluster()), &BTreeSet::new(), None)
     }
 
     #[test]
@@ -393,11 +689,12 @@ mod tests {
         let web = &ports[1];
         assert_eq!(web.name, "default/web:http");
         assert_eq!(web.node_port, Some(30080));
-        let eps: Vec<String> = web.endpoints.iter().map(|e| e.to_string()).collect();
+        let eps: Vec<String> = web.endpoints.iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(
             eps,
             ["10.244.1.5:8080", "10.244.1.7:8080", "10.244.2.3:8080"]
         );
+        assert_eq!(web.local_endpoints().count(), 2, "two on this node (w1)");
     }
 
     #[test]
@@ -412,10 +709,15 @@ mod tests {
         let old = json!({"addresses": ["10.244.1.1"], "conditions": {"ready": false, "serving": true, "terminating": true}});
         let gone = json!({"addresses": ["10.244.1.3"], "conditions": {"ready": false, "serving": false, "terminating": true}});
         let new = json!({"addresses": ["10.244.1.2"], "conditions": {"ready": true}});
-        let got = slice_endpoints([&mk(json!([old, gone, new]))], "", "TCP");
-        assert_eq!(got, vec!["10.244.1.2:80".parse().unwrap()]);
-        let got = slice_endpoints([&mk(json!([old, gone]))], "", "TCP");
-        assert_eq!(got, vec!["10.244.1.1:80".parse().unwrap()]);
+        let addrs = |v: Vec<Endpoint>| {
+            v.into_iter()
+                .map(|e| e.addr.to_string())
+                .collect::<Vec<_>>()
+        };
+        let got = slice_endpoints([&mk(json!([old, gone, new]))], "", "TCP", "n");
+        assert_eq!(addrs(got), vec!["10.244.1.2:80"]);
+        let got = slice_endpoints([&mk(json!([old, gone]))], "", "TCP", "n");
+        assert_eq!(addrs(got), vec!["10.244.1.1:80"]);
     }
 
     #[test]
@@ -439,7 +741,7 @@ mod tests {
     #[test]
     fn endpoints_are_picked_with_probability_one_in_the_remaining() {
         let ports = web();
-        let text = render(&ports, "10.244.0.0/16".parse().unwrap(), &BTreeSet::new());
+        let text = text(&ports);
         let svc = svc_chain(&ports[1]);
         let picks: Vec<&str> = text
             .lines()
@@ -476,7 +778,7 @@ mod tests {
             "{filter}"
         );
         assert!(!text[..text.find("*filter").unwrap()].contains("10.96.0.21"));
-        assert_eq!(owned_chains(&ports).len(), 1 + 1 + 3);
+        assert_eq!(owned_chains(&all_rules(&ports, cluster())).len(), 1 + 1 + 3);
     }
 
     #[test]
@@ -484,7 +786,7 @@ mod tests {
         let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLD2 - [0:0]\n:TINYKUBE-POSTRTG - [0:0]\nCOMMIT\n";
         let existing = existing_chains(save);
         assert_eq!(existing.len(), 2);
-        let text = render(&[], "10.244.0.0/16".parse().unwrap(), &existing);
+        let text = render(&BTreeMap::new(), &existing, None);
         for c in &existing {
             let declared = text.find(&format!(":{c} - [0:0]")).unwrap();
             let deleted = text.find(&format!("-X {c}")).unwrap();
@@ -494,5 +796,170 @@ mod tests {
             !text.contains("TINYKUBE"),
             "chains of others are left alone"
         );
+    }
+
+    fn with(spec: serde_json::Value, status: serde_json::Value) -> Vec<ServicePort> {
+        let mut s = json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.20", "type": "LoadBalancer",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]},
+            "status": status,
+        });
+        json_patch::merge(&mut s, &json!({"spec": spec}));
+        let svc: Service = serde_json::from_value(s).unwrap();
+        service_ports(&[svc], &[web_eps()], "w1")
+    }
+
+    #[test]
+    fn load_balancer_addresses_lead_to_the_external_chain() {
+        let ports = with(
+            json!({"externalIPs": ["203.0.113.7"]}),
+            json!({"loadBalancer": {"ingress": [{"ip": "192.168.56.11"}, {"ip": "192.168.56.12"}]}}),
+        );
+        assert_eq!(ports[0].lb_ips.len(), 2);
+        let text = text(&ports);
+        let ext = ext_chain(&ports[0]);
+        for ip in ["192.168.56.11", "192.168.56.12"] {
+            assert!(text.contains(&format!("\"default/web:http loadbalancer IP\" -m tcp -p tcp -d {ip}/32 --dport 80 -j {ext}")), "{text}");
+        }
+        assert!(text.contains(&format!(
+            "\"default/web:http external IP\" -m tcp -p tcp -d 203.0.113.7/32 --dport 80 -j {ext}"
+        )));
+        // Cluster policy: masquerade, then any endpoint.
+        assert!(text.contains(&format!("-A {ext} -m comment --comment \"masquerade traffic for default/web:http external destinations\" -j KUBE-MARK-MASQ")));
+    }
+
+    #[test]
+    fn external_local_keeps_the_client_and_uses_local_endpoints() {
+        let ports = with(
+            json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}),
+            json!({}),
+        );
+        let p = &ports[0];
+        assert!(p.external_local);
+        assert_eq!(p.health_check_node_port, Some(32000));
+        let text = text(&ports);
+        let (ext, svl) = (ext_chain(p), svl_chain(p));
+        let ext_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {ext} ")))
+            .collect();
+        assert!(
+            !ext_lines
+                .iter()
+                .any(|l| l.ends_with("-j KUBE-MARK-MASQ") && !l.contains("src-type LOCAL")),
+            "{ext_lines:?}"
+        );
+        assert!(ext_lines.last().unwrap().ends_with(&format!("-j {svl}")));
+        let local: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {svl} ")) && l.contains("KUBE-SEP-"))
+            .collect();
+        assert_eq!(local.len(), 2, "only w1's two endpoints: {local:?}");
+        // Another node with no local endpoint drops outside traffic instead.
+        let svc: Vec<Service> = vec![serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.20", "type": "NodePort", "externalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]},
+        })).unwrap()];
+        let elsewhere = service_ports(&svc, &[web_eps()], "w3");
+        let t = render(&all_rules(&elsewhere, cluster()), &BTreeSet::new(), None);
+        assert!(t.contains("\"default/web:http has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"), "{t}");
+    }
+
+    #[test]
+    fn internal_local_sends_the_cluster_ip_to_local_endpoints_or_drops() {
+        let ports = with(
+            json!({"type": "ClusterIP", "internalTrafficPolicy": "Local"}),
+            json!({}),
+        );
+        let text = text(&ports);
+        let svl = svl_chain(&ports[0]);
+        assert!(
+            text.contains(&format!("-d 10.96.0.20/32 --dport 80 -j {svl}")),
+            "{text}"
+        );
+        let svc: Vec<Service> = vec![
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": "web"},
+                "spec": {"clusterIP": "10.96.0.20", "internalTrafficPolicy": "Local",
+                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+            }))
+            .unwrap(),
+        ];
+        let elsewhere = service_ports(&svc, &[web_eps()], "w3");
+        let t = render(&all_rules(&elsewhere, cluster()), &BTreeSet::new(), None);
+        assert!(t.contains("\"default/web:http has no local endpoints\" -m tcp -p tcp -d 10.96.0.20/32 --dport 80 -j DROP"), "{t}");
+    }
+
+    #[test]
+    fn client_ip_affinity_checks_recent_clients_first() {
+        let ports = with(
+            json!({"type": "ClusterIP", "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+            json!({}),
+        );
+        assert_eq!(ports[0].affinity, Some(600));
+        let text = text(&ports);
+        let svc = svc_chain(&ports[0]);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {svc} ")) && l.contains("KUBE-SEP-"))
+            .collect();
+        assert_eq!(lines.len(), 6, "three checks, three picks: {lines:?}");
+        assert!(
+            lines[..3]
+                .iter()
+                .all(|l| l.contains("-m recent") && l.contains("--rcheck --seconds 600 --reap"))
+        );
+        assert!(lines[3..].iter().all(|l| !l.contains("-m recent")));
+        assert_eq!(text.matches("--rsource --set -j DNAT").count(), 3);
+    }
+
+    #[test]
+    fn a_partial_write_carries_the_dispatch_chains_and_the_changed_ports_only() {
+        let mut svcs = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..50 {
+            let name = format!("s{i}");
+            svcs.push(service(
+                &name,
+                &format!("10.96.1.{i}"),
+                "ClusterIP",
+                json!([{"port": 80, "protocol": "TCP"}]),
+            ));
+            slices.push(slice(
+                &name,
+                &[(&format!("10.244.1.{i}"), "w1")],
+                json!([{"port": 8080, "protocol": "TCP"}]),
+            ));
+        }
+        let before = all_rules(&service_ports(&svcs, &slices, "w1"), cluster());
+        // One endpoint moves.
+        slices[7] = slice(
+            "s7",
+            &[("10.244.2.99", "w2")],
+            json!([{"port": 8080, "protocol": "TCP"}]),
+        );
+        let after = all_rules(&service_ports(&svcs, &slices, "w1"), cluster());
+        let changed = changed_ports(&before, &after);
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        let partial = render(&after, &owned_chains(&before), Some(&changed));
+        let full = render(&after, &owned_chains(&before), None);
+        assert!(
+            partial.len() * 2 < full.len(),
+            "{} vs {}",
+            partial.len(),
+            full.len()
+        );
+        // The old endpoint's chain goes, the new one is written, the dispatch is whole.
+        assert!(partial.contains("-j DNAT --to-destination 10.244.2.99:8080"));
+        let old_sep = sep_chain(
+            &service_ports(&svcs[7..8], &[], "w1")[0],
+            &"10.244.1.7:8080".parse().unwrap(),
+        );
+        assert!(partial.contains(&format!("-X {old_sep}")), "{partial}");
+        assert_eq!(partial.matches("cluster IP\" -m tcp").count(), 50);
+        assert!(!partial.contains("--to-destination 10.244.1.8:8080"));
+        assert!(!partial.contains(":KUBE-POSTROUTING"));
     }
 }

@@ -93,6 +93,12 @@ impl TestLab {
         }
     }
 
+    /// The host's address on the lab bridge (what nodes see a host client as).
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        let o = self.lab().state.nodes[0].ip.octets();
+        std::net::Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+
     pub fn lab(&self) -> &Lab {
         self.lab.as_ref().expect("cluster is up")
     }

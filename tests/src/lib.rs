@@ -392,6 +392,15 @@ impl Drop for MasterProcess {
 }
 
 /// The `p` quantile (0 to 1) of `v` by nearest rank; sorts `v`. For the benches.
+/// The pods that answered, by name, in toolbox `fetch`/`udp` output (`pod=NAME ...`).
+pub fn answered_by(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("pod="))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;

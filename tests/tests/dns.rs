@@ -306,10 +306,7 @@ async fn cluster_dns_answers_pods_from_their_own_node() {
 
     // An upstream on the lab bridge: names outside the cluster are forwarded (the node
     // reads its resolv.conf again when it changes), and cached.
-    let gateway = {
-        let o = t.lab().state.nodes[0].ip.octets();
-        Ipv4Addr::new(o[0], o[1], o[2], 1)
-    };
+    let gateway = t.gateway();
     let asked = fake_upstream(SocketAddr::new(gateway.into(), 53)).await;
     std::fs::write(resolv.path(), format!("nameserver {gateway}\n")).unwrap();
     let forwarded = eventually(Duration::from_secs(20), async || {

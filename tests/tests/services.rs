@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use kube::api::{Api, ListParams};
 use tinykube_tests::lab::TestLab;
-use tinykube_tests::{Kubectl, eventually, tinykube_bin};
+use tinykube_tests::{Kubectl, answered_by, eventually, tinykube_bin};
 
 /// `toolbox fetch` arguments: `count` requests to `url`, back to back.
 fn fetch_args(url: &str, count: u32) -> Vec<String> {
@@ -58,15 +58,6 @@ fn fetch_from(netns: Option<&str>, url: &str, count: u32) -> String {
         .output()
         .expect("toolbox runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The pods that answered, by name.
-fn answered_by(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("pod="))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
 }
 
 /// `iptables-save -t table` in the network namespace at `netns`.
