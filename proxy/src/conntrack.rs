@@ -19,7 +19,7 @@ pub enum Flow {
 }
 
 /// What a change from `old` to `new` leaves stale (pure).
-pub fn stale_udp(old: &[ServicePort], new: &[ServicePort]) -> Vec<Flow> {
+pub fn stale_udp(old: &[&ServicePort], new: &[&ServicePort]) -> Vec<Flow> {
     let mut out = Vec::new();
     for o in old.iter().filter(|p| p.protocol == "udp") {
         let n = new
@@ -351,18 +351,21 @@ mod tests {
 
     #[test]
     fn gone_endpoints_and_first_endpoints_leave_stale_flows() {
-        let old = [port(&["10.244.1.2:5353", "10.244.2.2:5353"])];
-        let new = [port(&["10.244.2.2:5353"])];
+        let (two, one, none) = (
+            port(&["10.244.1.2:5353", "10.244.2.2:5353"]),
+            port(&["10.244.2.2:5353"]),
+            port(&[]),
+        );
         assert_eq!(
-            stale_udp(&old, &new),
+            stale_udp(&[&two], &[&one]),
             vec![Flow::ToEndpoint("10.244.1.2:5353".parse().unwrap())]
         );
         assert_eq!(
-            stale_udp(&[port(&[])], &new),
+            stale_udp(&[&none], &[&one]),
             vec![Flow::Unanswered("10.96.0.50:53".parse().unwrap())]
         );
         assert!(
-            stale_udp(&new, &old).is_empty(),
+            stale_udp(&[&one], &[&two]).is_empty(),
             "an endpoint added leaves nothing stale"
         );
     }

@@ -42,7 +42,7 @@ impl Report {
 }
 
 /// The reports wanted for `ports`, by health check node port.
-pub fn reports(ports: &[ServicePort]) -> HashMap<u16, Report> {
+pub fn reports<'a>(ports: impl IntoIterator<Item = &'a ServicePort>) -> HashMap<u16, Report> {
     let mut out: HashMap<u16, Report> = HashMap::new();
     for p in ports {
         let Some(hc) = p.health_check_node_port else {

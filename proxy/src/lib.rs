@@ -8,7 +8,7 @@ pub mod health;
 pub mod metrics;
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,39 +51,40 @@ pub struct Written {
     pub full: bool,
 }
 
-/// Writes the rules of `ports` into the calling thread's network namespace. `last` is
-/// what the previous write left, if it succeeded: then only the dispatch chains and the
-/// chains of the ports whose rules changed are written, and the chains no port wants any
-/// more are deleted. Without it (the first write, after a failure, the periodic resync)
-/// every chain is written, the tables are read back to find stale chains, and the jumps
-/// from the built-in chains are made sure of.
-pub fn apply(
-    rules: &BTreeMap<String, rules::PortRules>,
-    last: Option<&BTreeMap<String, rules::PortRules>>,
-) -> Result<Written, IptablesError> {
-    let (existing, save, changed) = match last {
-        Some(last) => (
-            rules::owned_chains(last),
-            None,
-            Some(rules::changed_ports(last, rules)),
-        ),
+/// Writes `new` into the calling thread's network namespace. `last` is what the
+/// previous write left, if it succeeded: then only the dispatch chains and the chains of
+/// the ports whose rules changed are written, and the chains those ports no longer use
+/// are deleted. Without it (the first write, after a failure, the periodic resync) every
+/// chain is written, the tables are read back to find stale chains, and the jumps from
+/// the built-in chains are made sure of.
+pub fn apply(new: &rules::Synced, last: Option<&rules::Synced>) -> Result<Written, IptablesError> {
+    let (text, save, written_chains) = match last {
+        Some(last) => {
+            let changed = rules::changed_ports(last, new);
+            let stale = rules::stale_after(last, new, &changed);
+            let n = changed
+                .iter()
+                .filter_map(|k| new.rules_of(k))
+                .map(|r| r.chains.len())
+                .sum::<usize>();
+            (rules::render(new, &stale, Some(&changed)), None, n)
+        }
         None => {
             let save = iptables::must("iptables-save", &[], None)?;
-            (rules::existing_chains(&save), Some(save), None)
+            let owned = new.owned_chains();
+            let stale: BTreeSet<String> = rules::existing_chains(&save)
+                .into_iter()
+                .filter(|c| !owned.contains(c))
+                .collect();
+            (rules::render(new, &stale, None), Some(save), owned.len())
         }
     };
     // The chains first, so the jumps never point at nothing.
-    let text = rules::render(rules, &existing, changed.as_ref());
     iptables::restore(&text)?;
     let written = Written {
         bytes: text.len(),
-        chains: text
-            .lines()
-            .filter(|l| {
-                l.starts_with(':') && rules::OWNED_PREFIXES.iter().any(|p| l[1..].starts_with(p))
-            })
-            .count(),
-        full: changed.is_none(),
+        chains: written_chains,
+        full: save.is_some(),
     };
     let Some(save) = save else {
         return Ok(written);
@@ -141,7 +142,7 @@ pub async fn run(
     .boxed();
     let mut resync = tokio::time::interval(RESYNC);
     let health = health::HealthChecks::new(node.clone(), cancel.clone());
-    let mut applied: Option<(Vec<rules::ServicePort>, BTreeMap<String, rules::PortRules>)> = None;
+    let mut applied: Option<rules::Synced> = None;
     loop {
         let force = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -156,42 +157,48 @@ pub async fn run(
         while let Some(Some(())) = events.next().now_or_never() {}
         let want = wanted(&services.store, &slices.store, &node);
         health.set(&want);
-        if !force && applied.as_ref().is_some_and(|(p, _)| *p == want) {
+        let started = std::time::Instant::now();
+        // The rules of the ports that changed are built again; the others' are reused.
+        let synced = rules::Synced::build(want, applied.as_ref(), cluster);
+        if !force
+            && applied
+                .as_ref()
+                .is_some_and(|a| rules::changed_ports(a, &synced).is_empty())
+        {
             continue;
         }
-        let started = std::time::Instant::now();
-        let rules = rules::all_rules(&want, cluster);
         // A resync writes everything and reads the tables back; otherwise only what
         // changed since the last write.
         let last = if force { None } else { applied.take() };
-        let gone = last.as_ref().map(|(p, _)| conntrack::stale_udp(p, &want));
-        let result = tokio::task::spawn_blocking({
-            let rules = rules.clone();
-            move || {
-                let w = apply(&rules, last.as_ref().map(|(_, r)| r))?;
-                let gone = gone.unwrap_or_default();
-                match conntrack::forget(&gone) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(entries = n, "stale UDP conntrack entries deleted"),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot delete stale UDP conntrack entries")
-                    }
+        let gone = last.as_ref().map(|l| {
+            let old: Vec<&rules::ServicePort> = l.service_ports().collect();
+            let new: Vec<&rules::ServicePort> = synced.service_ports().collect();
+            conntrack::stale_udp(&old, &new)
+        });
+        let result = tokio::task::spawn_blocking(move || {
+            let w = apply(&synced, last.as_ref())?;
+            let gone = gone.unwrap_or_default();
+            match conntrack::forget(&gone) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(entries = n, "stale UDP conntrack entries deleted"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot delete stale UDP conntrack entries")
                 }
-                Ok::<_, IptablesError>(w)
             }
+            Ok::<_, IptablesError>((w, synced))
         })
         .await;
         match result {
-            Ok(Ok(w)) => {
-                metrics.synced(started.elapsed(), &w, &rules);
+            Ok(Ok((w, synced))) => {
+                metrics.synced(started.elapsed(), &w, synced.rule_counts());
                 tracing::debug!(
-                    ports = want.len(),
+                    ports = synced.ports.len(),
                     bytes = w.bytes,
                     full = w.full,
                     ms = started.elapsed().as_millis() as u64,
                     "service rules written"
                 );
-                applied = Some((want, rules));
+                applied = Some(synced);
             }
             Ok(Err(e)) => {
                 metrics.failed();

@@ -1,13 +1,11 @@
 //! The service proxy's counters on the node's `/metrics`, under kube-proxy's names:
 //! sync durations (all, full and partial writes), rules written, restore failures.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::Written;
-use crate::rules::PortRules;
 
 /// Upper bounds of the duration buckets, in seconds (kube-proxy's: 1 ms doubling).
 const BUCKETS: [f64; 15] = [
@@ -64,7 +62,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn synced(&self, took: Duration, w: &Written, rules: &BTreeMap<String, PortRules>) {
+    /// A successful write: how long it took, what it wrote, and the (nat, filter) rules
+    /// in force.
+    pub fn synced(&self, took: Duration, w: &Written, (nat, filter): (usize, usize)) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let secs = took.as_secs_f64();
         s.all.observe(secs);
@@ -73,18 +73,8 @@ impl Metrics {
         } else {
             s.partial.observe(secs);
         }
-        s.nat_rules = rules
-            .values()
-            .map(|r| {
-                r.services.len()
-                    + r.nodeports.len()
-                    + r.chains.values().map(Vec::len).sum::<usize>()
-            })
-            .sum();
-        s.filter_rules = rules
-            .values()
-            .map(|r| r.filter_services.len() + r.filter_external.len())
-            .sum();
+        s.nat_rules = nat;
+        s.filter_rules = filter;
         s.last_bytes = w.bytes;
         s.last_sync = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -492,40 +493,118 @@ pub fn port_rules(p: &ServicePort, cluster: Ipv4Cidr) -> PortRules {
     r
 }
 
-/// The rules of every port, by port key (`name` + protocol).
-pub fn all_rules(ports: &[ServicePort], cluster: Ipv4Cidr) -> BTreeMap<String, PortRules> {
-    ports
-        .iter()
-        .map(|p| (p.key(), port_rules(p, cluster)))
+/// The rules of every port, by port key (`name` + protocol), each with the port it was
+/// made from, so the next sync rebuilds only the ports that changed.
+#[derive(Debug, Clone, Default)]
+pub struct Synced {
+    pub ports: BTreeMap<String, (ServicePort, Arc<PortRules>)>,
+}
+
+impl Synced {
+    /// The rules of `want`, reusing `last`'s for every port that is the same.
+    pub fn build(want: Vec<ServicePort>, last: Option<&Synced>, cluster: Ipv4Cidr) -> Self {
+        let ports = want
+            .into_iter()
+            .map(|p| {
+                let key = p.key();
+                let rules = match last.and_then(|l| l.ports.get(&key)) {
+                    Some((old, r)) if *old == p => r.clone(),
+                    _ => Arc::new(port_rules(&p, cluster)),
+                };
+                (key, (p, rules))
+            })
+            .collect();
+        Self { ports }
+    }
+
+    pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.ports.values().map(|(p, _)| p)
+    }
+
+    fn rules(&self) -> impl Iterator<Item = &PortRules> {
+        self.ports.values().map(|(_, r)| r.as_ref())
+    }
+
+    /// The per-port chains these rules use.
+    pub fn owned_chains(&self) -> BTreeSet<String> {
+        self.rules()
+            .flat_map(|r| r.chains.keys().cloned())
+            .collect()
+    }
+
+    pub fn rules_of(&self, key: &str) -> Option<&PortRules> {
+        self.ports.get(key).map(|(_, r)| r.as_ref())
+    }
+
+    /// Rules in the nat and filter tables, for the metrics.
+    pub fn rule_counts(&self) -> (usize, usize) {
+        self.rules().fold((0, 0), |(n, f), r| {
+            (
+                n + r.services.len()
+                    + r.nodeports.len()
+                    + r.chains.values().map(Vec::len).sum::<usize>(),
+                f + r.filter_services.len() + r.filter_external.len(),
+            )
+        })
+    }
+}
+
+/// The ports whose rules differ between `old` and `new`: added, changed or removed.
+pub fn changed_ports(old: &Synced, new: &Synced) -> BTreeSet<String> {
+    let differs = |k: &String| match (old.ports.get(k), new.ports.get(k)) {
+        (Some((_, a)), Some((_, b))) => !Arc::ptr_eq(a, b) && a != b,
+        _ => true,
+    };
+    old.ports
+        .keys()
+        .chain(new.ports.keys())
+        .filter(|k| differs(k))
+        .cloned()
         .collect()
+}
+
+/// The chains the `changed` ports had in `old` and no longer have in `new`.
+pub fn stale_after(old: &Synced, new: &Synced, changed: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for k in changed {
+        let Some(before) = old.rules_of(k) else {
+            continue;
+        };
+        let after = new.rules_of(k);
+        for c in before.chains.keys() {
+            if after.is_none_or(|a| !a.chains.contains_key(c)) {
+                out.insert(c.clone());
+            }
+        }
+    }
+    out
 }
 
 /// iptables-restore --noflush input. Always: the dispatch chains (nat `KUBE-SERVICES`,
 /// `KUBE-NODEPORTS`; filter `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES`) whole, from
 /// every port's pieces. With `changed` None (a full write), also the fixed chains and
-/// every port's own chains; otherwise only the chains of the ports in `changed`. Chains
-/// in `existing` (this proxy's chains present now) that no port wants any more are
-/// flushed and deleted.
+/// every port's own chains; otherwise only the chains of the ports in `changed`. The
+/// `stale` chains (no port wants them any more) are flushed and deleted.
 pub fn render(
-    rules: &BTreeMap<String, PortRules>,
-    existing: &BTreeSet<String>,
+    synced: &Synced,
+    stale: &BTreeSet<String>,
     changed: Option<&BTreeSet<String>>,
 ) -> String {
-    let owned: BTreeSet<&String> = rules.values().flat_map(|r| r.chains.keys()).collect();
-    let stale: Vec<&String> = existing.iter().filter(|c| !owned.contains(c)).collect();
-    let written: Vec<(&String, &Vec<String>)> = rules
+    let written: Vec<(&String, &Vec<String>)> = synced
+        .ports
         .iter()
         .filter(|(k, _)| changed.is_none_or(|c| c.contains(*k)))
-        .flat_map(|(_, r)| r.chains.iter())
+        .flat_map(|(_, (_, r))| r.chains.iter())
         .collect();
-    let mut out = String::from("*nat\n");
-    let mut declare = vec![SERVICES.to_string(), NODEPORTS.to_string()];
+    let mut out = String::with_capacity(64 * 1024);
+    out.push_str("*nat\n");
+    let mut declare: Vec<&str> = vec![SERVICES, NODEPORTS];
     if changed.is_none() {
-        declare.push(POSTROUTING.to_string());
-        declare.push(MARK_MASQ.to_string());
+        declare.push(POSTROUTING);
+        declare.push(MARK_MASQ);
     }
-    declare.extend(written.iter().map(|(c, _)| (*c).clone()));
-    declare.extend(stale.iter().map(|c| (*c).clone()));
+    declare.extend(written.iter().map(|(c, _)| c.as_str()));
+    declare.extend(stale.iter().map(String::as_str));
     for c in &declare {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
@@ -541,7 +620,7 @@ pub fn render(
         );
         let _ = writeln!(out, "-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}");
     }
-    for r in rules.values() {
+    for r in synced.rules() {
         for l in r.services.iter().chain(&r.nodeports) {
             out.push_str(l);
             out.push('\n');
@@ -557,12 +636,12 @@ pub fn render(
             out.push('\n');
         }
     }
-    for c in &stale {
+    for c in stale {
         let _ = writeln!(out, "-X {c}");
     }
     out.push_str("COMMIT\n*filter\n");
     let _ = writeln!(out, ":{SERVICES} - [0:0]\n:{EXTERNAL_SERVICES} - [0:0]");
-    for r in rules.values() {
+    for r in synced.rules() {
         for l in r.filter_services.iter().chain(&r.filter_external) {
             out.push_str(l);
             out.push('\n');
@@ -570,25 +649,6 @@ pub fn render(
     }
     out.push_str("COMMIT\n");
     out
-}
-
-/// The per-port chains the rules use.
-pub fn owned_chains(rules: &BTreeMap<String, PortRules>) -> BTreeSet<String> {
-    rules
-        .values()
-        .flat_map(|r| r.chains.keys().cloned())
-        .collect()
-}
-
-/// The ports whose rules differ between `old` and `new` (added or changed).
-pub fn changed_ports(
-    old: &BTreeMap<String, PortRules>,
-    new: &BTreeMap<String, PortRules>,
-) -> BTreeSet<String> {
-    new.iter()
-        .filter(|(k, r)| old.get(*k) != Some(*r))
-        .map(|(k, _)| k.clone())
-        .collect()
 }
 
 /// Owned chains present in an `iptables-save -t nat` dump.
@@ -666,8 +726,12 @@ mod tests {
         service_ports(&svcs, &[web_eps()], "w1")
     }
 
+    fn synced(ports: &[ServicePort]) -> Synced {
+        Synced::build(ports.to_vec(), None, cluster())
+    }
+
     fn text(ports: &[ServicePort]) -> String {
-        render(&all_rules(ports, cluster()), &BTreeSet::new(), None)
+        render(&synced(ports), &BTreeSet::new(), None)
     }
 
     #[test]
@@ -778,7 +842,7 @@ mod tests {
             "{filter}"
         );
         assert!(!text[..text.find("*filter").unwrap()].contains("10.96.0.21"));
-        assert_eq!(owned_chains(&all_rules(&ports, cluster())).len(), 1 + 1 + 3);
+        assert_eq!(synced(&ports).owned_chains().len(), 1 + 1 + 3);
     }
 
     #[test]
@@ -786,7 +850,7 @@ mod tests {
         let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLD2 - [0:0]\n:TINYKUBE-POSTRTG - [0:0]\nCOMMIT\n";
         let existing = existing_chains(save);
         assert_eq!(existing.len(), 2);
-        let text = render(&BTreeMap::new(), &existing, None);
+        let text = render(&Synced::default(), &existing, None);
         for c in &existing {
             let declared = text.find(&format!(":{c} - [0:0]")).unwrap();
             let deleted = text.find(&format!("-X {c}")).unwrap();
@@ -863,7 +927,7 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]},
         })).unwrap()];
         let elsewhere = service_ports(&svc, &[web_eps()], "w3");
-        let t = render(&all_rules(&elsewhere, cluster()), &BTreeSet::new(), None);
+        let t = render(&synced(&elsewhere), &BTreeSet::new(), None);
         assert!(t.contains("\"default/web:http has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"), "{t}");
     }
 
@@ -888,7 +952,7 @@ mod tests {
             .unwrap(),
         ];
         let elsewhere = service_ports(&svc, &[web_eps()], "w3");
-        let t = render(&all_rules(&elsewhere, cluster()), &BTreeSet::new(), None);
+        let t = render(&synced(&elsewhere), &BTreeSet::new(), None);
         assert!(t.contains("\"default/web:http has no local endpoints\" -m tcp -p tcp -d 10.96.0.20/32 --dport 80 -j DROP"), "{t}");
     }
 
@@ -933,18 +997,31 @@ mod tests {
                 json!([{"port": 8080, "protocol": "TCP"}]),
             ));
         }
-        let before = all_rules(&service_ports(&svcs, &slices, "w1"), cluster());
-        // One endpoint moves.
+        let before = synced(&service_ports(&svcs, &slices, "w1"));
+        // One endpoint moves; the other ports' rules are reused, not rebuilt.
         slices[7] = slice(
             "s7",
             &[("10.244.2.99", "w2")],
             json!([{"port": 8080, "protocol": "TCP"}]),
         );
-        let after = all_rules(&service_ports(&svcs, &slices, "w1"), cluster());
+        let after = Synced::build(
+            service_ports(&svcs, &slices, "w1"),
+            Some(&before),
+            cluster(),
+        );
         let changed = changed_ports(&before, &after);
         assert_eq!(changed.len(), 1, "{changed:?}");
-        let partial = render(&after, &owned_chains(&before), Some(&changed));
-        let full = render(&after, &owned_chains(&before), None);
+        let k = changed.iter().next().unwrap();
+        let reused = after
+            .ports
+            .iter()
+            .filter(|(key, (_, r))| *key != k && Arc::ptr_eq(r, &before.ports[*key].1))
+            .count();
+        assert_eq!(reused, 49);
+        let stale = stale_after(&before, &after, &changed);
+        assert_eq!(stale.len(), 1, "the old endpoint's chain: {stale:?}");
+        let partial = render(&after, &stale, Some(&changed));
+        let full = render(&after, &stale, None);
         assert!(
             partial.len() * 2 < full.len(),
             "{} vs {}",
