@@ -29,6 +29,10 @@ pub struct UpArgs {
     /// The overlay backend: udp, vxlan or host-gw (the master's --flannel-backend).
     #[arg(long, default_value = "udp", value_parser = crate::worker::parse_backend)]
     backend: String,
+    /// LoadBalancer addresses from this pool (e.g. 192.168.56.240-192.168.56.250), each
+    /// announced by one node, instead of the nodes' own addresses (the master's --lb-pool).
+    #[arg(long)]
+    lb_pool: Option<tinykube_api::lbpool::LbPool>,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +65,10 @@ pub async fn up(args: UpArgs) -> Result<(), String> {
         args.restart_backoff_seconds.to_string(),
     ];
     cfg.master_args = vec!["--flannel-backend".into(), args.backend];
+    if let Some(pool) = args.lb_pool {
+        cfg.master_args
+            .extend(["--lb-pool".into(), pool.to_string()]);
+    }
     let mut progress = |line: &str| println!("{line}");
     let lab = tinykube_lab::Lab::up(&cfg, &mut progress)
         .await

@@ -40,6 +40,11 @@ pub struct MasterArgs {
     /// UDP 8472) or host-gw (plain routes; nodes on one L2 segment).
     #[arg(long, default_value = "udp", value_parser = crate::worker::parse_backend)]
     flannel_backend: String,
+    /// Give LoadBalancer services addresses from this pool (FIRST-LAST or a CIDR, e.g.
+    /// 192.168.56.240-192.168.56.250), each announced by one node over ARP, instead of
+    /// the nodes' own addresses.
+    #[arg(long)]
+    lb_pool: Option<tinykube_api::lbpool::LbPool>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -52,9 +57,11 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     cfg.listen = args.listen;
     cfg.advertise = args.advertise_address;
     cfg.default_toleration_seconds = args.default_toleration_seconds;
+    cfg.lb_pool = args.lb_pool;
     let controllers = (!args.disable_controllers).then(|| tinykube_controllers::Config {
         node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period),
         cluster_cidr: args.cluster_cidr,
+        lb_pool: args.lb_pool,
         ..Default::default()
     });
     let master = tinykube_apiserver::Master::start(cfg)

@@ -4,6 +4,7 @@
 pub mod constants;
 pub mod format;
 pub mod kubeconfig;
+pub mod lbpool;
 pub mod qos;
 pub mod quantity;
 pub mod query;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tinykube_api::constants::{
     CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NODE_PORT_MAX, NODE_PORT_MIN,
 };
+use tinykube_api::lbpool::LbPool;
 use tinykube_api::validation::FieldError;
 
 /// The addresses and ports one Service holds.
@@ -66,6 +67,9 @@ pub struct Allocator {
     base: u32,
     size: u32,
     used: Mutex<(HashSet<Ipv4Addr>, HashSet<u16>)>,
+    /// LoadBalancer addresses come from here (the controller hands them out); a
+    /// requested `loadBalancerIP` must be in it.
+    lb_pool: Option<LbPool>,
 }
 
 impl Default for Allocator {
@@ -80,7 +84,13 @@ impl Allocator {
             base: u32::from(base),
             size: 1u32 << (32 - prefix),
             used: Mutex::new(Default::default()),
+            lb_pool: None,
         }
+    }
+
+    pub fn with_lb_pool(mut self, pool: Option<LbPool>) -> Self {
+        self.lb_pool = pool;
+        self
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -236,6 +246,31 @@ impl Allocator {
             };
             if let Some(p) = chosen {
                 port["nodePort"] = json!(p);
+            }
+        }
+        // A requested LoadBalancer address: a valid IP, and in the pool when there is one.
+        if let Some(ip) = spec["loadBalancerIP"].as_str().filter(|s| !s.is_empty()) {
+            match ip.parse::<Ipv4Addr>() {
+                Err(_) => errs.push(FieldError::invalid(
+                    "spec.loadBalancerIP",
+                    ip,
+                    "must be a valid IP address",
+                )),
+                Ok(_) if kind != "LoadBalancer" => errs.push(FieldError::forbidden(
+                    "spec.loadBalancerIP",
+                    "may only be used when `type` is 'LoadBalancer'",
+                )),
+                Ok(addr) => {
+                    if let Some(pool) = self.lb_pool
+                        && !pool.contains(addr)
+                    {
+                        errs.push(FieldError::invalid(
+                            "spec.loadBalancerIP",
+                            ip,
+                            format!("is not in the LoadBalancer address pool {pool}"),
+                        ));
+                    }
+                }
             }
         }
         // A LoadBalancer with externalTrafficPolicy Local gets one more node port, where
@@ -395,6 +430,29 @@ mod tests {
         assert!(cluster["spec"]["healthCheckNodePort"].is_null());
         a.release_dropped(&same, &cluster);
         assert!(!a.used.lock().unwrap().1.contains(&hc));
+    }
+
+    #[test]
+    fn load_balancer_ips_must_be_in_the_pool() {
+        let a = Allocator::default()
+            .with_lb_pool(Some("192.168.56.240-192.168.56.250".parse().unwrap()));
+        let mut s = svc("LoadBalancer", None);
+        s["spec"]["loadBalancerIP"] = json!("192.168.56.245");
+        assert!(a.assign(&mut s, None).is_ok());
+        let mut out = svc("LoadBalancer", None);
+        out["spec"]["loadBalancerIP"] = json!("10.1.2.3");
+        let errs = a.assign(&mut out, None).unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.loadBalancerIP: Invalid value: \"10.1.2.3\": is not in the LoadBalancer address pool 192.168.56.240-192.168.56.250"
+        );
+        let mut bad = svc("LoadBalancer", None);
+        bad["spec"]["loadBalancerIP"] = json!("nope");
+        assert!(
+            a.assign(&mut bad, None).unwrap_err()[0]
+                .to_string()
+                .ends_with("must be a valid IP address")
+        );
     }
 
     #[test]

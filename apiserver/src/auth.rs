@@ -82,7 +82,8 @@ pub struct Attributes<'a> {
 
 /// Admins may do everything. Nodes may read everything but secrets (only those their
 /// pods use, checked by the caller) and write only what
-/// a kubelet writes: their own Node and Lease, pods and their status, events.
+/// a kubelet writes: their own Node and Lease, pods and their status, events, and the
+/// Leases of the LoadBalancer pool addresses they announce.
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
     let node = match user {
         User::Admin => return Ok(()),
@@ -103,9 +104,13 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
         }
         ("", "events") => matches!(a.verb, "create" | "update" | "patch"),
         ("coordination.k8s.io", "leases") => {
-            a.namespace == Some("kube-node-lease")
+            (a.namespace == Some("kube-node-lease")
                 && matches!(a.verb, "create" | "update" | "patch")
-                && own(a.name)
+                && own(a.name))
+                // The leases of LoadBalancer pool addresses, which nodes hold in turn.
+                || (a.namespace == Some("kube-system")
+                    && matches!(a.verb, "create" | "update" | "patch" | "delete")
+                    && a.name.is_some_and(|n| n.starts_with("tinykube-lb-")))
         }
         _ => false,
     };

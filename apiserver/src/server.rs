@@ -64,6 +64,8 @@ pub struct MasterConfig {
     /// `kube-system/tinykube-network`.
     pub cluster_cidr: String,
     pub network_backend: String,
+    /// The LoadBalancer address pool, if any (`loadBalancerIP` must be in it).
+    pub lb_pool: Option<tinykube_api::lbpool::LbPool>,
 }
 
 impl MasterConfig {
@@ -77,6 +79,7 @@ impl MasterConfig {
             default_toleration_seconds: 300,
             cluster_cidr: tinykube_api::constants::CLUSTER_CIDR.to_string(),
             network_backend: "udp".to_string(),
+            lb_pool: None,
         }
     }
 }
@@ -156,7 +159,7 @@ impl Master {
         let (cleanup_tx, cleanup_rx) = tokio::sync::mpsc::unbounded_channel();
         let reg = Arc::new(Registry {
             store,
-            alloc: Allocator::default(),
+            alloc: Allocator::default().with_lb_pool(cfg.lb_pool),
             namespace_cleanup: cleanup_tx,
             default_toleration_seconds: cfg.default_toleration_seconds,
         });

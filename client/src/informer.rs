@@ -12,7 +12,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,9 @@ where
 {
     pub store: Store<K>,
     changes: broadcast::Sender<Arc<K>>,
+    /// Whether the first full list is in. The store's own `wait_until_ready` wakes only
+    /// one waiter, and several parts of a node wait on the same informer.
+    listed: watch::Sender<bool>,
 }
 
 impl<K> Informer<K>
@@ -34,6 +37,8 @@ where
         let (store, mut writer) = reflector::store();
         let (changes, _) = broadcast::channel(8192);
         let tx = changes.clone();
+        let (listed, _) = watch::channel(false);
+        let done = listed.clone();
         tokio::spawn(async move {
             let mut events = watcher::watcher(api, config).default_backoff().boxed();
             loop {
@@ -50,13 +55,20 @@ where
                             Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => {
                                 let _ = tx.send(Arc::new(o));
                             }
-                            Event::Init | Event::InitDone => {}
+                            Event::InitDone => {
+                                done.send_replace(true);
+                            }
+                            Event::Init => {}
                         }
                     }
                 }
             }
         });
-        Arc::new(Self { store, changes })
+        Arc::new(Self {
+            store,
+            changes,
+            listed,
+        })
     }
 
     /// Every object the cache holds now, then every later change (applied or deleted
@@ -71,7 +83,9 @@ where
         now.chain(BroadcastStream::new(later).filter_map(|r| futures::future::ready(r.ok())))
     }
 
+    /// Waits for the first full list; any number of tasks may wait at once.
     pub async fn ready(&self) {
-        let _ = self.store.wait_until_ready().await;
+        let mut rx = self.listed.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
     }
 }

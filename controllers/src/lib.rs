@@ -40,6 +40,8 @@ pub struct Config {
     pub node_monitor_period: Duration,
     /// The cluster CIDR nodes get their /24 from.
     pub cluster_cidr: String,
+    /// LoadBalancer addresses come from this pool when set, else are the nodes' own.
+    pub lb_pool: Option<tinykube_api::lbpool::LbPool>,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             node_monitor_grace: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
             cluster_cidr: tinykube_api::constants::CLUSTER_CIDR.into(),
+            lb_pool: None,
         }
     }
 }
@@ -104,6 +107,6 @@ pub async fn run(client: kube::Client, config: Config, cancel: CancellationToken
         gc::run(client.clone(), inf.clone(), cancel.clone()),
         endpoints::run(client.clone(), inf.clone(), cancel.clone()),
         node::run(client.clone(), inf.clone(), config.clone(), cancel.clone()),
-        servicelb::run(client.clone(), inf.clone(), cancel.clone()),
+        servicelb::run(client.clone(), inf.clone(), config.lb_pool, cancel.clone()),
     );
 }

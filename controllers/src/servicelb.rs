@@ -9,8 +9,14 @@
 //! port (and protocol) already taken stays without ingress, with a Warning Event saying
 //! which service holds it. Services with a `spec.loadBalancerClass` belong to another
 //! controller and are left alone.
+//!
+//! With an address pool (`--lb-pool`), each service gets one address of its own from the
+//! pool instead (its `loadBalancerIP` if it asks for one), which one node at a time
+//! announces (`node/src/announce.rs`); an address already taken, or an empty pool, is a
+//! Warning Event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use tinykube_api::lbpool::{LbPool, eligible_nodes};
 use tinykube_client::Recorder;
 use tinykube_client::recorder::EventType;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use crate::Informers;
 use crate::owner::{name, namespace};
 
-pub const ENABLE_LB_LABEL: &str = "svccontroller.tinykube.io/enablelb";
 /// Changes arriving within this window are handled in one pass.
 const SETTLE: Duration = Duration::from_millis(20);
 /// A full pass even when nothing changed (a failed status write is retried).
@@ -42,33 +48,30 @@ pub struct Decision {
     pub conflict: Option<String>,
 }
 
-fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+impl Decision {
+    fn granted(namespace: String, name: String, ingress: Vec<String>) -> Self {
+        Self {
+            namespace,
+            name,
+            ingress,
+            conflict: None,
+        }
+    }
+
+    fn refused(namespace: String, name: String, why: String) -> Self {
+        Self {
+            namespace,
+            name,
+            ingress: Vec::new(),
+            conflict: Some(why),
+        }
+    }
 }
 
 /// The addresses LoadBalancer services get: those of the eligible nodes.
 pub fn eligible_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
-    fn labelled(n: &Node) -> Option<&str> {
-        n.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ENABLE_LB_LABEL))
-            .map(String::as_str)
-    }
-    let any_labelled = nodes.iter().any(|n| labelled(n) == Some("true"));
-    let mut out: Vec<String> = nodes
-        .iter()
-        .filter(|n| node_ready(n))
-        .filter(|n| {
-            !n.spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false)
-        })
-        .filter(|n| !any_labelled || labelled(n) == Some("true"))
+    let mut out: Vec<String> = eligible_nodes(nodes)
+        .into_iter()
         .filter_map(|n| {
             let addrs = n.status.as_ref()?.addresses.as_ref()?;
             addrs
@@ -90,8 +93,9 @@ fn is_ours(s: &Service) -> bool {
 }
 
 /// The ingress of every LoadBalancer service this controller owns, oldest first: a
-/// port (and protocol) goes to the first service that asks for it.
-pub fn plan(services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Vec<Decision> {
+/// port (and protocol) goes to the first service that asks for it; from a pool, an
+/// address to the first that asks for it (or already has it).
+pub fn plan(services: &[Arc<Service>], nodes: &[Arc<Node>], pool: Option<LbPool>) -> Vec<Decision> {
     let addresses = eligible_addresses(nodes);
     let mut lbs: Vec<&Arc<Service>> = services.iter().filter(|s| is_ours(s)).collect();
     lbs.sort_by(|a, b| {
@@ -104,6 +108,9 @@ pub fn plan(services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Vec<Decision> {
         };
         key(a).cmp(&key(b))
     });
+    if let Some(pool) = pool {
+        return plan_pool(&lbs, pool);
+    }
     let mut taken: HashMap<(i32, String), String> = HashMap::new();
     let mut out = Vec::new();
     for s in lbs {
@@ -123,25 +130,77 @@ pub fn plan(services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Vec<Decision> {
             .iter()
             .find_map(|p| taken.get(p).map(|holder| (p.clone(), holder.clone())));
         if let Some(((port, proto), holder)) = clash {
-            out.push(Decision {
-                namespace: ns,
-                name: n,
-                ingress: Vec::new(),
-                conflict: Some(format!(
+            out.push(Decision::refused(ns, n, format!(
                     "port {port}/{proto} is already used by LoadBalancer service {holder} on every eligible node; this service gets no address until it is free"
-                )),
-            });
+                )));
             continue;
         }
         for p in ports {
             taken.insert(p, format!("{ns}/{n}"));
         }
-        out.push(Decision {
-            namespace: ns,
-            name: n,
-            ingress: addresses.clone(),
-            conflict: None,
+        out.push(Decision::granted(ns, n, addresses.clone()));
+    }
+    out
+}
+
+fn plan_pool(lbs: &[&Arc<Service>], pool: LbPool) -> Vec<Decision> {
+    let mut holders: HashMap<Ipv4Addr, String> = HashMap::new();
+    // What each service asks for, or holds: the first claims come first.
+    let asked = |s: &Service| -> Option<Ipv4Addr> {
+        s.spec
+            .as_ref()?
+            .load_balancer_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+    };
+    let mut out = Vec::new();
+    let mut pending = Vec::new();
+    for s in lbs {
+        let (ns, n) = (
+            namespace(&s.metadata).to_string(),
+            name(&s.metadata).to_string(),
+        );
+        let key = format!("{ns}/{n}");
+        let want = asked(s).or_else(|| {
+            current_ingress(s)
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .find(|ip| pool.contains(*ip))
         });
+        match want {
+            Some(ip) if !pool.contains(ip) => out.push(Decision::refused(
+                ns,
+                n,
+                format!("address {ip} is not in the pool {pool}"),
+            )),
+            Some(ip) => match holders.get(&ip) {
+                Some(holder) => out.push(Decision::refused(
+                    ns,
+                    n,
+                    format!("address {ip} is already used by LoadBalancer service {holder}"),
+                )),
+                None => {
+                    holders.insert(ip, key);
+                    out.push(Decision::granted(ns, n, vec![ip.to_string()]));
+                }
+            },
+            None => pending.push((ns, n, key)),
+        }
+    }
+    // Then the services that need an address, oldest first, the lowest free one each.
+    for (ns, n, key) in pending {
+        let free = pool.addresses().find(|ip| !holders.contains_key(ip));
+        match free {
+            Some(ip) => {
+                holders.insert(ip, key);
+                out.push(Decision::granted(ns, n, vec![ip.to_string()]));
+            }
+            None => out.push(Decision::refused(
+                ns,
+                n,
+                format!("no free address in the pool {pool}"),
+            )),
+        }
     }
     out
 }
@@ -160,7 +219,12 @@ fn current_ingress(s: &Service) -> Vec<String> {
     v
 }
 
-pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    inf: Arc<Informers>,
+    pool: Option<LbPool>,
+    cancel: CancellationToken,
+) {
     let recorder = Recorder::new(client.clone(), "service-lb-controller", None);
     let mut changes = futures::stream::select(
         inf.services.subscribe().map(|_| ()),
@@ -192,7 +256,7 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
                 )
             })
             .collect();
-        for d in plan(&services, &nodes) {
+        for d in plan(&services, &nodes, pool) {
             let key = (d.namespace.clone(), d.name.clone());
             let Some(svc) = by_key.get(&key) else {
                 continue;
@@ -215,7 +279,16 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
             match &d.conflict {
                 Some(msg) if reported.get(&key) != Some(msg) => {
                     recorder
-                        .record(svc.as_ref(), EventType::Warning, "PortInUse", msg)
+                        .record(
+                            svc.as_ref(),
+                            EventType::Warning,
+                            if pool.is_some() {
+                                "AllocationFailed"
+                            } else {
+                                "PortInUse"
+                            },
+                            msg,
+                        )
                         .await;
                     reported.insert(key, msg.clone());
                 }
@@ -259,6 +332,7 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
 mod tests {
     use super::*;
     use serde_json::json;
+    use tinykube_api::lbpool::ENABLE_LB_LABEL;
 
     fn node(name: &str, ip: &str, ready: bool, extra: serde_json::Value) -> Arc<Node> {
         let mut n = json!({
@@ -328,7 +402,7 @@ mod tests {
                 Some("example.com/lb"),
             ),
         ];
-        let d = plan(&services, &nodes);
+        let d = plan(&services, &nodes, None);
         let get = |n: &str| d.iter().find(|d| d.name == n).unwrap();
         assert_eq!(get("first").ingress, vec!["192.168.56.11"]);
         assert_eq!(get("other").ingress, vec!["192.168.56.11"]);
@@ -341,5 +415,31 @@ mod tests {
                 .contains("port 80/TCP is already used by LoadBalancer service default/first")
         );
         assert!(d.iter().all(|d| d.name != "metallb"));
+    }
+
+    #[test]
+    fn a_pool_gives_each_service_its_own_address() {
+        let nodes = vec![node("a", "192.168.56.11", true, json!({}))];
+        let pool: LbPool = "192.168.56.240-192.168.56.241".parse().unwrap();
+        let mut asks = (*lb("asks", "2026-01-03T00:00:00Z", 80, None)).clone();
+        asks.spec.as_mut().unwrap().load_balancer_ip = Some("192.168.56.241".into());
+        let services = vec![
+            lb("old", "2026-01-01T00:00:00Z", 80, None),
+            lb("new", "2026-01-02T00:00:00Z", 80, None),
+            Arc::new(asks),
+        ];
+        let d = plan(&services, &nodes, Some(pool));
+        let get = |n: &str| d.iter().find(|d| d.name == n).unwrap();
+        assert_eq!(get("asks").ingress, vec!["192.168.56.241"], "asked for");
+        assert_eq!(
+            get("old").ingress,
+            vec!["192.168.56.240"],
+            "the same port is fine"
+        );
+        assert!(get("new").ingress.is_empty());
+        assert_eq!(
+            get("new").conflict.as_deref(),
+            Some("no free address in the pool 192.168.56.240-192.168.56.241")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The pod network: network namespaces, pod IPAM, the bridge and veth wiring of pods;
 //! the overlay that carries pod traffic across nodes.
 
+pub mod arp;
 pub mod cidr;
 pub mod ipam;
 pub mod iptables;

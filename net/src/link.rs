@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -15,6 +16,7 @@ use crate::netns::{NetNs, NetnsError};
 
 const ENODEV: i32 = -libc::ENODEV;
 const EEXIST: i32 = -libc::EEXIST;
+const EADDRNOTAVAIL: i32 = -libc::EADDRNOTAVAIL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -122,6 +124,42 @@ pub async fn add_address(
         Err(e) if code(&e) == EEXIST => Ok(()),
         Err(e) => Err(nl(format!("add address {ip}/{prefix}"))(e)),
     }
+}
+
+/// The link that holds address `ip`, if any.
+pub async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<Option<u32>, LinkError> {
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+        let holds = a.attributes.iter().any(|attr| {
+            matches!(attr, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip)
+        });
+        if holds {
+            return Ok(Some(a.header.index));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes `ip` (any prefix) from link `index`; an address not there is fine.
+pub async fn remove_address(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<(), LinkError> {
+    let mut addrs = h.address().get().set_link_index_filter(index).execute();
+    let mut found = Vec::new();
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+        let holds = a.attributes.iter().any(|attr| {
+            matches!(attr, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip)
+        });
+        if holds {
+            found.push(a);
+        }
+    }
+    for a in found {
+        match h.address().del(a).execute().await {
+            Ok(()) => {}
+            Err(e) if code(&e) == EADDRNOTAVAIL || code(&e) == ENODEV => {}
+            Err(e) => return Err(nl(format!("remove address {ip}"))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure bridge `name` exists, is up and holds `addr/prefix`; returns its index.

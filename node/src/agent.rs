@@ -270,6 +270,17 @@ async fn run_with(
         proxy_metrics.clone(),
         cancel.clone(),
     ));
+    // LoadBalancer pool addresses this node is elected to announce.
+    let announcer = match ip {
+        IpAddr::V4(v4) => Some(tokio::spawn(crate::announce::run(
+            client.clone(),
+            services.clone(),
+            cfg.node_name.clone(),
+            v4,
+            cancel.clone(),
+        ))),
+        IpAddr::V6(_) => None,
+    };
     // Cluster DNS on the kube-dns address, answered on this node.
     let dns_config = DnsConfig {
         ttl: cfg.dns_ttl,
@@ -338,6 +349,9 @@ async fn run_with(
     kubelet.stopped().await;
     let _ = peers.await;
     let _ = proxy.await;
+    if let Some(a) = announcer {
+        let _ = a.await;
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! API-only kubelets for tests and benchmarks, share the registration code.
 
 pub mod agent;
+pub mod announce;
 pub mod hollow;
 pub mod network;
 pub mod registration;

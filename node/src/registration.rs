@@ -17,7 +17,7 @@ use tinykube_api::constants::{
 pub const LEASE_DURATION: Duration = Duration::from_secs(40);
 
 /// The Lease's renewTime, in the microsecond format Kubernetes writes.
-fn now_micro() -> String {
+pub fn now_micro() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()

@@ -52,11 +52,34 @@ impl TestLab {
         Self::start_full(workers, &[], false, backend).await
     }
 
+    /// As `start`, with LoadBalancer addresses from a pool of the lab's own subnet
+    /// (.240 to .250).
+    pub async fn start_with_lb_pool(workers: usize) -> Self {
+        Self::start_full_with(
+            workers,
+            &[],
+            false,
+            "udp",
+            &["--lb-pool", "{net}.240-{net}.250"],
+        )
+        .await
+    }
+
     async fn start_full(
         workers: usize,
         node_args: &[&str],
         own_containerd: bool,
         backend: &str,
+    ) -> Self {
+        Self::start_full_with(workers, node_args, own_containerd, backend, &[]).await
+    }
+
+    async fn start_full_with(
+        workers: usize,
+        node_args: &[&str],
+        own_containerd: bool,
+        backend: &str,
+        master_args: &[&str],
     ) -> Self {
         require_root();
         crate::init_crypto();
@@ -77,6 +100,10 @@ impl TestLab {
         cfg.node_args
             .extend(node_args.iter().map(|a| a.replace("{master}", &master)));
         cfg.master_args = vec!["--flannel-backend".into(), backend.into()];
+        let net = cfg.subnet.network().octets();
+        let net = format!("{}.{}.{}", net[0], net[1], net[2]);
+        cfg.master_args
+            .extend(master_args.iter().map(|a| a.replace("{net}", &net)));
         cfg.ready_timeout = Duration::from_secs(90);
         cfg.own_containerd = own_containerd;
         let mut quiet = |_: &str| {};

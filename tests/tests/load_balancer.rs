@@ -304,3 +304,105 @@ async fn load_balancers_affinity_and_traffic_policies() {
     );
     t.down().await;
 }
+
+/// With `--lb-pool`, a service gets an address of its own from the pool (its
+/// `loadBalancerIP` if it asks, 422 when that is outside the pool), one node announces
+/// it, and when that node stops another takes it over within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_addresses_move_when_their_node_stops() {
+    let t = TestLab::start_with_lb_pool(2).await;
+    let k = t.kubectl();
+    let name = t.name.clone();
+    let (w1, w2) = (format!("{name}-worker-1"), format!("{name}-worker-2"));
+    let gw = t.gateway().octets();
+    let net = format!("{}.{}.{}", gw[0], gw[1], gw[2]);
+    // Only the workers announce (stopping the master would stop the API too).
+    k.ok(&[
+        "label",
+        "node",
+        &w1,
+        &w2,
+        "svccontroller.tinykube.io/enablelb=true",
+    ]);
+    let yaml = pod_yaml("web-a", &w1) + &pod_yaml("web-c", &w2);
+    k.ok_stdin(&["apply", "-f", "-"], &yaml);
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=90s",
+        "pod/web-a",
+        "pod/web-c",
+    ]);
+
+    // Local: the announcing node answers with its own pod, never with one on the node
+    // that went away (an endpoint until that node is found NotReady).
+    let svc = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  loadBalancerIP: {ip}\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        )
+    };
+    let r = k.run_stdin(&["apply", "-f", "-"], &svc("10.1.2.3"));
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!("spec.loadBalancerIP: Invalid value: \"10.1.2.3\": is not in the LoadBalancer address pool {net}.240-{net}.250")),
+        "{}",
+        r.stderr
+    );
+    let ip = format!("{net}.245");
+    k.ok_stdin(&["apply", "-f", "-"], &svc(&ip));
+    let set = eventually(Duration::from_secs(20), async || {
+        (jsonpath(&k, &["svc", "web"], "{.status.loadBalancer.ingress[*].ip}") == ip).then_some(())
+    })
+    .await;
+    assert!(set.is_some(), "the service never got {ip}");
+    let lease = format!("tinykube-lb-{}", ip.replace('.', "-"));
+    let holder_of = |lease: &str| {
+        k.run(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .stdout
+    };
+    let holder = eventually(Duration::from_secs(20), async || {
+        let h = holder_of(&lease);
+        (!h.is_empty()).then_some(h)
+    })
+    .await
+    .expect("a node holds the address");
+    assert!(holder == w1 || holder == w2, "{holder}");
+    let reached = eventually(Duration::from_secs(10), async || {
+        (!answered_by(&fetch_host(&format!("http://{ip}/"), 2)).is_empty()).then_some(())
+    })
+    .await;
+    assert!(reached.is_some(), "{ip} never answered from the host");
+
+    // The holder stops, as a machine that powers off: its agent killed, its link down.
+    let node = t
+        .lab()
+        .node(&holder)
+        .expect("the holder is a lab node")
+        .clone();
+    let started = std::time::Instant::now();
+    // SAFETY: a signal to a node process this test's cluster started.
+    unsafe { libc::kill(node.pid.expect("pid") as i32, libc::SIGKILL) };
+    let down = Command::new("ip")
+        .args(["link", "set", &node.veth, "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let moved = eventually(Duration::from_secs(30), async || {
+        let h = holder_of(&lease);
+        let answered = !answered_by(&fetch_host(&format!("http://{ip}/"), 1)).is_empty();
+        (h != holder && !h.is_empty() && answered).then(|| started.elapsed())
+    })
+    .await
+    .expect("the address moved to the other worker and answers");
+    assert!(moved <= Duration::from_secs(12), "took {moved:?}");
+    println!("pool address moved in {:.1} s", moved.as_secs_f64());
+    t.down().await;
+}
