@@ -322,10 +322,11 @@ async fn files_written_by_the_master_are_private() {
     m.shutdown().await;
 }
 
-/// Service type changes both ways keep the allocations as Kubernetes does, and a bad
-/// `externalName` is a 422 with Kubernetes' message and field cause.
+/// Service type changes both ways keep the allocations as Kubernetes does; a bad
+/// `externalName`, session affinity timeout or `loadBalancerIP` is a 422 with
+/// Kubernetes' message and field cause.
 #[tokio::test]
-async fn external_name_services_validate_and_change_type_both_ways() {
+async fn service_fields_validate_and_types_change_both_ways() {
     let m = TestMaster::start().await;
     let c = m.client().await;
     let svcs = "/api/v1/namespaces/default/services";
@@ -351,6 +352,40 @@ async fn external_name_services_validate_and_change_type_both_ways() {
         r.body["details"]["causes"][0]["field"], "spec.externalName",
         "{}",
         r.body
+    );
+
+    // A session affinity timeout out of range.
+    let r = send(
+        &c,
+        Method::POST,
+        svcs,
+        "application/json",
+        body(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky"},
+                    "spec": {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}},
+                             "ports": [{"port": 80}]}})),
+    )
+    .await;
+    assert_status(
+        &r,
+        422,
+        "Invalid",
+        "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 86401: must be greater than 0 and less than 86400",
+    );
+    // A loadBalancerIP that is no address.
+    let r = send(
+        &c,
+        Method::POST,
+        svcs,
+        "application/json",
+        body(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+                    "spec": {"type": "LoadBalancer", "loadBalancerIP": "not-an-ip", "ports": [{"port": 80}]}})),
+    )
+    .await;
+    assert_status(
+        &r,
+        422,
+        "Invalid",
+        "spec.loadBalancerIP: Invalid value: \"not-an-ip\": must be a valid IP address",
     );
 
     // ClusterIP -> ExternalName: the ClusterIP goes; and back: a new one is given.
