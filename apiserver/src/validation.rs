@@ -460,6 +460,29 @@ pub fn service(s: &Service, old: Option<&Service>) -> Vec<FieldError> {
             &["ClientIP", "None"],
         )),
     }
+    // loadBalancerSourceRanges: CIDRs (IPv4 or IPv6), as Kubernetes checks them.
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let ok = r.trim().split_once('/').is_some_and(|(ip, bits)| {
+            let max = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 32,
+                Ok(std::net::IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            bits.parse::<u8>().is_ok_and(|b| b <= max)
+        });
+        if !ok {
+            errs.push(FieldError::invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                r,
+                "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
+            ));
+        }
+    }
     for (field, value) in [
         (
             "spec.externalTrafficPolicy",
@@ -569,6 +592,19 @@ mod tests {
             errs[0].to_string(),
             "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767"
         );
+    }
+
+    #[test]
+    fn source_ranges_must_be_cidrs() {
+        let s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
+                     "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32", "10.0.0.1", "10.0.0.0/33"]}
+        }))
+        .unwrap();
+        let msgs: Vec<String> = service(&s, None).iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].starts_with("spec.loadBalancerSourceRanges[2]: Invalid value: \"10.0.0.1\": must be a list of IP ranges"), "{msgs:?}");
     }
 
     #[test]

@@ -33,13 +33,16 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// The jumps from the built-in chains into ours: table, chain, comment, target, and
 /// whether only new connections take it (filter), as kube-proxy installs them.
 #[rustfmt::skip]
-const HOOKS: [(&str, &str, &str, &str, bool); 6] = [
+const HOOKS: [(&str, &str, &str, &str, bool); 9] = [
     ("nat", "PREROUTING", "kubernetes service portals", rules::SERVICES, false),
     ("nat", "OUTPUT", "kubernetes service portals", rules::SERVICES, false),
     ("nat", "POSTROUTING", "kubernetes postrouting rules", rules::POSTROUTING, false),
     ("filter", "FORWARD", "kubernetes service portals", rules::SERVICES, true),
     ("filter", "OUTPUT", "kubernetes service portals", rules::SERVICES, true),
     ("filter", "INPUT", "kubernetes externally-visible service portals", rules::EXTERNAL_SERVICES, true),
+    ("filter", "INPUT", "kubernetes load balancer firewall", rules::PROXY_FIREWALL, true),
+    ("filter", "FORWARD", "kubernetes load balancer firewall", rules::PROXY_FIREWALL, true),
+    ("filter", "OUTPUT", "kubernetes load balancer firewall", rules::PROXY_FIREWALL, true),
 ];
 
 /// What a write did: how many bytes iptables-restore was given, how many per-port

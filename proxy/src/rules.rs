@@ -33,12 +33,20 @@ pub const EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
 pub const NODEPORTS: &str = "KUBE-NODEPORTS";
 pub const POSTROUTING: &str = "KUBE-POSTROUTING";
 pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// filter: drops what a LoadBalancer's source ranges did not let through.
+pub const PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The packet mark that asks `KUBE-POSTROUTING` to masquerade (kube-proxy's bit).
 const MASQ_MARK: &str = "0x4000";
 /// Prefixes of the per-service and per-endpoint chains this proxy owns.
-pub const OWNED_PREFIXES: [&str; 4] = ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"];
+pub const OWNED_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SEP-",
+    "KUBE-EXT-",
+    "KUBE-SVL-",
+    "KUBE-FW-",
+];
 
 /// One endpoint of a service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,6 +70,8 @@ pub struct ServicePort {
     pub external_ips: Vec<Ipv4Addr>,
     /// `status.loadBalancer.ingress` addresses.
     pub lb_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges`: who may reach the LoadBalancer addresses.
+    pub source_ranges: Vec<Ipv4Cidr>,
     /// `sessionAffinity: ClientIP`, with its timeout in seconds.
     pub affinity: Option<u32>,
     /// `externalTrafficPolicy: Local`.
@@ -84,6 +94,7 @@ impl ServicePort {
             node_port: None,
             external_ips: Vec::new(),
             lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
             affinity: None,
             external_local: false,
             internal_local: false,
@@ -269,6 +280,12 @@ pub fn service_ports<'a>(
                     .and_then(|n| u16::try_from(n).ok()),
                 external_ips: external_ips.clone(),
                 lb_ips: lb_ips.clone(),
+                source_ranges: spec
+                    .load_balancer_source_ranges
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.trim().parse().ok())
+                    .collect(),
                 affinity,
                 external_local,
                 internal_local,
@@ -323,9 +340,10 @@ pub struct PortRules {
     pub nodeports: Vec<String>,
     /// The port's own nat chains (`KUBE-SVC/SVL/EXT/SEP-*`) and their lines.
     pub chains: BTreeMap<String, Vec<String>>,
-    /// filter `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES` lines.
+    /// filter `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES` and `KUBE-PROXY-FIREWALL` lines.
     pub filter_services: Vec<String>,
     pub filter_external: Vec<String>,
+    pub filter_firewall: Vec<String>,
 }
 
 /// Rules that pick one of `eps` from `chain`: with affinity, a client seen within the
@@ -444,9 +462,36 @@ pub fn port_rules(p: &ServicePort, cluster: Ipv4Cidr) -> PortRules {
                 "-A {SERVICES} -m comment --comment \"{name} external IP\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext}"
             ));
         }
+        // With source ranges, LoadBalancer traffic goes through `KUBE-FW-*`, which lets the
+        // ranges on to `KUBE-EXT-*`; what falls through is not DNAT-ed and is dropped by
+        // `KUBE-PROXY-FIREWALL` in filter (kube-proxy's layout since 1.28).
+        let lb_target = if p.source_ranges.is_empty() {
+            ext.clone()
+        } else {
+            let fw = chain_name("KUBE-FW-", &p.key());
+            let mut lines: Vec<String> = p
+                .source_ranges
+                .iter()
+                .map(|cidr| {
+                    format!(
+                        "-A {fw} -m comment --comment \"{name} loadbalancer IP\" -s {cidr} -j {ext}"
+                    )
+                })
+                .collect();
+            lines.push(format!(
+                "-A {fw} -m comment --comment \"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL\""
+            ));
+            r.chains.insert(fw.clone(), lines);
+            for ip in &p.lb_ips {
+                r.filter_firewall.push(format!(
+                    "-A {PROXY_FIREWALL} -m comment --comment \"{name} traffic not accepted by {fw}\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j DROP"
+                ));
+            }
+            fw
+        };
         for ip in &p.lb_ips {
             r.services.push(format!(
-                "-A {SERVICES} -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext}"
+                "-A {SERVICES} -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {lb_target}"
             ));
         }
         if let Some(np) = p.node_port {
@@ -640,9 +685,17 @@ pub fn render(
         let _ = writeln!(out, "-X {c}");
     }
     out.push_str("COMMIT\n*filter\n");
-    let _ = writeln!(out, ":{SERVICES} - [0:0]\n:{EXTERNAL_SERVICES} - [0:0]");
+    let _ = writeln!(
+        out,
+        ":{SERVICES} - [0:0]\n:{EXTERNAL_SERVICES} - [0:0]\n:{PROXY_FIREWALL} - [0:0]"
+    );
     for r in synced.rules() {
-        for l in r.filter_services.iter().chain(&r.filter_external) {
+        for l in r
+            .filter_services
+            .iter()
+            .chain(&r.filter_external)
+            .chain(&r.filter_firewall)
+        {
             out.push_str(l);
             out.push('\n');
         }
@@ -891,6 +944,27 @@ mod tests {
         )));
         // Cluster policy: masquerade, then any endpoint.
         assert!(text.contains(&format!("-A {ext} -m comment --comment \"masquerade traffic for default/web:http external destinations\" -j KUBE-MARK-MASQ")));
+    }
+
+    #[test]
+    fn source_ranges_let_only_their_clients_through_the_firewall_chain() {
+        let ports = with(
+            json!({"loadBalancerSourceRanges": ["203.0.113.0/24"]}),
+            json!({"loadBalancer": {"ingress": [{"ip": "192.168.56.11"}]}}),
+        );
+        let p = &ports[0];
+        assert_eq!(p.source_ranges.len(), 1);
+        let text = text(&ports);
+        let fw = chain_name("KUBE-FW-", &p.key());
+        let ext = ext_chain(p);
+        assert!(
+            text.contains(&format!("-d 192.168.56.11/32 --dport 80 -j {fw}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("-A {fw} -m comment --comment \"default/web:http loadbalancer IP\" -s 203.0.113.0/24 -j {ext}")));
+        assert!(text.contains(&format!("-A KUBE-PROXY-FIREWALL -m comment --comment \"default/web:http traffic not accepted by {fw}\" -m tcp -p tcp -d 192.168.56.11/32 --dport 80 -j DROP")));
+        // The node port is not behind the firewall.
+        assert!(text.contains(&format!("--dport 30080 -j {ext}")));
     }
 
     #[test]

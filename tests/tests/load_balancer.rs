@@ -107,6 +107,38 @@ async fn load_balancers_affinity_and_traffic_policies() {
         everyone.extend(by);
     }
     assert_eq!(everyone.len(), 3, "all three pods answer: {everyone:?}");
+    // loadBalancerSourceRanges: a client outside them is dropped (KUBE-FW ->
+    // KUBE-PROXY-FIREWALL), one inside gets through.
+    k.ok(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        "{\"spec\":{\"loadBalancerSourceRanges\":[\"203.0.113.0/24\"]}}",
+    ]);
+    let blocked = eventually(Duration::from_secs(10), async || {
+        fetch_host(&format!("http://{w1_ip}/"), 1)
+            .starts_with("error:")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        blocked.is_some(),
+        "a client outside the source ranges got through"
+    );
+    let allow = format!(
+        "{{\"spec\":{{\"loadBalancerSourceRanges\":[\"{}/32\"]}}}}",
+        t.gateway()
+    );
+    k.ok(&["patch", "service", "web", "-p", &allow]);
+    let through = eventually(Duration::from_secs(10), async || {
+        (!answered_by(&fetch_host(&format!("http://{w1_ip}/"), 1)).is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        through.is_some(),
+        "a client inside the source ranges was refused"
+    );
 
     // A second LoadBalancer on the same port: no address, and an Event saying why.
     k.ok(&["create", "service", "loadbalancer", "web2", "--tcp=80:8080"]);
