@@ -383,6 +383,17 @@ mod tests {
             ResponseCode::FormErr
         );
         assert_eq!(h.metrics.malformed_count(), 4);
+        // Oversized: a header and 70,000 bytes of nonsense, over UDP and TCP.
+        let mut big = bad.clone();
+        big.resize(70_000, 0x41);
+        for tcp in [false, true] {
+            let out = h.answer(&big, tcp).await.expect("an answer");
+            assert_eq!(
+                Message::from_vec(&out).unwrap().response_code(),
+                ResponseCode::FormErr
+            );
+        }
+        assert_eq!(h.metrics.malformed_count(), 6);
         // Random bytes of every length: never a panic.
         for n in 0..300 {
             let junk: Vec<u8> = (0..n).map(|_| rand::random()).collect();
