@@ -45,6 +45,11 @@ pub struct MasterArgs {
     /// the nodes' own addresses.
     #[arg(long)]
     lb_pool: Option<tinykube_api::lbpool::LbPool>,
+    /// Taint the master's own node NoSchedule (node-role.kubernetes.io/control-plane), so
+    /// ordinary pods run on the workers; without it a master alone runs pods too (as
+    /// kind and k3s do). `tinykube up` sets it when the cluster has workers.
+    #[arg(long)]
+    taint_master: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -86,7 +91,7 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
         )));
     }
     if !args.no_kubelet {
-        // The master is a node too, tainted so ordinary pods go to the workers.
+        // The master is a node too; tainted when asked, so ordinary pods go to the workers.
         let mut agent = args.node.config(
             &master.url,
             &master.tokens.node,
@@ -94,6 +99,7 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
             args.data_dir.join("agent"),
         );
         agent.control_plane = true;
+        agent.taint_control_plane = args.taint_master;
         let cancel = cancel.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = tinykube_node::run(agent, cancel).await {

@@ -366,6 +366,10 @@ impl Lab {
             master.ip.to_string(),
         ];
         args.extend(node_flags(&master));
+        // With workers, pods go to them (the course's layout); a master alone runs them.
+        if cfg.workers > 0 {
+            args.push("--taint-master".into());
+        }
         args.extend(cfg.master_args.iter().cloned());
         let ns = NetNs::open(&master.netns)?;
         state.nodes[0].pid = Some(spawn_in(Some(&ns), &cfg.binary, &args, &[], &master.log)?);

@@ -37,8 +37,10 @@ pub struct AgentConfig {
     pub node_ip: Option<IpAddr>,
     pub data_dir: PathBuf,
     pub containerd_socket: PathBuf,
-    /// Register as a control-plane node (label and NoSchedule taint).
+    /// Register as a control-plane node (the node-role label).
     pub control_plane: bool,
+    /// And with the control plane's NoSchedule taint, so ordinary pods go elsewhere.
+    pub taint_control_plane: bool,
     /// First container restart back-off (Kubernetes: 10 s).
     pub backoff_base: Duration,
     pub heartbeat: Duration,
@@ -71,6 +73,7 @@ impl AgentConfig {
             data_dir,
             containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
             control_plane: false,
+            taint_control_plane: false,
             backoff_base: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
             insecure_registries: Vec::new(),
@@ -199,6 +202,7 @@ async fn run_with(
         name: cfg.node_name.clone(),
         ip,
         control_plane: cfg.control_plane,
+        tainted: cfg.taint_control_plane,
         runtime_version: version,
         max_pods: 110,
     };

@@ -29,6 +29,9 @@ pub struct NodeFacts {
     pub name: String,
     pub ip: IpAddr,
     pub control_plane: bool,
+    /// Registers with the control plane's NoSchedule taint (a master with workers;
+    /// a master alone stays schedulable, as on kind and k3s).
+    pub tainted: bool,
     pub runtime_version: String,
     pub max_pods: u32,
 }
@@ -151,9 +154,10 @@ pub fn labels(facts: &NodeFacts) -> Value {
     labels
 }
 
-/// The taints a node registers with: the control plane's NoSchedule on the master.
+/// The taints a node registers with: the control plane's NoSchedule on a master that
+/// asked for it (`--taint-master`).
 pub fn taints(facts: &NodeFacts) -> Value {
-    if facts.control_plane {
+    if facts.control_plane && facts.tainted {
         json!([{"key": LABEL_NODE_ROLE_CONTROL_PLANE, "effect": "NoSchedule"}])
     } else {
         json!([])
@@ -169,10 +173,15 @@ pub async fn register(
     status: Value,
 ) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
+    // No taints is no field, as the kubelet registers.
+    let spec = match taints.as_array() {
+        Some(t) if !t.is_empty() => json!({"taints": taints}),
+        _ => json!({}),
+    };
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": labels},
-        "spec": {"taints": taints},
+        "spec": spec,
         "status": status,
     });
     match api
@@ -190,6 +199,36 @@ pub async fn register(
                 &Patch::Merge(json!({"metadata": {"labels": labels}})),
             )
             .await?;
+            // A restart asked for taints the Node lacks (a master given workers and
+            // `--taint-master`): they are added; taints set by hand stay.
+            let wanted = taints.as_array().cloned().unwrap_or_default();
+            if !wanted.is_empty() {
+                let current = api.get(name).await?;
+                let mut have: Vec<Value> = current
+                    .spec
+                    .and_then(|s| s.taints)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|t| serde_json::to_value(t).ok())
+                    .collect();
+                let before = have.len();
+                for t in wanted {
+                    if !have
+                        .iter()
+                        .any(|h| h["key"] == t["key"] && h["effect"] == t["effect"])
+                    {
+                        have.push(t);
+                    }
+                }
+                if have.len() != before {
+                    api.patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"taints": have}})),
+                    )
+                    .await?;
+                }
+            }
         }
         Err(e) => return Err(e),
     }
@@ -238,6 +277,7 @@ mod tests {
             name: "worker-1".into(),
             ip: "192.168.56.11".parse().unwrap(),
             control_plane: false,
+            tainted: false,
             runtime_version: "1.6.20".into(),
             max_pods: 110,
         };

@@ -63,6 +63,28 @@ fn ino(path: &str) -> u64 {
         .ino()
 }
 
+/// A cluster with no workers (`up --workers 0`, the course's single-node start): the
+/// master's own node is not tainted and runs pods, as on kind and k3s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_alone_runs_pods_itself() {
+    let cluster = TestLab::start(0).await;
+    let kubectl = cluster.kubectl();
+    let master = format!("{}-master", cluster.name);
+    let taints = kubectl.ok(&["get", "node", &master, "-o", "jsonpath={.spec.taints}"]);
+    assert_eq!(taints, "", "a master alone is not tainted");
+    kubectl.ok(&[
+        "run",
+        "solo",
+        "--image=tinykube.local/toolbox",
+        "--",
+        "serve",
+    ]);
+    kubectl.ok(&["wait", "--for=condition=Ready", "pod/solo", "--timeout=90s"]);
+    let node = kubectl.ok(&["get", "pod", "solo", "-o", "jsonpath={.spec.nodeName}"]);
+    assert_eq!(node, master);
+    cluster.down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_cluster_has_ready_nodes_and_down_removes_every_trace() {
     let cluster = TestLab::start(2).await;
