@@ -149,11 +149,63 @@ fn server_addr(server: &str) -> Option<SocketAddr> {
     hostport.to_socket_addrs().ok()?.next()
 }
 
+/// Why a node's address cannot be used: another node has it (the Vagrant NAT pitfall:
+/// every VM's first interface is 10.0.2.15), or it lies inside the pod or service
+/// network. Pure.
+pub fn address_conflict(
+    name: &str,
+    ip: IpAddr,
+    nodes: &[Node],
+    networks: &[(&str, Ipv4Cidr)],
+) -> Option<String> {
+    let taken = nodes.iter().find(|n| {
+        n.metadata.name.as_deref() != Some(name)
+            && n.status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|a| a.type_ == "InternalIP" && a.address == ip.to_string())
+                })
+    });
+    if let Some(other) = taken {
+        return Some(format!(
+            "node {} already has the address {ip}; every node needs its own (on Vagrant every VM's first, NAT interface has the same address): pass --node-ip with this machine's host-only address, and --iface for the overlay",
+            other.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+    if let IpAddr::V4(v4) = ip {
+        for (what, net) in networks {
+            if net.contains(v4) {
+                return Some(format!(
+                    "this node's address {ip} is inside the {what} {net}; pick networks that do not overlap the machines' own (the master's --cluster-cidr), or pass --node-ip"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Runs the node agent until `cancel`.
-pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(mut cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     let client = client(cfg.clone()).await?;
+    // The node's address, checked against the other nodes' before anything is set up.
+    let ip = cfg
+        .node_ip
+        .or_else(|| server_addr(&cfg.server).and_then(registration::address_towards))
+        .ok_or_else(|| {
+            AgentError::Other("cannot tell this node's address; pass --node-ip".into())
+        })?;
+    cfg.node_ip = Some(ip);
+    if let Ok(nodes) = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        && let Some(why) = address_conflict(&cfg.node_name, ip, &nodes.items, &[])
+    {
+        return Err(AgentError::Other(why));
+    }
     let namespace = format!("tinykube-{}", cfg.node_name);
     let (runtime, own) = match Runtime::connect(
         &cfg.containerd_socket,
@@ -231,6 +283,20 @@ async fn run_with(
     let Some(conf) = network::net_conf(&client, &cancel).await? else {
         return Ok(());
     };
+    let service_cidr: Ipv4Cidr = tinykube_api::constants::SERVICE_CIDR
+        .parse()
+        .map_err(|e: tinykube_net::cidr::CidrError| AgentError::Other(e.to_string()))?;
+    if let Some(why) = address_conflict(
+        &cfg.node_name,
+        ip,
+        &[],
+        &[
+            ("pod network", conf.network),
+            ("service network", service_cidr),
+        ],
+    ) {
+        return Err(AgentError::Other(why));
+    }
     let public_ip = public_ip(&cfg, ip).await?;
     let overlay = Arc::new(
         Overlay::setup(
@@ -414,5 +480,48 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, ip: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_address_must_be_its_own_and_outside_the_cluster_networks() {
+        let nodes = [
+            node("master", "10.0.2.15"),
+            node("worker-1", "192.168.56.11"),
+        ];
+        let nat: IpAddr = "10.0.2.15".parse().unwrap();
+        let why = address_conflict("worker-2", nat, &nodes, &[]).unwrap();
+        assert!(
+            why.starts_with("node master already has the address 10.0.2.15"),
+            "{why}"
+        );
+        assert!(why.contains("--node-ip"), "{why}");
+        // Its own Node (a restart) is no conflict.
+        assert_eq!(address_conflict("master", nat, &nodes, &[]), None);
+        let pods: Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+        let inside: IpAddr = "10.244.3.7".parse().unwrap();
+        let why = address_conflict("w", inside, &[], &[("pod network", pods)]).unwrap();
+        assert!(
+            why.contains("inside the pod network 10.244.0.0/16"),
+            "{why}"
+        );
+        let fine: IpAddr = "192.168.56.12".parse().unwrap();
+        assert_eq!(
+            address_conflict("w", fine, &nodes, &[("pod network", pods)]),
+            None
+        );
     }
 }
