@@ -1,6 +1,7 @@
 //! The one tinykube binary: parses the command line and hands off to a component's
 //! `run`; errors become one line on stderr and a non-zero exit here.
 
+mod install;
 mod lab;
 mod master;
 mod toolbox;
@@ -45,6 +46,11 @@ enum Command {
     HollowNodes(worker::HollowArgs),
     /// A kubectl-like client.
     Ctl(tinykube_ctl::CtlArgs),
+    /// Install this binary and a systemd unit running `tinykube master|worker FLAGS`
+    /// (flags after `--`), enabled and started when systemd runs.
+    Install(install::InstallArgs),
+    /// Remove what `install` put in place (the data dir stays).
+    Uninstall(install::UninstallArgs),
 }
 
 /// Lets a CLI killed by a closed pipe (`tinykube ctl get pods | head`) end quietly, as
@@ -56,12 +62,13 @@ fn default_sigpipe() {
     }
 }
 
-/// The command line; invoked through a link named `ctl`, the binary is the CLI.
+/// The command line; invoked through a link named `ctl` (or `kubectl`, which `install`
+/// makes where there is none), the binary is the CLI.
 fn parse() -> Cli {
     let argv0 = std::env::args().next().unwrap_or_default();
     if std::path::Path::new(&argv0)
         .file_name()
-        .is_some_and(|n| n == "ctl")
+        .is_some_and(|n| n == "ctl" || n == "kubectl")
     {
         let args = ["tinykube".to_string(), "ctl".to_string()]
             .into_iter()
@@ -69,6 +76,17 @@ fn parse() -> Cli {
         Cli::parse_from(args)
     } else {
         Cli::parse()
+    }
+}
+
+/// One line on stderr and a non-zero exit for an error.
+fn done(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -85,6 +103,8 @@ fn main() -> ExitCode {
             });
         }
         Command::Ctl(_) => default_sigpipe(),
+        Command::Install(args) => return done(install::install(args)),
+        Command::Uninstall(args) => return done(install::uninstall(args)),
         // Daemons keep their resident size small: glibc otherwise grows a malloc arena
         // per thread that allocates, and a node agent's threads come and go.
         Command::Master(_) | Command::Worker(_) => {
@@ -121,7 +141,10 @@ fn main() -> ExitCode {
             Command::Down(args) => lab::down(args).await,
             Command::HollowNodes(args) => worker::run_hollow(args).await,
             Command::Ctl(args) => tinykube_ctl::run(args).await.map_err(|e| format!("{e:#}")),
-            Command::Pause | Command::Toolbox { .. } => {
+            Command::Pause
+            | Command::Toolbox { .. }
+            | Command::Install(_)
+            | Command::Uninstall(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
