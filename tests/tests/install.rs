@@ -101,3 +101,28 @@ fn install_writes_a_verified_unit_and_uninstall_takes_it_back() {
         assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
     }
 }
+
+/// The Vagrantfile the README's "On VMs" commands use is valid (`vagrant validate`,
+/// Debian's vagrant; offline, no box needed) and lays out the course's machines.
+#[test]
+fn the_vagrantfile_validates() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // Validated in a copy, so no `.vagrant` state of a real set-up is touched.
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(repo.join("Vagrantfile"), work.path().join("Vagrantfile")).unwrap();
+    let out = Command::new("vagrant")
+        .arg("validate")
+        .current_dir(work.path())
+        .env("VAGRANT_HOME", home.path())
+        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+        .output()
+        .expect("vagrant (Debian's package) is installed");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Vagrantfile validated successfully"));
+    let text = std::fs::read_to_string(repo.join("Vagrantfile")).unwrap();
+    for ip in ["192.168.56.10", "192.168.56.11", "192.168.56.12"] {
+        assert!(text.contains(ip), "{ip}");
+    }
+    assert!(text.contains("install master") && text.contains("install worker"));
+}
