@@ -146,12 +146,12 @@ pub fn dig(
         .to_ascii_uppercase()
         .parse()
         .map_err(|_| std::io::Error::other(format!("unknown record type {qtype}")))?;
-    let conf = stub::ResolvConf::system();
+    let conf = stub::system();
     let server = server
-        .or_else(|| conf.nameservers.first().copied())
+        .or_else(|| conf.nameserver_ips().first().copied())
         .ok_or_else(|| std::io::Error::other("no nameserver in /etc/resolv.conf; pass --server"))?;
     let names = if search {
-        conf.candidates(name)
+        stub::candidates(&conf, name)
     } else {
         vec![if name.ends_with('.') {
             name.to_string()

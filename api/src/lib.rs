@@ -8,6 +8,7 @@ pub mod lbpool;
 pub mod qos;
 pub mod quantity;
 pub mod query;
+pub mod resolv;
 pub mod selector;
 pub mod taint;
 pub mod validation;

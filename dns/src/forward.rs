@@ -17,6 +17,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use tinykube_api::resolv::ResolvConf;
+
 use crate::metrics::Metrics;
 
 /// systemd-resolved's stub, and where it lists the real servers.
@@ -37,17 +39,8 @@ const CACHE_ENTRIES: usize = 10_000;
 /// stub to its real list, without `refuse` (this server's own addresses).
 pub fn upstreams(resolv_conf: &Path, refuse: &[IpAddr]) -> (Vec<SocketAddr>, Vec<String>) {
     let mut notes = Vec::new();
-    let read = |p: &Path| -> Vec<IpAddr> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                (w.next() == Some("nameserver"))
-                    .then(|| w.next()?.split('%').next()?.parse().ok())
-                    .flatten()
-            })
-            .collect()
+    let read = |p: &Path| {
+        ResolvConf::parse(&std::fs::read_to_string(p).unwrap_or_default()).nameserver_ips()
     };
     let mut ips = read(resolv_conf);
     if ips.contains(&IpAddr::V4(RESOLVED_STUB)) {

@@ -8,59 +8,25 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+pub use tinykube_api::resolv::ResolvConf;
 
-/// A resolv.conf, as the resolver reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvConf {
-    pub nameservers: Vec<IpAddr>,
-    pub search: Vec<String>,
-    pub ndots: usize,
+/// /etc/resolv.conf of the calling process.
+pub fn system() -> ResolvConf {
+    ResolvConf::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
 }
 
-impl ResolvConf {
-    pub fn parse(text: &str) -> Self {
-        let mut r = ResolvConf {
-            nameservers: Vec::new(),
-            search: Vec::new(),
-            ndots: 1,
-        };
-        for line in text.lines() {
-            let mut w = line.split_whitespace();
-            match w.next() {
-                Some("nameserver") => r
-                    .nameservers
-                    .extend(w.next().and_then(|a| a.parse::<IpAddr>().ok())),
-                Some("search") | Some("domain") => r.search = w.map(str::to_string).collect(),
-                Some("options") => {
-                    for o in w {
-                        if let Some(n) = o.strip_prefix("ndots:").and_then(|n| n.parse().ok()) {
-                            r.ndots = n;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        r
+/// The names tried for `host`, in order: with fewer than `ndots` dots, the search list
+/// first; a name ending in a dot only as it is.
+pub fn candidates(conf: &ResolvConf, host: &str) -> Vec<String> {
+    if let Some(abs) = host.strip_suffix('.') {
+        return vec![format!("{abs}.")];
     }
-
-    pub fn system() -> Self {
-        Self::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-    }
-
-    /// The names tried for `host`, in order: with fewer than `ndots` dots, the search
-    /// list first; a name ending in a dot only as it is.
-    pub fn candidates(&self, host: &str) -> Vec<String> {
-        if let Some(abs) = host.strip_suffix('.') {
-            return vec![format!("{abs}.")];
-        }
-        let searched = self.search.iter().map(|s| format!("{host}.{s}."));
-        let absolute = format!("{host}.");
-        if host.matches('.').count() >= self.ndots {
-            std::iter::once(absolute).chain(searched).collect()
-        } else {
-            searched.chain(std::iter::once(absolute)).collect()
-        }
+    let searched = conf.searches.iter().map(|s| format!("{host}.{s}."));
+    let absolute = format!("{host}.");
+    if host.matches('.').count() >= conf.ndots() {
+        std::iter::once(absolute).chain(searched).collect()
+    } else {
+        searched.chain(std::iter::once(absolute)).collect()
     }
 }
 
@@ -134,10 +100,10 @@ pub fn resolve(host: &str) -> std::io::Result<Vec<IpAddr>> {
             return Ok(vec![ip]);
         }
     }
-    let conf = ResolvConf::system();
+    let conf = system();
     let mut last = format!("no nameserver in /etc/resolv.conf for {host}");
-    for name in conf.candidates(host) {
-        for ns in &conf.nameservers {
+    for name in candidates(&conf, host) {
+        for ns in &conf.nameserver_ips() {
             match query(
                 SocketAddr::new(*ns, 53),
                 &name,
@@ -182,13 +148,16 @@ mod tests {
         let r = ResolvConf::parse(
             "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
         );
-        assert_eq!(r.ndots, 5);
-        assert_eq!(r.nameservers, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
-        let c = r.candidates("web");
+        assert_eq!(r.ndots(), 5);
+        assert_eq!(
+            r.nameserver_ips(),
+            vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+        );
+        let c = candidates(&r, "web");
         assert_eq!(c[0], "web.default.svc.cluster.local.");
         assert_eq!(c.last().unwrap(), "web.");
-        let c = r.candidates("a.b.c.d.e.f");
+        let c = candidates(&r, "a.b.c.d.e.f");
         assert_eq!(c[0], "a.b.c.d.e.f.");
-        assert_eq!(r.candidates("example.org."), vec!["example.org."]);
+        assert_eq!(candidates(&r, "example.org."), vec!["example.org."]);
     }
 }

@@ -5,52 +5,20 @@
 
 use k8s_openapi::api::core::v1::{Pod, PodDNSConfig};
 use tinykube_api::constants::{CLUSTER_DNS_IP, CLUSTER_DOMAIN};
+use tinykube_api::resolv::ResolvConf;
 
 /// The resolver allows at most three nameservers and 32 search domains (glibc's and
 /// the kubelet's limits).
 const MAX_NAMESERVERS: usize = 3;
 const MAX_SEARCHES: usize = 32;
 
-/// A resolv.conf, parsed.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Resolv {
-    pub nameservers: Vec<String>,
-    pub searches: Vec<String>,
-    /// `name` or `name:value`.
-    pub options: Vec<String>,
+/// A pod's `dnsConfig` added to a resolv.conf: nameservers and searches after its own,
+/// options replacing its own of the same name.
+trait Merge {
+    fn merge(&mut self, c: &PodDNSConfig);
 }
 
-impl Resolv {
-    pub fn parse(text: &str) -> Self {
-        let mut r = Resolv::default();
-        for line in text.lines() {
-            let mut w = line.split_whitespace();
-            match w.next() {
-                Some("nameserver") => r.nameservers.extend(w.next().map(str::to_string)),
-                Some("search") | Some("domain") => r.searches = w.map(str::to_string).collect(),
-                Some("options") => r.options.extend(w.map(str::to_string)),
-                _ => {}
-            }
-        }
-        r
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        if !self.searches.is_empty() {
-            out.push_str(&format!("search {}\n", self.searches.join(" ")));
-        }
-        for n in &self.nameservers {
-            out.push_str(&format!("nameserver {n}\n"));
-        }
-        if !self.options.is_empty() {
-            out.push_str(&format!("options {}\n", self.options.join(" ")));
-        }
-        out
-    }
-
-    /// Adds a pod's `dnsConfig`: nameservers and searches after ours, options
-    /// replacing ours of the same name.
+impl Merge for ResolvConf {
     fn merge(&mut self, c: &PodDNSConfig) {
         for n in c.nameservers.iter().flatten() {
             if !self.nameservers.contains(n) {
@@ -87,9 +55,9 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> String {
     let policy = spec
         .and_then(|s| s.dns_policy.as_deref())
         .unwrap_or("ClusterFirst");
-    let host = Resolv::parse(host);
+    let host = ResolvConf::parse(host);
     let mut r = match policy {
-        "None" => Resolv::default(),
+        "None" => ResolvConf::default(),
         "Default" => host,
         // ClusterFirst and ClusterFirstWithHostNet (pods here never share the node's
         // network, so the two are the same).
@@ -105,7 +73,7 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> String {
                     searches.push(s);
                 }
             }
-            Resolv {
+            ResolvConf {
                 nameservers: vec![CLUSTER_DNS_IP.to_string()],
                 searches,
                 options: vec!["ndots:5".to_string()],
