@@ -102,6 +102,22 @@ fn key_of(
     Some((meta.namespace.clone()?, meta.name.clone()?))
 }
 
+/// The namespace and name of a changed object, and what the informer holds for it now
+/// (None: it was deleted; a change is the object's last state, the store is the truth).
+fn now<K>(
+    informer: &Informer<K>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(String, String, Option<Arc<K>>)>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (ns, name) = key_of(meta)?;
+    let current = informer
+        .store
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
+    Some((ns, name, current))
+}
+
 /// Follows the two informers until `cancel`, keeping `zone` in step. A change is
 /// applied to the one service it concerns; the informers' stores say whether the
 /// object still exists (a deletion is the object's last state, no longer in the store).
@@ -133,24 +149,18 @@ pub async fn follow(
         };
         match change {
             Change::Service(s) => {
-                let Some((ns, name)) = key_of(&s.metadata) else {
+                let Some((ns, name, current)) = now(&services, &s.metadata) else {
                     continue;
                 };
-                let current = services
-                    .store
-                    .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
                 let record = current.as_deref().and_then(service_record);
                 zone.write()
                     .unwrap_or_else(|p| p.into_inner())
                     .set_service(&ns, &name, record);
             }
             Change::Slice(s) => {
-                let Some((ns, name)) = key_of(&s.metadata) else {
+                let Some((ns, name, current)) = now(&slices, &s.metadata) else {
                     continue;
                 };
-                let current = slices
-                    .store
-                    .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
                 let now = current.as_deref().and_then(slice_endpoints);
                 let mut z = zone.write().unwrap_or_else(|p| p.into_inner());
                 let key = (ns.clone(), name.clone());

@@ -92,8 +92,10 @@ pub struct Forwarder {
     refuse: Vec<IpAddr>,
     ups: Mutex<Upstreams>,
     cache: Mutex<HashMap<(Name, RecordType), Cached>>,
-    /// The name of the loop probe in flight, and whether it came back to us.
+    /// The name of the loop probe in flight, and whether it came back to us; `probing`
+    /// spares every other question the lock.
     probe: Mutex<Option<Name>>,
+    probing: AtomicBool,
     looped: AtomicBool,
 }
 
@@ -127,6 +129,7 @@ impl Forwarder {
             }),
             cache: Mutex::new(HashMap::new()),
             probe: Mutex::new(None),
+            probing: AtomicBool::new(false),
             looped: AtomicBool::new(false),
         }
     }
@@ -169,6 +172,9 @@ impl Forwarder {
     /// Whether `name` is the loop probe this forwarder sent (the server calls this for
     /// every name it is asked and answers the probe itself).
     pub fn is_probe(&self, name: &Name) -> bool {
+        if !self.probing.load(Ordering::Relaxed) {
+            return false;
+        }
         let p = self.probe.lock().unwrap_or_else(|p| p.into_inner());
         if p.as_ref().is_some_and(|p| p.eq_case(&name.to_lowercase())) {
             self.looped.store(true, Ordering::SeqCst);
@@ -194,6 +200,7 @@ impl Forwarder {
             ))
             .unwrap_or_else(|_| Name::root());
             *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.clone());
+            self.probing.store(true, Ordering::SeqCst);
             self.looped.store(false, Ordering::SeqCst);
             let mut q = Message::new();
             q.set_id(rand::random())
@@ -205,6 +212,7 @@ impl Forwarder {
                 self.mark(*up, Some(far_future()));
             }
         }
+        self.probing.store(false, Ordering::SeqCst);
         *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

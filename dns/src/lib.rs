@@ -50,9 +50,6 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Where the upstream resolvers are listed.
     pub resolv_conf: PathBuf,
-    /// Put `address` on the dummy link and exempt its traffic from conntrack (needs
-    /// root; off for a server on loopback).
-    pub own_address: bool,
 }
 
 impl Default for DnsConfig {
@@ -65,7 +62,6 @@ impl Default for DnsConfig {
             domain: tinykube_api::constants::CLUSTER_DOMAIN.to_string(),
             ttl: 5,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            own_address: true,
         }
     }
 }
@@ -114,9 +110,7 @@ impl Dns {
         slices: Arc<Informer<EndpointSlice>>,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
-        if cfg.own_address {
-            own_address(cfg.address, cfg.port).await?;
-        }
+        own_address(cfg.address, cfg.port).await?;
         let addr = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
         let (udp, tcp) = server::bind(addr)
             .await
@@ -180,36 +174,23 @@ async fn own_address(address: Ipv4Addr, port: u16) -> Result<(), DnsError> {
     }
     let ip = format!("{address}/32");
     let comment = "tinykube cluster DNS: not tracked";
+    // (protocol, port, this address as destination or source): packets to it come in
+    // through PREROUTING (pods) or OUTPUT (the node itself); its answers leave by OUTPUT.
     let rules = tokio::task::spawn_blocking(move || -> Result<(), IptablesError> {
-        for dport in [port.to_string(), METRICS_PORT.to_string()] {
-            for proto in ["udp", "tcp"] {
-                if proto == "udp" && dport != port.to_string() {
-                    continue;
-                }
-                for chain in ["PREROUTING", "OUTPUT"] {
-                    let to = [
-                        "-d",
-                        &ip,
-                        "-p",
-                        proto,
-                        "--dport",
-                        &dport,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        comment,
-                        "-j",
-                        "NOTRACK",
-                    ];
-                    iptables::ensure_rule("raw", chain, &to, false)?;
-                }
-                let from = [
-                    "-s",
+        let (dns, metrics) = (port.to_string(), METRICS_PORT.to_string());
+        for (proto, p) in [("udp", &dns), ("tcp", &dns), ("tcp", &metrics)] {
+            for (chain, addr, port_flag) in [
+                ("PREROUTING", "-d", "--dport"),
+                ("OUTPUT", "-d", "--dport"),
+                ("OUTPUT", "-s", "--sport"),
+            ] {
+                let rule = [
+                    addr,
                     &ip,
                     "-p",
                     proto,
-                    "--sport",
-                    &dport,
+                    port_flag,
+                    p,
                     "-m",
                     "comment",
                     "--comment",
@@ -217,7 +198,7 @@ async fn own_address(address: Ipv4Addr, port: u16) -> Result<(), DnsError> {
                     "-j",
                     "NOTRACK",
                 ];
-                iptables::ensure_rule("raw", "OUTPUT", &from, false)?;
+                iptables::ensure_rule("raw", chain, &rule, false)?;
             }
         }
         Ok(())

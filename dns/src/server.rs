@@ -22,6 +22,24 @@ const EDNS_SIZE: u16 = 1232;
 /// A TCP connection with no question for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// How far an answer got without the network.
+pub enum Step {
+    /// The answer (None: nothing is sent back).
+    Done(Option<Vec<u8>>),
+    /// Waiting on an upstream.
+    Upstream(Box<Pending>),
+}
+
+/// An answer waiting on an upstream for `query`.
+pub struct Pending {
+    query: hickory_proto::op::Query,
+    /// An ExternalName's target: its answers follow the CNAME already in `resp`.
+    chase: bool,
+    resp: Message,
+    tcp: bool,
+    limit: usize,
+}
+
 pub struct Handler {
     pub zone: Arc<RwLock<Zone>>,
     pub forwarder: Arc<Forwarder>,
@@ -53,24 +71,19 @@ impl Handler {
         }
     }
 
-    /// Whether answering `request` may wait on an upstream.
-    pub fn may_forward(&self, request: &Message) -> bool {
-        match request.queries() {
-            [q] => {
-                let zone = self.zone.read().unwrap_or_else(|p| p.into_inner());
-                matches!(
-                    zone.lookup(q.name(), q.query_type()),
-                    Lookup::Forward | Lookup::Chase { .. }
-                )
-            }
-            _ => false,
+    pub async fn answer_message(&self, request: Message, tcp: bool) -> Option<Vec<u8>> {
+        match self.begin(&request, tcp) {
+            Step::Done(out) => out,
+            Step::Upstream(p) => self.finish(p).await,
         }
     }
 
-    pub async fn answer_message(&self, request: Message, tcp: bool) -> Option<Vec<u8>> {
+    /// Everything that needs no network: the answer, or what is left to ask upstream
+    /// (the zone is looked up once either way).
+    pub fn begin(&self, request: &Message, tcp: bool) -> Step {
         if request.message_type() != MessageType::Query {
             self.metrics.malformed();
-            return None;
+            return Step::Done(None);
         }
         let limit = if tcp {
             usize::from(u16::MAX)
@@ -93,29 +106,36 @@ impl Handler {
             edns.set_max_payload(EDNS_SIZE);
             resp.set_edns(edns);
         }
+        let done = |resp| Step::Done(self.reply(resp, tcp, Some(limit)));
         if request.op_code() != OpCode::Query {
             resp.set_response_code(ResponseCode::NotImp);
-            return self.reply(resp, tcp, Some(limit));
+            return done(resp);
         }
         let [query] = request.queries() else {
             resp.set_response_code(ResponseCode::FormErr);
-            return self.reply(resp, tcp, Some(limit));
+            return done(resp);
         };
         self.metrics.request(tcp, query.query_type());
         if self.forwarder.is_probe(query.name()) {
             resp.set_response_code(ResponseCode::NXDomain);
-            return self.reply(resp, tcp, Some(limit));
+            return done(resp);
         }
         let lookup = {
             let zone = self.zone.read().unwrap_or_else(|p| p.into_inner());
             let l = zone.lookup(query.name(), query.query_type());
-            match l {
-                Lookup::NoData | Lookup::NxDomain => {
-                    resp.add_name_server(zone.soa());
-                }
-                _ => {}
+            if matches!(l, Lookup::NoData | Lookup::NxDomain) {
+                resp.add_name_server(zone.soa());
             }
             l
+        };
+        let upstream = |query, chase, resp| {
+            Step::Upstream(Box::new(Pending {
+                query,
+                chase,
+                resp,
+                tcp,
+                limit,
+            }))
         };
         match lookup {
             Lookup::Found {
@@ -124,39 +144,58 @@ impl Handler {
             } => {
                 resp.set_authoritative(true);
                 resp.add_answers(answers).add_additionals(additionals);
+                done(resp)
             }
             Lookup::NoData => {
                 resp.set_authoritative(true);
+                done(resp)
             }
             Lookup::NxDomain => {
                 resp.set_authoritative(true)
                     .set_response_code(ResponseCode::NXDomain);
+                done(resp)
             }
             Lookup::Chase { cname, target } => {
                 resp.set_authoritative(true).add_answer(*cname);
                 let q = hickory_proto::op::Query::query(target, query.query_type());
-                if let Ok(up) = self.upstream(&q).await {
-                    resp.add_answers(up.answers().iter().cloned());
-                    resp.set_response_code(up.response_code());
-                }
+                upstream(q, true, resp)
             }
-            Lookup::Forward => match self.upstream(query).await {
-                Ok(up) => {
-                    resp.set_response_code(up.response_code())
-                        .set_authoritative(false)
-                        .add_answers(up.answers().iter().cloned())
-                        .add_name_servers(up.name_servers().iter().cloned())
-                        .add_additionals(
-                            up.additionals()
-                                .iter()
-                                .filter(|r| r.record_type() != RecordType::OPT)
-                                .cloned(),
-                        );
-                }
-                Err(ForwardError::Unreachable) => {
-                    resp.set_response_code(ResponseCode::ServFail);
-                }
-            },
+            Lookup::Forward => upstream(query.clone(), false, resp),
+        }
+    }
+
+    /// The part that waits on an upstream: an ExternalName's target, or a name outside
+    /// the cluster.
+    pub async fn finish(&self, p: Box<Pending>) -> Option<Vec<u8>> {
+        let Pending {
+            query,
+            chase,
+            mut resp,
+            tcp,
+            limit,
+        } = *p;
+        match (self.upstream(&query).await, chase) {
+            (Ok(up), true) => {
+                resp.add_answers(up.answers().iter().cloned());
+                resp.set_response_code(up.response_code());
+            }
+            // The CNAME alone, when its target cannot be resolved.
+            (Err(_), true) => {}
+            (Ok(up), false) => {
+                resp.set_response_code(up.response_code())
+                    .set_authoritative(false)
+                    .add_answers(up.answers().iter().cloned())
+                    .add_name_servers(up.name_servers().iter().cloned())
+                    .add_additionals(
+                        up.additionals()
+                            .iter()
+                            .filter(|r| r.record_type() != RecordType::OPT)
+                            .cloned(),
+                    );
+            }
+            (Err(ForwardError::Unreachable), false) => {
+                resp.set_response_code(ResponseCode::ServFail);
+            }
         }
         self.reply(resp, tcp, Some(limit))
     }
@@ -229,18 +268,20 @@ pub async fn serve_udp(
                         continue;
                     }
                 };
-                if !h.may_forward(&request) {
-                    if let Some(out) = h.answer_message(request, false).await {
+                match h.begin(&request, false) {
+                    Step::Done(Some(out)) => {
                         let _ = s.send_to(&out, from).await;
                     }
-                } else {
-                    // Forwarded questions wait on the network: off the receive loop.
-                    let (h, s) = (h.clone(), s.clone());
-                    tokio::spawn(async move {
-                        if let Some(out) = h.answer_message(request, false).await {
-                            let _ = s.send_to(&out, from).await;
-                        }
-                    });
+                    Step::Done(None) => {}
+                    Step::Upstream(p) => {
+                        // What waits on the network leaves the receive loop.
+                        let (h, s) = (h.clone(), s.clone());
+                        tokio::spawn(async move {
+                            if let Some(out) = h.finish(p).await {
+                                let _ = s.send_to(&out, from).await;
+                            }
+                        });
+                    }
                 }
             }
         }));

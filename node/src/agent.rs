@@ -187,7 +187,7 @@ pub fn address_conflict(
 }
 
 /// Runs the node agent until `cancel`.
-pub async fn run(mut cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     let client = client(cfg.clone()).await?;
@@ -198,7 +198,6 @@ pub async fn run(mut cfg: AgentConfig, cancel: CancellationToken) -> Result<(), 
         .ok_or_else(|| {
             AgentError::Other("cannot tell this node's address; pass --node-ip".into())
         })?;
-    cfg.node_ip = Some(ip);
     if let Ok(nodes) = Api::<Node>::all(client.clone())
         .list(&Default::default())
         .await
@@ -224,7 +223,7 @@ pub async fn run(mut cfg: AgentConfig, cancel: CancellationToken) -> Result<(), 
             (rt, Some(own))
         }
     };
-    let result = run_with(cfg, client, runtime, cancel).await;
+    let result = run_with(cfg, ip, client, runtime, cancel).await;
     if let Some(own) = own {
         own.stop().await;
     }
@@ -233,6 +232,7 @@ pub async fn run(mut cfg: AgentConfig, cancel: CancellationToken) -> Result<(), 
 
 async fn run_with(
     cfg: AgentConfig,
+    ip: IpAddr,
     client: kube::Client,
     runtime: Runtime,
     cancel: CancellationToken,
@@ -244,12 +244,6 @@ async fn run_with(
     let images =
         tinykube_kubelet::images::prepare(&runtime, &binary, &cfg.data_dir.join("images")).await?;
     release_free_memory();
-    let ip = cfg
-        .node_ip
-        .or_else(|| server_addr(&cfg.server).and_then(registration::address_towards))
-        .ok_or_else(|| {
-            AgentError::Other("cannot tell this node's address; pass --node-ip".into())
-        })?;
     let facts = NodeFacts {
         name: cfg.node_name.clone(),
         ip,

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::rules::ServicePort;
 
 /// A kind of UDP entry to delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Flow {
     /// Entries whose answer comes from this endpoint (DNAT-ed to it).
     ToEndpoint(SocketAddrV4),
@@ -40,7 +40,7 @@ pub fn stale_udp(old: &[&ServicePort], new: &[&ServicePort]) -> Vec<Flow> {
             out.push(Flow::Unanswered(SocketAddrV4::new(n.cluster_ip, n.port)));
         }
     }
-    out.sort_by_key(|f| format!("{f:?}"));
+    out.sort();
     out.dedup();
     out
 }

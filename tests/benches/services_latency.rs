@@ -82,7 +82,7 @@ fn resolves(name: &str) -> bool {
     };
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
     let mut q = Message::new();
-    q.set_id(rand_id())
+    q.set_id(next_id())
         .set_recursion_desired(true)
         .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     let to: SocketAddr = "10.96.0.10:53".parse().unwrap();
@@ -100,9 +100,49 @@ fn resolves(name: &str) -> bool {
     })
 }
 
-fn rand_id() -> u16 {
+fn next_id() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A watch of `api` from now on.
+async fn watch_from_now<K>(
+    api: &Api<K>,
+    params: &WatchParams,
+) -> futures::stream::BoxStream<'static, kube::Result<WatchEvent<K>>>
+where
+    K: Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned + Send + 'static,
+{
+    let rv = api
+        .list_metadata(&Default::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    api.watch(params, &rv).await.unwrap().boxed()
+}
+
+/// The first `f(object)` that is Some among the added or changed objects `watch`
+/// brings within `limit`.
+async fn first<K, T>(
+    watch: &mut futures::stream::BoxStream<'static, kube::Result<WatchEvent<K>>>,
+    limit: Duration,
+    mut f: impl FnMut(K) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await
+        else {
+            continue;
+        };
+        if let WatchEvent::Added(o) | WatchEvent::Modified(o) = ev
+            && let Some(t) = f(o)
+        {
+            return Some(t);
+        }
+    }
+    None
 }
 
 async fn programming(client: &kube::Client, netns: &[String]) -> Vec<f64> {
@@ -117,21 +157,11 @@ async fn programming(client: &kube::Client, netns: &[String]) -> Vec<f64> {
     services.create(&PostParams::default(), &svc).await.unwrap();
     let mut out = Vec::new();
     for i in 0..changes() {
-        let rv = slices
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut watch = slices
-            .watch(
-                &WatchParams::default().labels("kubernetes.io/service-name=lat"),
-                &rv,
-            )
-            .await
-            .unwrap()
-            .boxed();
+        let mut watch = watch_from_now(
+            &slices,
+            &WatchParams::default().labels("kubernetes.io/service-name=lat"),
+        )
+        .await;
         let name = format!("lat-{i}");
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": "lat"}},
@@ -141,24 +171,16 @@ async fn programming(client: &kube::Client, netns: &[String]) -> Vec<f64> {
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
         // The moment the slice says the new pod's address is ready.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut ready_ip = None;
-        while ready_ip.is_none() && Instant::now() < deadline {
-            let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await
-            else {
-                continue;
-            };
-            let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
-                continue;
-            };
-            ready_ip = s.endpoints.iter().find_map(|e| {
+        let ready_ip = first(&mut watch, Duration::from_secs(60), |s: EndpointSlice| {
+            s.endpoints.iter().find_map(|e| {
                 let ours = e.target_ref.as_ref()?.name.as_deref() == Some(name.as_str());
                 let ready = e.conditions.as_ref()?.ready == Some(true);
                 (ours && ready)
                     .then(|| e.addresses.first().cloned())
                     .flatten()
-            });
-        }
+            })
+        })
+        .await;
         let t0 = Instant::now();
         let ip = ready_ip.expect("the pod's endpoint became ready");
         let ep = format!("--to-destination {ip}:8080");
@@ -218,21 +240,11 @@ async fn load_balancers(client: &kube::Client) -> Vec<f64> {
     let mut out = Vec::new();
     for i in 0..changes() {
         let name = format!("lb-{i}");
-        let rv = services
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut watch = services
-            .watch(
-                &WatchParams::default().fields(&format!("metadata.name={name}")),
-                &rv,
-            )
-            .await
-            .unwrap()
-            .boxed();
+        let mut watch = watch_from_now(
+            &services,
+            &WatchParams::default().fields(&format!("metadata.name={name}")),
+        )
+        .await;
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"type": "LoadBalancer", "selector": {"app": "none"},
@@ -241,24 +253,14 @@ async fn load_balancers(client: &kube::Client) -> Vec<f64> {
         .unwrap();
         let t0 = Instant::now();
         services.create(&PostParams::default(), &svc).await.unwrap();
-        let mut took = None;
-        while took.is_none() && t0.elapsed() < Duration::from_secs(30) {
-            let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await
-            else {
-                continue;
-            };
-            let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
-                continue;
-            };
-            let set = s
-                .status
+        let took = first(&mut watch, Duration::from_secs(30), |s: Service| {
+            s.status
                 .and_then(|s| s.load_balancer)
                 .and_then(|l| l.ingress)
-                .is_some_and(|i| !i.is_empty());
-            if set {
-                took = Some(t0.elapsed().as_secs_f64());
-            }
-        }
+                .is_some_and(|i| !i.is_empty())
+                .then(|| t0.elapsed().as_secs_f64())
+        })
+        .await;
         out.push(took.expect("the ingress was set"));
     }
     for i in 0..changes() {
