@@ -246,6 +246,13 @@ impl Kubectl {
         }
     }
 
+    /// `kubectl exec POD -- /tinykube toolbox ARGS`: a toolbox program in a pod.
+    pub fn toolbox(&self, pod: &str, args: &[&str]) -> Run {
+        let mut a = vec!["exec", pod, "--", "/tinykube", "toolbox"];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+
     /// Runs kubectl and fails the test with its output unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);

@@ -17,10 +17,17 @@ use tinykube_tests::{Kubectl, eventually};
 
 /// `toolbox dig ARGS` in pod `pod`: (whether it exited 0, its output).
 fn dig(kubectl: &Kubectl, pod: &str, args: &[&str]) -> (bool, String) {
-    let mut a = vec!["exec", pod, "--", "/tinykube", "toolbox", "dig"];
+    let mut a = vec!["dig"];
     a.extend_from_slice(args);
-    let r = kubectl.run(&a);
+    let r = kubectl.toolbox(pod, &a);
     (r.ok, format!("{}{}", r.stdout, r.stderr))
+}
+
+/// `toolbox ARGS` in pod `pod`; it must succeed.
+fn ok_toolbox(k: &Kubectl, pod: &str, args: &[&str]) -> String {
+    let r = k.toolbox(pod, args);
+    assert!(r.ok, "toolbox {args:?} in {pod}: {}{}", r.stdout, r.stderr);
+    r.stdout
 }
 
 /// `toolbox ARGS` in the network namespace of lab node `netns`.
@@ -178,16 +185,7 @@ async fn cluster_dns_answers_pods_from_their_own_node() {
     let client_ip = k.ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
 
     // The pod's resolver files.
-    let resolv_conf = k.ok(&[
-        "exec",
-        "client",
-        "--",
-        "/tinykube",
-        "toolbox",
-        "cat",
-        "/etc/resolv.conf",
-        "/etc/hosts",
-    ]);
+    let resolv_conf = ok_toolbox(&k, "client", &["cat", "/etc/resolv.conf", "/etc/hosts"]);
     assert!(
         resolv_conf.contains("nameserver 10.96.0.10\n"),
         "{resolv_conf}"
@@ -198,15 +196,7 @@ async fn cluster_dns_answers_pods_from_their_own_node() {
     );
     assert!(resolv_conf.contains("options ndots:5"), "{resolv_conf}");
     assert!(resolv_conf.contains("10.1.2.3\tfoo.local"), "{resolv_conf}");
-    let db_hosts = k.ok(&[
-        "exec",
-        "db-0",
-        "--",
-        "/tinykube",
-        "toolbox",
-        "cat",
-        "/etc/hosts",
-    ]);
+    let db_hosts = ok_toolbox(&k, "db-0", &["cat", "/etc/hosts"]);
     assert!(
         db_hosts.contains(&format!("{db_ip}\tdb-0.db.default.svc.cluster.local\tdb-0")),
         "{db_hosts}"
@@ -281,17 +271,7 @@ async fn cluster_dns_answers_pods_from_their_own_node() {
         "{out}"
     );
     // A name by DNS, from the toolbox's HTTP client.
-    let body = k.ok(&[
-        "exec",
-        "client",
-        "--",
-        "/tinykube",
-        "toolbox",
-        "fetch",
-        "http://web/",
-        "--count",
-        "1",
-    ]);
+    let body = ok_toolbox(&k, "client", &["fetch", "http://web/", "--count", "1"]);
     assert!(body.starts_with("pod=web-"), "{body}");
 
     // No upstream answers: SERVFAIL at once, not after a resolver's timeout.

@@ -185,19 +185,17 @@ async fn load_balancers_affinity_and_traffic_policies() {
     );
     assert_eq!(timeout, "10800", "the default timeout");
     let from_client = |url: &str, n: u32| {
-        let r = k.run(&[
-            "exec",
+        let r = k.toolbox(
             "client",
-            "--",
-            "/tinykube",
-            "toolbox",
-            "fetch",
-            url,
-            "--count",
-            &n.to_string(),
-            "--interval-ms",
-            "0",
-        ]);
+            &[
+                "fetch",
+                url,
+                "--count",
+                &n.to_string(),
+                "--interval-ms",
+                "0",
+            ],
+        );
         r.stdout
     };
     // The rules follow within a second; the first answers may still be spread.
@@ -283,19 +281,10 @@ async fn load_balancers_affinity_and_traffic_policies() {
     let target = format!("{eip}:53");
     let sender = std::thread::spawn(move || {
         let k = Kubectl { kubeconfig, home };
-        k.run(&[
-            "exec",
+        k.toolbox(
             "client",
-            "--",
-            "/tinykube",
-            "toolbox",
-            "udp",
-            &target,
-            "--count",
-            "24",
-            "--interval-ms",
-            "250",
-        ])
+            &["udp", &target, "--count", "24", "--interval-ms", "250"],
+        )
         .stdout
     });
     // The endpoint the client's flow was sent to, from the node's conntrack table.

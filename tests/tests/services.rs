@@ -31,15 +31,10 @@ fn fetch_args(url: &str, count: u32) -> Vec<String> {
 
 /// `count` requests to `url` from pod `pod` (kubectl exec); the answers, one a line.
 fn fetch_from_pod(kubectl: &Kubectl, pod: &str, url: &str, count: u32) -> String {
-    let mut args = vec![
-        "exec".to_string(),
-        pod.into(),
-        "--".into(),
-        "/tinykube".into(),
-    ];
-    args.extend(fetch_args(url, count));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    kubectl.run(&args).stdout
+    let args = fetch_args(url, count);
+    // fetch_args starts with `toolbox`, which `Kubectl::toolbox` adds itself.
+    let args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    kubectl.toolbox(pod, &args).stdout
 }
 
 /// `count` requests to `url` from the network namespace at `netns` (the host's if None).
