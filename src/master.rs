@@ -92,10 +92,11 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     }
     if !args.no_kubelet {
         // The master is a node too; tainted when asked, so ordinary pods go to the workers.
+        let token = tinykube_api::pki::JoinToken::new(&master.ca_pem, &master.tokens.node);
         let mut agent = args.node.config(
             &master.url,
-            &master.tokens.node,
-            args.data_dir.join("tls").join("ca.crt"),
+            &token.to_string(),
+            Some(args.data_dir.join("tls").join("ca.crt")),
             args.data_dir.join("agent"),
         );
         agent.control_plane = true;

@@ -12,10 +12,20 @@ pub struct WorkerArgs {
     /// The API server, e.g. https://192.168.56.10:6443.
     #[arg(long)]
     server: String,
-    /// The master's join token (its <data-dir>/node-token).
-    #[arg(long, env = "TINYKUBE_TOKEN", hide_env_values = true)]
-    token: String,
-    /// The cluster CA (the master's <data-dir>/tls/ca.crt); default <data-dir>/ca.crt.
+    /// The master's join token (its <data-dir>/node-token: K10<CA hash>::server:<secret>).
+    /// The CA is fetched from the master and checked against the hash; nothing else
+    /// needs copying. Used only to join: the node gets its own certificate.
+    #[arg(
+        long,
+        env = "TINYKUBE_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the join token (e.g. the master's node-token on a shared folder).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Trust this CA file instead of fetching the CA (needed with a token without hash).
     #[arg(long)]
     ca_file: Option<PathBuf>,
     #[arg(long, default_value = tinykube_api::constants::DEFAULT_DATA_DIR)]
@@ -77,7 +87,7 @@ impl NodeArgs {
         self,
         server: &str,
         token: &str,
-        ca_file: PathBuf,
+        ca_file: Option<PathBuf>,
         data_dir: PathBuf,
     ) -> tinykube_node::AgentConfig {
         let name = self.node_name.unwrap_or_else(|| {
@@ -100,10 +110,15 @@ impl NodeArgs {
 
 /// Runs the node agent until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs) -> Result<(), String> {
-    let ca = args.ca_file.unwrap_or_else(|| args.data_dir.join("ca.crt"));
+    let token = match (args.token, &args.token_file) {
+        (Some(t), _) => t,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?,
+        (None, None) => return Err("--token or --token-file is required".into()),
+    };
     let agent = args
         .node
-        .config(&args.server, &args.token, ca, args.data_dir);
+        .config(&args.server, token.trim(), args.ca_file, args.data_dir);
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {

@@ -39,9 +39,42 @@ pub struct NamedUser {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
 pub struct User {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A client certificate and its key, PEM in base64 (what a node's kubeconfig has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_data: Option<String>,
+}
+
+impl User {
+    pub fn token(token: &str) -> Self {
+        Self {
+            token: Some(token.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn certificate(cert_pem: &str, key_pem: &str) -> Self {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        Self {
+            client_certificate_data: Some(b64(cert_pem)),
+            client_key_data: Some(b64(key_pem)),
+            ..Default::default()
+        }
+    }
+
+    /// The client certificate, PEM, when the user has one.
+    pub fn certificate_pem(&self) -> Option<String> {
+        let data = self.client_certificate_data.as_ref()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +94,17 @@ pub struct Context {
 impl Kubeconfig {
     /// The admin kubeconfig: one cluster (CA embedded), one token user, one context.
     pub fn admin(name: &str, server: &str, ca_pem: &str, token: &str) -> Self {
+        Self::new(
+            name,
+            &format!("{name}-admin"),
+            server,
+            ca_pem,
+            User::token(token),
+        )
+    }
+
+    /// One cluster (CA embedded), one user, one context.
+    pub fn new(name: &str, user_name: &str, server: &str, ca_pem: &str, user: User) -> Self {
         let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
         Self {
             api_version: "v1".into(),
@@ -73,16 +117,14 @@ impl Kubeconfig {
                 },
             }],
             users: vec![NamedUser {
-                name: format!("{name}-admin"),
-                user: User {
-                    token: Some(token.into()),
-                },
+                name: user_name.into(),
+                user,
             }],
             contexts: vec![NamedContext {
                 name: name.into(),
                 context: Context {
                     cluster: name.into(),
-                    user: format!("{name}-admin"),
+                    user: user_name.into(),
                     namespace: None,
                 },
             }],
@@ -106,5 +148,22 @@ mod tests {
         assert_eq!(back.current_context, "tinykube");
         assert_eq!(back.users[0].user.token.as_deref(), Some("tok"));
         assert_eq!(back.clusters[0].cluster.server, "https://127.0.0.1:6443");
+        let node = Kubeconfig::new(
+            "c",
+            "system:node:w1",
+            "https://x",
+            "CA",
+            User::certificate("CERT", "KEY"),
+        );
+        let yaml = node.to_yaml();
+        assert!(
+            yaml.contains("client-certificate-data") && !yaml.contains("token"),
+            "{yaml}"
+        );
+        let back: Kubeconfig = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(
+            back.users[0].user.certificate_pem().as_deref(),
+            Some("CERT")
+        );
     }
 }

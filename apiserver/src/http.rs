@@ -146,6 +146,40 @@ fn query(uri: &http::Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The verified client certificate of the connection a request came on, if any.
+#[derive(Clone, Default)]
+pub struct Peer(pub Option<tinykube_api::pki::Identity>);
+
+fn reg_get_pod(shared: &Shared, ns: Option<&str>, name: Option<&str>) -> Result<Value, ApiError> {
+    let pods = resources::find("", "pods").expect("pods are served");
+    let name = name.ok_or(ApiError::NoRoute)?;
+    Ok(shared.registry.get(pods, ns, name)?.object)
+}
+
+/// Signs a joining node's certificate request: `{"nodeName", "csr"}` in,
+/// `{"certificate", "ca"}` out.
+fn join(shared: &Shared, req: &Value) -> Result<Value, ApiError> {
+    let name = req["nodeName"].as_str().unwrap_or_default();
+    let mut causes = tinykube_api::validation::dns1123_subdomain(name);
+    if name.is_empty() {
+        causes = vec!["Required value".into()];
+    }
+    if let Some(c) = causes.first() {
+        return Err(ApiError::BadRequest(format!(
+            "nodeName {name:?} is not a valid node name: {c}"
+        )));
+    }
+    let csr = req["csr"].as_str().unwrap_or_default();
+    let cert = shared.pki.sign_node_request(name, csr).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "csr is not a certificate request: {}",
+            crate::error::error_chain(&e)
+        ))
+    })?;
+    tracing::info!(node = name, "node joined: client certificate issued");
+    Ok(json!({"certificate": cert, "ca": shared.pki.ca_pem}))
+}
+
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     match route(&shared, req).await {
         Ok(r) => r,
@@ -211,11 +245,22 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         }
         _ => {}
     }
+    // The cluster CA is public: a joining node fetches it and checks it against the hash
+    // in its token before it trusts anything this server says.
+    if let (["cacerts"], &Method::GET) = (segs.as_slice(), &parts.method) {
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            shared.pki.ca_pem.clone(),
+        )
+            .into_response());
+    }
     let auth_header = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = shared.tokens.authenticate(auth_header)?;
+    let peer = parts.extensions.get::<Peer>().and_then(|p| p.0.as_ref());
+    let user = shared.tokens.authenticate(peer, auth_header)?;
     let ok = |v: Value| Ok(respond(StatusCode::OK, &v, Output::Json, &[]));
     let not_found = || Err(ApiError::NoRoute);
     if parts.method == Method::GET {
@@ -237,14 +282,22 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     match (segs.as_slice(), &parts.method) {
         (["tinykube", "v1", "kubelet-certificate"], &Method::POST) => {
             return match &user {
-                auth::User::Node(Some(node)) => {
-                    ok(crate::node_proxy::issue_certificate(shared, node)?)
-                }
+                auth::User::Node(node) => ok(crate::node_proxy::issue_certificate(shared, node)?),
                 _ => Err(ApiError::Forbidden(format!(
-                    "User \"{}\" cannot get a kubelet certificate: only a named node can",
+                    "User \"{}\" cannot get a kubelet certificate: only a node can",
                     user.username()
                 ))),
             };
+        }
+        (["tinykube", "v1", "join"], &Method::POST) => {
+            if !matches!(user, auth::User::Bootstrap | auth::User::Admin) {
+                return Err(ApiError::Forbidden(format!(
+                    "User \"{}\" cannot join a node: only the join token can",
+                    user.username()
+                )));
+            }
+            let req = decode_object(&parts.headers, &read_body(body).await?)?;
+            return ok(join(shared, &req)?);
         }
         (["api", "v1", "nodes", name, "proxy", path @ ..], &Method::GET) => {
             let (name, path) = (name.to_string(), path.join("/"));
@@ -363,14 +416,19 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         .as_ref()
         .and_then(|o| o["metadata"]["name"].as_str())
         .or(name);
-    // A kubelet may read the secrets its own pods use (the node authorizer's graph).
-    let node_secret = match (&user, res.plural, verb, ns, name) {
-        (auth::User::Node(Some(node)), "secrets", "get", Some(ns), Some(name)) => {
-            crate::node_proxy::node_may_read_secret(shared, node, ns, name)
-        }
+    // A kubelet may read the secrets and configmaps its own pods use (the node
+    // authorizer's graph).
+    let node_reads = match (&user, res.plural, verb, ns, name) {
+        (
+            auth::User::Node(node),
+            kind @ ("secrets" | "configmaps"),
+            "get",
+            Some(ns),
+            Some(name),
+        ) => crate::node_proxy::node_may_read(shared, node, kind, ns, name),
         _ => false,
     };
-    if !node_secret {
+    if !node_reads {
         auth::authorize(
             &user,
             &Attributes {
@@ -381,6 +439,21 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 name: auth_name,
             },
         )?;
+    }
+    if let auth::User::Node(node) = &user
+        && res.group.is_empty()
+        && res.plural == "pods"
+        && matches!(verb, "create" | "update" | "patch" | "delete")
+    {
+        let stored;
+        let pod = match &created {
+            Some(obj) => obj,
+            None => {
+                stored = reg_get_pod(shared, ns, name)?;
+                &stored
+            }
+        };
+        auth::node_restriction(node, verb, pod)?;
     }
     let output = negotiate(&parts.headers)?;
     let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
@@ -38,9 +38,17 @@ pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError>
     Ok(json!({"certificate": cert, "key": key, "ca": shared.pki.ca_pem}))
 }
 
-/// Whether a pod bound to `node` refers to secret `ns/name` (a volume, an env
-/// reference or envFrom): what Kubernetes' node authorizer lets a kubelet read.
-pub fn node_may_read_secret(shared: &Shared, node: &str, ns: &str, name: &str) -> bool {
+/// Whether a pod bound to `node` uses `kind` (secrets or configmaps) `ns/name` (a
+/// volume, a projected source, an env reference, envFrom, an image pull secret): what
+/// Kubernetes' node authorizer lets a kubelet read. The network settings every node
+/// reads are readable too.
+pub fn node_may_read(shared: &Shared, node: &str, kind: &str, ns: &str, name: &str) -> bool {
+    if kind == "configmaps"
+        && ns == "kube-system"
+        && name == tinykube_api::constants::NETWORK_CONFIGMAP
+    {
+        return true;
+    }
     let pods = resources::find("", "pods").expect("pods are served");
     let mut q = std::collections::HashMap::new();
     q.insert("fieldSelector".to_string(), format!("spec.nodeName={node}"));
@@ -54,32 +62,35 @@ pub fn node_may_read_secret(shared: &Shared, node: &str, ns: &str, name: &str) -
     else {
         return false;
     };
-    list["items"].as_array().into_iter().flatten().any(|p| {
-        let spec = &p["spec"];
-        let volumes = spec["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|v| v["secret"]["secretName"] == name);
-        let containers = spec["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(spec["initContainers"].as_array().into_iter().flatten());
-        let refs = containers.into_iter().any(|c| {
-            c["env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|e| e["valueFrom"]["secretKeyRef"]["name"] == name)
-                || c["envFrom"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|e| e["secretRef"]["name"] == name)
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| uses(&p["spec"], kind, name))
+}
+
+fn each(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// Whether a pod spec refers to the secret or configmap `name`.
+fn uses(spec: &Value, kind: &str, name: &str) -> bool {
+    let (volume, key, env_ref, env_from) = match kind {
+        "secrets" => ("secret", "secretName", "secretKeyRef", "secretRef"),
+        _ => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+    };
+    let volumes = each(&spec["volumes"]).any(|v| {
+        v[volume][key] == name
+            || each(&v["projected"]["sources"]).any(|s| s[volume]["name"] == name)
+    });
+    let pull = kind == "secrets" && each(&spec["imagePullSecrets"]).any(|s| s["name"] == name);
+    let refs = each(&spec["containers"])
+        .chain(each(&spec["initContainers"]))
+        .any(|c| {
+            each(&c["env"]).any(|e| e["valueFrom"][env_ref]["name"] == name)
+                || each(&c["envFrom"]).any(|e| e[env_from]["name"] == name)
         });
-        volumes || refs
-    })
+    volumes || pull || refs
 }
 
 /// Where the kubelet of the pod's node listens, and the container the request means.
@@ -250,10 +261,7 @@ async fn forward(
         }
         req = req.header(k, v);
     }
-    let token =
-        HeaderValue::from_str(&format!("Bearer {}", shared.tokens.node)).expect("token is ASCII");
     let req = req
-        .header(header::AUTHORIZATION, token)
         .header(header::HOST, addr.as_str())
         .body(body)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -15,6 +15,7 @@ use tinykube_api::constants::{
     SYSTEM_NAMESPACES,
 };
 use tinykube_api::kubeconfig::Kubeconfig;
+use tinykube_api::pki::JoinToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +107,21 @@ fn read_or_create_token(path: &Path) -> Result<String, MasterError> {
     }
 }
 
+/// The join token in `path` (`K10<CA hash>::server:<secret>`), made on first start; a
+/// bare secret from an older data dir, or a hash of another CA, is rewritten with this
+/// CA's hash, keeping the secret.
+fn join_token(path: &Path, ca_pem: &str) -> Result<JoinToken, MasterError> {
+    let secret = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| JoinToken::parse(&t).ok())
+        .map_or_else(random_token, |t| t.secret);
+    let token = JoinToken::new(ca_pem, &secret);
+    if std::fs::read_to_string(path).ok().as_deref().map(str::trim) != Some(&token.to_string()) {
+        write_private(path, &format!("{token}\n"))?;
+    }
+    Ok(token)
+}
+
 impl Master {
     pub async fn start(cfg: MasterConfig) -> Result<Self, MasterError> {
         let dir = &cfg.data_dir;
@@ -113,10 +129,7 @@ impl Master {
             path: dir.clone(),
             source,
         })?;
-        let tokens = Tokens {
-            admin: read_or_create_token(&dir.join("admin-token"))?,
-            node: read_or_create_token(&dir.join("node-token"))?,
-        };
+        let admin_token = read_or_create_token(&dir.join("admin-token"))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?);
         let listener =
             TcpListener::bind(cfg.listen)
@@ -149,6 +162,10 @@ impl Master {
         sans.dedup();
         let pki = Pki::ensure(&dir.join("tls"), &sans)?;
         let ca_pem = pki.ca_pem.clone();
+        let tokens = Tokens {
+            admin: admin_token,
+            node: join_token(&dir.join("node-token"), &ca_pem)?.secret,
+        };
         let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
         let kubeconfig = dir.join("kubeconfig.yaml");
         write_private(
@@ -258,7 +275,20 @@ async fn serve(
                     }
                     Err(_) => return,
                 };
-            let service = TowerToHyperService::new(router);
+            // Who the client certificate (verified against the cluster CA) names.
+            let identity = http::Peer(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| tinykube_api::pki::identity(c)),
+            );
+            let service = TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .layer(axum::Extension(identity))
+                    .service(router),
+            );
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);

@@ -51,6 +51,19 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     f.sync_all().map_err(io(path))
 }
 
+fn certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem("certificate"))
+}
+
+fn private_key(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or(TlsError::Pem("private key"))
+}
+
 /// The CA's parameters are fixed, so the issuer can be rebuilt from its key alone.
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -109,33 +122,64 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// A TLS client that trusts only the cluster CA (for talking to kubelets).
-    pub fn client_connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    /// Signs a node's certificate request: whatever the request asks, the certificate
+    /// says `system:node:<node>` in `system:nodes`, for client authentication only.
+    pub fn sign_node_request(&self, node: &str, csr_pem: &str) -> Result<String, TlsError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("{}{node}", tinykube_api::pki::NODE_USER_PREFIX),
+        );
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, tinykube_api::pki::NODES_GROUP);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params = params;
+        Ok(csr
+            .signed_by(&Issuer::new(ca_params(), &self.ca_key))?
+            .pem())
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
             roots.add(c.map_err(|_| TlsError::Pem("CA certificate"))?)?;
         }
+        Ok(roots)
+    }
+
+    /// A TLS client for talking to kubelets: it trusts only the cluster CA and presents
+    /// the API server's kubelet-client certificate, the one identity kubelets serve.
+    pub fn client_connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
+        let (cert, key) = self.issue(tinykube_api::pki::APISERVER_KUBELET_CLIENT, &[])?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs(&cert)?, private_key(&key)?)?;
         Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }
 
+    /// The API server's TLS: clients may present a certificate signed by the cluster CA
+    /// (nodes do), or none and a bearer token.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certs: Vec<_> = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|_| TlsError::Pem("certificate"))?;
-        let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
-            .ok()
-            .flatten()
-            .ok_or(TlsError::Pem("private key"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                certs(&self.server_cert_pem)?,
+                private_key(&self.server_key_pem)?,
+            )?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod informer;
+pub mod join;
 pub mod recorder;
 
 pub use config::{ClientError, from_kubeconfig};

@@ -38,8 +38,6 @@ pub struct KubeletConfig {
     pub backoff_base: Duration,
     /// Registries (host:port) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// The token the API server presents to the kubelet API.
-    pub api_token: String,
     pub pause_image: ResolvedImage,
     /// The node's own resolv.conf (pods with `dnsPolicy: Default` get its servers).
     pub resolv_conf: PathBuf,
@@ -109,7 +107,6 @@ impl Kubelet {
             tls,
             ctx.clone(),
             metrics,
-            cfg.api_token,
             cancel.clone(),
         ));
         let pods_dir = ctx.pods_dir.clone();

@@ -30,8 +30,12 @@ pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 struct ServerState {
     ctx: Arc<PodContext>,
     metrics: Metrics,
-    token: String,
 }
+
+/// Whether the connection's client certificate (verified against the cluster CA) is the
+/// API server's kubelet-client one.
+#[derive(Clone, Copy)]
+struct FromApiServer(bool);
 
 /// Where the kubelet API listens: every address, as the kubelet does.
 pub fn listen_addr() -> SocketAddr {
@@ -63,11 +67,26 @@ pub async fn serving_tls(
         .ok()
         .flatten()
         .ok_or_else(|| fail("no private key in the answer".into()))?;
+    // Clients may present a certificate from the cluster CA; only the API server's
+    // kubelet-client one gets past `authenticate`.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut v["ca"].as_str().unwrap_or_default().as_bytes()) {
+        roots
+            .add(c.map_err(|e| fail(e.to_string()))?)
+            .map_err(|e| fail(e.to_string()))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| fail(format!("the cluster CA in the answer: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| fail(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -96,24 +115,16 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<PodContext>,
     metrics: Metrics,
-    token: String,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let state = Arc::new(ServerState {
-        ctx,
-        metrics,
-        token,
-    });
+    let state = Arc::new(ServerState { ctx, metrics });
     let router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(serve_metrics))
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ))
+        .layer(axum::middleware::from_fn(authenticate))
         .with_state(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let connections = tokio_util::task::TaskTracker::new();
@@ -135,7 +146,16 @@ pub async fn serve(
             else {
                 return;
             };
-            let service = TowerToHyperService::new(router);
+            let from_api_server = FromApiServer(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| tinykube_api::pki::identity(c))
+                    .is_some_and(|id| id.user == tinykube_api::pki::APISERVER_KUBELET_CLIENT),
+            );
+            let service = TowerToHyperService::new(router.layer(axum::Extension(from_api_server)));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -158,19 +178,10 @@ async fn serve_metrics(State(st): State<Arc<ServerState>>) -> Response {
         .into_response()
 }
 
-/// Only the API server (holding the join token) may use the kubelet API.
-async fn authenticate(
-    State(st): State<Arc<ServerState>>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// Only the API server (its kubelet-client certificate) may use the kubelet API.
+async fn authenticate(req: Request, next: axum::middleware::Next) -> Response {
     let ok = req.uri().path() == "/healthz"
-        || req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t.trim() == st.token);
+        || req.extensions().get::<FromApiServer>().is_some_and(|f| f.0);
     if ok {
         next.run(req).await
     } else {

@@ -383,7 +383,6 @@ impl Lab {
 
         let kubeconfig = master.data_dir.join("kubeconfig.yaml");
         let token_file = master.data_dir.join("node-token");
-        let ca = master.data_dir.join("tls").join("ca.crt");
         let deadline = Instant::now() + cfg.ready_timeout;
         let client = loop {
             if kubeconfig.exists()
@@ -415,8 +414,6 @@ impl Lab {
                 "worker".to_string(),
                 "--server".into(),
                 master_url.clone(),
-                "--ca-file".into(),
-                ca.display().to_string(),
                 "--data-dir".into(),
                 n.data_dir.display().to_string(),
             ];

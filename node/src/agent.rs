@@ -30,9 +30,11 @@ use crate::registration::{self, LEASE_DURATION, NodeFacts};
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub server: String,
+    /// The join token (`K10<CA hash>::server:<secret>`), used only to join.
     pub token: String,
-    /// The cluster CA (PEM) that signed the API server's certificate.
-    pub ca_file: PathBuf,
+    /// The cluster CA (PEM), when it is not to be fetched and checked against the
+    /// token's hash.
+    pub ca_file: Option<PathBuf>,
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
     pub data_dir: PathBuf,
@@ -60,7 +62,7 @@ impl AgentConfig {
     pub fn new(
         server: &str,
         token: &str,
-        ca_file: PathBuf,
+        ca_file: Option<PathBuf>,
         node_name: &str,
         data_dir: PathBuf,
     ) -> Self {
@@ -87,12 +89,8 @@ impl AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot read the cluster CA {path}")]
-    Ca {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot join the cluster")]
+    Join(#[from] tinykube_client::join::JoinError),
     #[error("cannot make an API client for {server}: {message}")]
     Client { server: String, message: String },
     #[error("cannot register node {node}")]
@@ -117,23 +115,24 @@ pub enum AgentError {
     Other(String),
 }
 
+/// Joins (or finds the credentials of an earlier join) and makes the node's client.
 async fn client(cfg: AgentConfig) -> Result<kube::Client, AgentError> {
-    let ca = std::fs::read_to_string(&cfg.ca_file).map_err(|source| AgentError::Ca {
-        path: cfg.ca_file.clone(),
-        source,
-    })?;
-    let token = format!("node:{}:{}", cfg.node_name, cfg.token);
-    let kc = tinykube_api::kubeconfig::Kubeconfig::admin(&cfg.node_name, &cfg.server, &ca, &token);
-    let path = cfg.data_dir.join("kubelet.kubeconfig");
-    let server = cfg.server.clone();
-    let bad = move |message: String| AgentError::Client {
-        server: server.clone(),
-        message,
-    };
-    std::fs::write(&path, kc.to_yaml()).map_err(|e| bad(e.to_string()))?;
+    let token =
+        tinykube_api::pki::JoinToken::parse(&cfg.token).map_err(|e| AgentError::Join(e.into()))?;
+    let (path, _) = tinykube_client::join::join(
+        &cfg.server,
+        &token,
+        &cfg.node_name,
+        cfg.ca_file.as_deref(),
+        &cfg.data_dir,
+    )
+    .await?;
     tinykube_client::from_kubeconfig(&path)
         .await
-        .map_err(|e| bad(e.to_string()))
+        .map_err(|e| AgentError::Client {
+            server: cfg.server.clone(),
+            message: e.to_string(),
+        })
 }
 
 fn server_addr(server: &str) -> Option<SocketAddr> {
@@ -372,7 +371,6 @@ async fn run_with(
             pod_mtu: Some(overlay.pod_mtu()),
             backoff_base: cfg.backoff_base,
             insecure_registries: cfg.insecure_registries.clone(),
-            api_token: cfg.token.clone(),
             pause_image: images.pause,
             resolv_conf: cfg.resolv_conf.clone(),
         },

@@ -148,6 +148,24 @@ impl TestMaster {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// The join token as the master wrote it (`<data-dir>/node-token`).
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node-token"))
+            .expect("the master writes its node-token")
+            .trim()
+            .to_string()
+    }
+
+    /// Joins node `name` with the token alone, as a worker does, and returns a client
+    /// with the credentials it got (its kubeconfig is under `dir`).
+    pub async fn node_client(&self, name: &str, dir: &Path) -> kube::Client {
+        let token = tinykube_api::pki::JoinToken::parse(&self.join_token()).expect("token");
+        let (path, _) = tinykube_client::join::join(&self.master.url, &token, name, None, dir)
+            .await
+            .expect("the node joins");
+        client_for(&path).await
+    }
+
     pub fn kubectl(&self) -> Kubectl {
         Kubectl {
             kubeconfig: self.kubeconfig().to_path_buf(),

@@ -851,6 +851,48 @@ spec:
         missing.contains("container nope is not valid for pod talk"),
         "{missing}"
     );
+
+    // The kubelet API answers the API server's certificate only: not a client without
+    // one, not another node's certificate (also signed by the cluster CA).
+    let talk: Pod = Api::default_namespaced(client.clone())
+        .get("talk")
+        .await
+        .unwrap();
+    let node_ip = talk.status.and_then(|s| s.host_ip).unwrap();
+    let url = format!("https://{node_ip}:10250/containerLogs/default/talk/server");
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "401");
+    let worker = cluster.lab().state.nodes[1].clone();
+    let kc: tinykube_api::kubeconfig::Kubeconfig = serde_saphyr::from_str(
+        &std::fs::read_to_string(worker.data_dir.join("kubelet.kubeconfig")).unwrap(),
+    )
+    .unwrap();
+    let user = &kc.users[0].user;
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("c.pem"), files.path().join("k.pem"));
+    std::fs::write(&cert, user.certificate_pem().unwrap()).unwrap();
+    let key_b64 = user.client_key_data.clone().unwrap();
+    let key_pem =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key_b64).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    assert_eq!(curl(&["--cert", &cert, "--key", &key]), "401");
     cluster.down().await;
 }
 
