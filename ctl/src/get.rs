@@ -37,7 +37,8 @@ pub(crate) async fn get(
     output: Option<&str>,
     selector: Option<&str>,
     all: bool,
-    watch: bool,
+    // Some(events) to watch; events: with the event type in a first column.
+    watch: Option<bool>,
 ) -> Result<()> {
     let (res, names) = type_and_names(ctx, args).await?;
     let ns = if all || !res.namespaced {
@@ -64,22 +65,29 @@ pub(crate) async fn get(
             .await?;
         if table_output {
             let rows = body["rows"].as_array().map_or(0, Vec::len);
-            if rows == 0 && !watch {
+            let events = watch == Some(true);
+            if rows == 0 && watch.is_none() {
                 match &ns {
                     Some(n) => eprintln!("No resources found in {n} namespace."),
                     None => eprintln!("No resources found"),
                 }
             } else {
-                for line in print::table(&body, wide, all && res.namespaced, true) {
-                    println!("{line}");
+                let lines = print::table(&body, wide, all && res.namespaced, true);
+                for (i, line) in lines.iter().enumerate() {
+                    match (events, i) {
+                        (false, _) => println!("{line}"),
+                        (true, 0) => println!("{:<9}{line}", "EVENT"),
+                        (true, _) => println!("{:<9}{line}", "ADDED"),
+                    }
                 }
             }
-            if watch {
+            if watch.is_some() {
                 let rv = body["metadata"]["resourceVersion"]
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                return watch_table(ctx, &res, ns.as_deref(), &query, &rv, wide, all).await;
+                let w = Watch { wide, all, events };
+                return watch_table(ctx, &res, ns.as_deref(), &query, &rv, w).await;
             }
             return Ok(());
         }
@@ -146,12 +154,29 @@ pub(crate) async fn get(
                 );
             }
         }
+        Some(other) if other.starts_with("jsonpath=") => {
+            let template = other.trim_start_matches("jsonpath=");
+            let v = if single {
+                objects.remove(0)
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": objects})
+            };
+            print!("{}", print::jsonpath(template, &v)?);
+        }
         Some(other) => bail!(
-            "unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,name,wide,yaml"
+            "unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,jsonpath,name,wide,yaml"
         ),
         None => unreachable!("tables are printed above"),
     }
     Ok(())
+}
+
+/// How a watch prints: wide columns, the namespace column, the event type.
+#[derive(Clone, Copy)]
+pub(crate) struct Watch {
+    pub wide: bool,
+    pub all: bool,
+    pub events: bool,
 }
 
 pub(crate) async fn watch_table(
@@ -160,9 +185,9 @@ pub(crate) async fn watch_table(
     ns: Option<&str>,
     query: &[String],
     rv: &str,
-    wide: bool,
-    all: bool,
+    w: Watch,
 ) -> Result<()> {
+    let Watch { wide, all, events } = w;
     let mut q = query.to_vec();
     q.push("watch=true".into());
     q.push(format!("resourceVersion={rv}"));
@@ -200,7 +225,11 @@ pub(crate) async fn watch_table(
             t["columnDefinitions"] = defs.clone();
         }
         for l in print::table(&t, wide, all && res.namespaced, false) {
-            println!("{l}");
+            if events {
+                println!("{:<9}{l}", ev["type"].as_str().unwrap_or_default());
+            } else {
+                println!("{l}");
+            }
         }
     }
     Ok(())

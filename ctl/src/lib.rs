@@ -5,6 +5,7 @@ mod client;
 mod delete;
 mod get;
 mod print;
+mod workload;
 
 use apply::*;
 use delete::*;
@@ -44,6 +45,9 @@ enum Cmd {
         all_namespaces: bool,
         #[arg(short = 'w', long)]
         watch: bool,
+        /// With --watch, a first column with the event type (ADDED, MODIFIED, DELETED).
+        #[arg(long)]
+        output_watch_events: bool,
     },
     /// Show details of a resource.
     Describe { args: Vec<String> },
@@ -90,6 +94,88 @@ enum Cmd {
     Cordon { node: String },
     /// Mark a node schedulable.
     Uncordon { node: String },
+    /// Print the logs of a container in a pod (POD, pod/POD or deployment/NAME).
+    Logs {
+        target: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Lines of the end of the log to show (-1: all).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        tail: i64,
+    },
+    /// Execute a command in a container: exec POD [-c C] [-i] -- COMMAND [ARGS...].
+    Exec {
+        target: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass standard input to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Accepted for kubectl's `-it`; the command runs without a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Create and run an image in a pod: run NAME --image=IMAGE [-- ARGS...].
+    Run {
+        name: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        port: Option<i32>,
+        #[arg(long, default_value = "Always")]
+        restart: String,
+        #[arg(short = 'l', long)]
+        labels: Option<String>,
+        #[arg(long)]
+        env: Vec<String>,
+        /// The arguments after -- are the command, not the image's arguments.
+        #[arg(long)]
+        command: bool,
+        /// client: print the pod (-o yaml|json) without creating it.
+        #[arg(long)]
+        dry_run: Option<String>,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Manage the rollout of a deployment: status, history, undo.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutCmd,
+    },
+    /// Add (key=value:Effect) or remove (key:Effect-) taints on a node.
+    Taint {
+        kind: String,
+        node: String,
+        taints: Vec<String>,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Cordon a node and evict its pods.
+    Drain {
+        node: String,
+        #[arg(long)]
+        ignore_daemonsets: bool,
+        #[arg(long)]
+        delete_emptydir_data: bool,
+        /// Also delete pods no controller manages.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        grace_period: i64,
+        /// Give up after this long (e.g. 90s, 2m; 0: wait for ever).
+        #[arg(long, default_value = "0s")]
+        timeout: String,
+    },
+    /// Print the client and server versions.
+    Version,
     /// Delete resources by type and name, by file, or by label.
     Delete {
         args: Vec<String>,
@@ -97,6 +183,26 @@ enum Cmd {
         files: Vec<String>,
         #[arg(short = 'l', long)]
         selector: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCmd {
+    /// Watch a rollout until it is done.
+    Status {
+        /// deployment/NAME, or deployment NAME
+        args: Vec<String>,
+        /// Give up after this long (e.g. 60s, 2m; 0: wait for ever).
+        #[arg(long, default_value = "0s")]
+        timeout: String,
+    },
+    /// The revisions of a deployment.
+    History { args: Vec<String> },
+    /// Go back to the previous revision (or --to-revision).
+    Undo {
+        args: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        to_revision: i64,
     },
 }
 
@@ -145,6 +251,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             selector,
             all_namespaces,
             watch,
+            output_watch_events,
         } => {
             get(
                 &mut ctx,
@@ -152,10 +259,112 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 output.as_deref(),
                 selector.as_deref(),
                 all_namespaces,
-                watch,
+                watch.then_some(output_watch_events),
             )
             .await
         }
+        Cmd::Logs {
+            target,
+            container,
+            follow,
+            previous,
+            tail,
+        } => {
+            let opts = workload::LogsOptions {
+                container,
+                follow,
+                previous,
+                tail: Some(tail),
+            };
+            workload::logs(&mut ctx, &target, opts).await
+        }
+        Cmd::Exec {
+            target,
+            container,
+            stdin,
+            tty: _,
+            command,
+        } => {
+            let code = workload::exec(&mut ctx, &target, container, stdin, &command).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            name,
+            image,
+            port,
+            restart,
+            labels,
+            env,
+            command,
+            dry_run,
+            output,
+            args,
+        } => {
+            let opts = workload::RunOptions {
+                image,
+                port,
+                restart,
+                labels,
+                env,
+                command,
+                args,
+            };
+            let pod = workload::run_pod(&name, &opts)?;
+            match dry_run.as_deref() {
+                Some("client") => match output.as_deref() {
+                    Some("yaml") => print!("{}", print::yaml(&pod)),
+                    Some("json") => println!("{}", serde_json::to_string_pretty(&pod)?),
+                    _ => println!("pod/{name} created (dry run)"),
+                },
+                Some("none") | None => {
+                    post(&mut ctx, pod).await?;
+                    println!("pod/{name} created");
+                }
+                Some(other) => bail!(
+                    "Invalid dry-run value ({other}). Must be \"none\", \"server\", or \"client\"."
+                ),
+            }
+            Ok(())
+        }
+        Cmd::Rollout { what } => match what {
+            RolloutCmd::Status { args, timeout } => {
+                let timeout = parse_duration(&timeout)?;
+                workload::rollout_status(&mut ctx, &target(&args)?, Some(timeout)).await
+            }
+            RolloutCmd::History { args } => {
+                workload::rollout_history(&mut ctx, &target(&args)?).await
+            }
+            RolloutCmd::Undo { args, to_revision } => {
+                workload::rollout_undo(&mut ctx, &target(&args)?, to_revision).await
+            }
+        },
+        Cmd::Taint {
+            kind,
+            node,
+            taints,
+            overwrite,
+        } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
+        Cmd::Drain {
+            node,
+            ignore_daemonsets,
+            delete_emptydir_data,
+            force,
+            grace_period,
+            timeout,
+        } => {
+            let opts = workload::DrainOptions {
+                ignore_daemonsets,
+                delete_emptydir_data,
+                force,
+                grace_period,
+                timeout: parse_duration(&timeout)?,
+            };
+            workload::drain(&mut ctx, &node, &opts).await
+        }
+        Cmd::Version => workload::version(&mut ctx).await,
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
         Cmd::Apply { files } => {
             for doc in read_documents(&files)? {
@@ -282,7 +491,35 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     }
 }
 
-async fn set_unschedulable(ctx: &mut Ctx, node: &str, value: bool) -> Result<()> {
+/// `deployment/web` from `deployment/web` or `deployment web`.
+fn target(args: &[String]) -> Result<String> {
+    match args {
+        [one] => Ok(one.clone()),
+        [kind, name] => Ok(format!("{kind}/{name}")),
+        _ => bail!("required resource not specified (deployment/NAME)"),
+    }
+}
+
+/// `90s`, `2m`, `1h` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = n
+        .parse()
+        .map_err(|_| anyhow!("invalid duration {s:?}: use e.g. 90s, 2m, 1h"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "ms" => n / 1000.0,
+        _ => bail!("invalid duration {s:?}: use e.g. 90s, 2m, 1h"),
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+pub(crate) async fn set_unschedulable(ctx: &mut Ctx, node: &str, value: bool) -> Result<()> {
     let res = ctx.resource("nodes").await?;
     let url = res.url(None, Some(node));
     let current = ctx.get_json(&url).await?;

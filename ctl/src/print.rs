@@ -79,6 +79,70 @@ pub fn yaml(v: &Value) -> String {
     serde_saphyr::to_string(v).unwrap_or_default()
 }
 
+/// kubectl's `-o jsonpath=TEMPLATE`, the part scripts use: literal text and `{.a.b}`
+/// fields, with `[N]` and `[*]` on lists (several values joined by spaces).
+pub fn jsonpath(template: &str, v: &Value) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| anyhow::anyhow!("error parsing jsonpath {template}, unclosed action"))?;
+        let expr = rest[start + 1..start + end].trim();
+        let values = select(expr, v)
+            .map_err(|e| anyhow::anyhow!("error parsing jsonpath {template}, {e}"))?;
+        let texts: Vec<String> = values
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&texts.join(" "));
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn select<'a>(expr: &str, v: &'a Value) -> Result<Vec<&'a Value>, String> {
+    let path = expr.strip_prefix('.').unwrap_or(expr);
+    let mut current = vec![v];
+    if path.is_empty() {
+        return Ok(current);
+    }
+    for part in path.split('.') {
+        let (field, index) = match part.split_once('[') {
+            Some((f, i)) => (
+                f,
+                Some(
+                    i.strip_suffix(']')
+                        .ok_or_else(|| format!("unterminated [ in {part}"))?,
+                ),
+            ),
+            None => (part, None),
+        };
+        let mut next = Vec::new();
+        for c in current {
+            let c = if field.is_empty() { c } else { &c[field] };
+            match index {
+                None if !c.is_null() => next.push(c),
+                None => {}
+                Some("*") => next.extend(c.as_array().into_iter().flatten()),
+                Some(i) => {
+                    let i: usize = i.parse().map_err(|_| format!("bad index [{i}]"))?;
+                    if let Some(x) = c.as_array().and_then(|a| a.get(i)) {
+                        next.push(x);
+                    }
+                }
+            }
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

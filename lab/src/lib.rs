@@ -83,6 +83,9 @@ pub struct LabConfig {
     pub default_kubeconfig: bool,
     /// Start a containerd of the lab's own even if the system's answers.
     pub own_containerd: bool,
+    /// Give every node namespace a second interface with Vagrant's NAT address
+    /// (10.0.2.15 on all of them) and the default route through it, as on the VMs.
+    pub nat_like_vagrant: bool,
 }
 
 impl LabConfig {
@@ -99,6 +102,7 @@ impl LabConfig {
             ready_timeout: Duration::from_secs(120),
             default_kubeconfig: false,
             own_containerd: false,
+            nat_like_vagrant: false,
         }
     }
 }
@@ -304,6 +308,9 @@ impl Lab {
         for n in &state.nodes {
             let ns = NetNs::create(&n.netns)?;
             link::plug(&h, bridge_index, &ns, &n.veth, n.ip, 24, gateway, None).await?;
+            if cfg.nat_like_vagrant {
+                link::nat_like_vagrant(&ns).await?;
+            }
         }
 
         // containerd: the given one, the system's, or one of our own.
@@ -348,11 +355,13 @@ impl Lab {
             let mut v = vec![
                 "--node-name".to_string(),
                 n.name.clone(),
-                "--node-ip".into(),
-                n.ip.to_string(),
                 "--containerd-socket".into(),
                 socket.display().to_string(),
             ];
+            // Like a VM, a node then finds its address itself (the route to the master).
+            if !cfg.nat_like_vagrant {
+                v.extend(["--node-ip".into(), n.ip.to_string()]);
+            }
             v.extend(cfg.node_args.iter().cloned());
             v
         };

@@ -381,6 +381,41 @@ pub async fn plug(
     }
 }
 
+/// Gives namespace `ns` what every Vagrant VM has besides its host-only interface: a
+/// NAT interface `nat0` with 10.0.2.15/24 (the same address on every VM) and the
+/// default route through it (via 10.0.2.2, which answers nothing here). Routes to the
+/// lab subnet stay on eth0, as the host-only network's do on a VM.
+pub async fn nat_like_vagrant(ns: &NetNs) -> Result<(), LinkError> {
+    let inner = connect_in(ns)?;
+    delete_link(&inner, "nat0").await?;
+    inner
+        .link()
+        .add(LinkVeth::new("nat0", "nat0p").build())
+        .execute()
+        .await
+        .map_err(nl("create nat0"))?;
+    let nat = link_index(&inner, "nat0")
+        .await?
+        .ok_or_else(|| vanished("nat0"))?;
+    let peer = link_index(&inner, "nat0p")
+        .await?
+        .ok_or_else(|| vanished("nat0p"))?;
+    add_address(&inner, nat, Ipv4Addr::new(10, 0, 2, 15), 24).await?;
+    set_up(&inner, nat, "nat0").await?;
+    set_up(&inner, peer, "nat0p").await?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(Ipv4Addr::new(10, 0, 2, 2))
+        .output_interface(nat)
+        .build();
+    inner
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("route the default through nat0"))
+}
+
 /// The host-side interface name of a pod: `veth` + 8 hex digits of its UID's hash, to
 /// fit the kernel's 15-character limit with room for the peer's suffix.
 pub fn host_if_name(pod_uid: &str) -> String {

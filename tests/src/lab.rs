@@ -61,6 +61,7 @@ impl TestLab {
             false,
             "udp",
             &["--lb-pool", "{net}.240-{net}.250"],
+            |_| {},
         )
         .await
     }
@@ -71,7 +72,18 @@ impl TestLab {
         own_containerd: bool,
         backend: &str,
     ) -> Self {
-        Self::start_full_with(workers, node_args, own_containerd, backend, &[]).await
+        Self::start_full_with(workers, node_args, own_containerd, backend, &[], |_| {}).await
+    }
+
+    /// As `start`, on the course's VM network: nodes at 192.168.56.10, .11, ..., each
+    /// with a second interface holding Vagrant's NAT address 10.0.2.15 and the default
+    /// route through it.
+    pub async fn start_like_vagrant(workers: usize) -> Self {
+        Self::start_full_with(workers, &[], false, "udp", &[], |cfg| {
+            cfg.subnet = tinykube_lab::DEFAULT_SUBNET.parse().expect("subnet");
+            cfg.nat_like_vagrant = true;
+        })
+        .await
     }
 
     async fn start_full_with(
@@ -80,6 +92,7 @@ impl TestLab {
         own_containerd: bool,
         backend: &str,
         master_args: &[&str],
+        configure: impl FnOnce(&mut LabConfig),
     ) -> Self {
         require_root();
         crate::init_crypto();
@@ -106,6 +119,7 @@ impl TestLab {
             .extend(master_args.iter().map(|a| a.replace("{net}", &net)));
         cfg.ready_timeout = Duration::from_secs(90);
         cfg.own_containerd = own_containerd;
+        configure(&mut cfg);
         let mut quiet = |_: &str| {};
         let lab = Lab::up(&cfg, &mut quiet).await.unwrap_or_else(|e| {
             panic!(
