@@ -154,6 +154,12 @@ pub(crate) async fn get(
                 );
             }
         }
+        Some(other) if other.starts_with("custom-columns=") => {
+            let spec = other.trim_start_matches("custom-columns=");
+            for line in print::custom_columns(spec, &objects)? {
+                println!("{line}");
+            }
+        }
         Some(other) if other.starts_with("jsonpath=") => {
             let template = other.trim_start_matches("jsonpath=");
             let v = if single {
@@ -164,7 +170,7 @@ pub(crate) async fn get(
             print!("{}", print::jsonpath(template, &v)?);
         }
         Some(other) => bail!(
-            "unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,jsonpath,name,wide,yaml"
+            "unable to match a printer suitable for the output format \"{other}\", allowed formats are: custom-columns,json,jsonpath,name,wide,yaml"
         ),
         None => unreachable!("tables are printed above"),
     }

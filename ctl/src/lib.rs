@@ -73,7 +73,8 @@ enum Cmd {
         target_port: Option<String>,
         #[arg(long = "type")]
         service_type: Option<String>,
-        #[arg(long)]
+        /// The Service's name (default: the exposed object's).
+        #[arg(long = "name")]
         name_override: Option<String>,
     },
     /// Set the number of replicas of a deployment or replica set.

@@ -92,18 +92,55 @@ pub fn jsonpath(template: &str, v: &Value) -> anyhow::Result<String> {
         let expr = rest[start + 1..start + end].trim();
         let values = select(expr, v)
             .map_err(|e| anyhow::anyhow!("error parsing jsonpath {template}, {e}"))?;
-        let texts: Vec<String> = values
-            .iter()
-            .map(|x| match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect();
-        out.push_str(&texts.join(" "));
+        out.push_str(&texts(&values).join(" "));
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// kubectl's `-o custom-columns=HEADER:.path,...`: one row per object.
+pub fn custom_columns(spec: &str, objects: &[Value]) -> anyhow::Result<Vec<String>> {
+    let columns: Vec<(&str, &str)> = spec
+        .split(',')
+        .map(|c| {
+            c.split_once(':').ok_or_else(|| {
+                anyhow::anyhow!("custom-columns format must be HEADER:.field,... (got {c:?})")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = vec![
+        columns
+            .iter()
+            .map(|(h, _)| h.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    for o in objects {
+        let mut row = Vec::new();
+        for (_, path) in &columns {
+            let expr = path.trim_start_matches('{').trim_end_matches('}');
+            let values = select(expr, o).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let texts = texts(&values);
+            row.push(if texts.is_empty() {
+                "<none>".to_string()
+            } else {
+                texts.join(",")
+            });
+        }
+        rows.push(row);
+    }
+    Ok(align(&rows))
+}
+
+/// Values as kubectl prints them in templates: strings bare, the rest as JSON.
+fn texts(values: &[&Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|x| match x {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 fn select<'a>(expr: &str, v: &'a Value) -> Result<Vec<&'a Value>, String> {

@@ -351,15 +351,13 @@ pub async fn rollout_history(ctx: &mut Ctx, target: &str) -> Result<()> {
     let name = deployment_name(target)?;
     let (_, revisions) = history(ctx, name).await?;
     println!("deployment.apps/{name} ");
-    let mut rows = vec![vec!["REVISION".to_string(), "CHANGE-CAUSE".to_string()]];
+    // kubectl's tabwriter: two spaces after the widest cell of the column.
+    println!("{:<10}CHANGE-CAUSE", "REVISION");
     for (rev, rs) in &revisions {
         let cause = rs["metadata"]["annotations"]["kubernetes.io/change-cause"]
             .as_str()
             .unwrap_or("<none>");
-        rows.push(vec![rev.to_string(), cause.to_string()]);
-    }
-    for l in crate::print::align(&rows) {
-        println!("{l}");
+        println!("{:<10}{cause}", rev.to_string());
     }
     println!();
     Ok(())

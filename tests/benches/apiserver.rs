@@ -1,5 +1,5 @@
 //! API server benchmark: 32 concurrent clients against a master running as its own
-//! process (release build), writes durable. Prints the README's performance rows.
+//! process (release build), writes durable. Prints the rows of docs/performance.md.
 //!
 //! Run with `bench/apiserver` (builds the release binary first). Each figure is the
 //! median of three rounds; the baseline is the bare store (sled with group commit)

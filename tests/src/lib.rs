@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use tinykube_apiserver::store::SledStoreOptions;
 use tinykube_apiserver::{Master, MasterConfig};
 
+pub mod docs;
 pub mod lab;
 
 /// Installs rustls' ring provider once per process, for kube-rs clients.

@@ -257,3 +257,225 @@ async fn ctl_covers_the_everyday_verbs() {
     );
     m.shutdown().await;
 }
+
+fn first_web_pod(ctl: &Ctl) -> String {
+    ctl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+    .trim()
+    .to_string()
+}
+
+/// The verbs that need running pods and nodes, on a local cluster: version, run, logs,
+/// exec, rollout status/history/undo, taint, drain, and a watch with event types; with
+/// kubectl's output and one-line errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_pods_and_nodes_on_a_cluster() {
+    let cluster = tinykube_tests::lab::TestLab::start(2).await;
+    let ctl = Ctl {
+        kubeconfig: cluster.lab().kubeconfig().to_path_buf(),
+    };
+    let w1 = cluster.lab().state.nodes[1].name.clone();
+
+    let v = ctl.ok(&["version"]);
+    assert!(
+        v.contains("Client Version: v1.33") && v.contains("Server Version: v1.33"),
+        "{v}"
+    );
+
+    // run: kubectl's pod, or its manifest with --dry-run=client.
+    let dry = ctl.ok(&[
+        "run",
+        "x",
+        "--image=tinykube.local/toolbox",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    assert!(dry.contains("kind: Pod") && dry.contains("run: x"), "{dry}");
+    assert!(
+        ctl.run_with(&["get", "pod", "x"], None)
+            .stderr
+            .contains("not found")
+    );
+    let made = ctl.ok(&[
+        "run",
+        "one",
+        "--image=tinykube.local/toolbox",
+        "--restart=Never",
+        "--",
+        "env",
+    ]);
+    assert_eq!(made.trim(), "pod/one created");
+
+    // A deployment to work with.
+    let web = |value: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - name: web\n        image: tinykube.local/toolbox\n        imagePullPolicy: IfNotPresent\n        env: [{{name: V, value: \"{value}\"}}]\n"
+        )
+    };
+    let apply = |text: String| {
+        let o = ctl.run_with(&["apply", "-f", "-"], Some(&text));
+        assert!(o.ok, "{}", o.stderr);
+    };
+    apply(web("1"));
+    let status = ctl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert!(
+        status
+            .trim_end()
+            .ends_with("deployment \"web\" successfully rolled out"),
+        "{status}"
+    );
+
+    // logs, by deployment and by pod, --tail; a bad container is one line.
+    let logs = ctl.ok(&["logs", "deployment/web"]);
+    assert!(logs.contains("serving on :8080"), "{logs}");
+    let pod = first_web_pod(&ctl);
+    assert_eq!(ctl.ok(&["logs", &pod, "--tail=1"]).lines().count(), 1);
+    let e = ctl.fails(&["logs", &pod, "-c", "nope"]);
+    assert!(e.contains("container nope is not valid"), "{e}");
+
+    // exec: output, stdin, and the command's exit code.
+    let env = ctl.ok(&["exec", &pod, "--", "/tinykube", "toolbox", "env"]);
+    assert!(env.contains("V=1"), "{env}");
+    let o = ctl.run_with(
+        &[
+            "exec",
+            "-i",
+            &pod,
+            "--",
+            "/tinykube",
+            "toolbox",
+            "cat",
+            "/dev/stdin",
+        ],
+        Some("through stdin\n"),
+    );
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.stdout, "through stdin\n");
+    let code = Command::new(tinykube_bin().unwrap())
+        .args([
+            "ctl",
+            "exec",
+            &pod,
+            "--",
+            "/tinykube",
+            "toolbox",
+            "exit",
+            "4",
+        ])
+        .env("KUBECONFIG", &ctl.kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(code.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&code.stderr).contains("command terminated with exit code 4"));
+
+    // rollout: a second revision, the history, and back to the first.
+    apply(web("2"));
+    ctl.ok(&["rollout", "status", "deployment", "web", "--timeout=90s"]);
+    let history = ctl.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("REVISION  CHANGE-CAUSE"), "{history}");
+    assert_eq!(
+        history.lines().filter(|l| l.ends_with("<none>")).count(),
+        2,
+        "{history}"
+    );
+    assert_eq!(
+        ctl.ok(&["rollout", "undo", "deployment/web"]).trim(),
+        "deployment.apps/web rolled back"
+    );
+    ctl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let pod = first_web_pod(&ctl);
+    let env = ctl.ok(&["exec", &pod, "--", "/tinykube", "toolbox", "env"]);
+    assert!(env.contains("V=1"), "back to revision 1's template: {env}");
+    let e = ctl.fails(&["rollout", "undo", "deployment/web", "--to-revision=9"]);
+    assert!(e.contains("unable to find specified revision 9"), "{e}");
+
+    // taint: add, refuse a duplicate without --overwrite, remove, refuse a missing one.
+    let t = "dedicated=course:NoSchedule";
+    assert_eq!(
+        ctl.ok(&["taint", "nodes", &w1, t]).trim(),
+        format!("node/{w1} tainted")
+    );
+    let e = ctl.fails(&["taint", "nodes", &w1, t]);
+    assert!(e.contains("--overwrite is false"), "{e}");
+    let node = ctl.ok(&["get", "node", &w1, "-o", "jsonpath={.spec.taints[*].key}"]);
+    assert!(node.contains("dedicated"), "{node}");
+    assert_eq!(
+        ctl.ok(&["taint", "nodes", &w1, "dedicated:NoSchedule-"])
+            .trim(),
+        format!("node/{w1} untainted")
+    );
+    let e = ctl.fails(&["taint", "nodes", &w1, "dedicated:NoSchedule-"]);
+    assert!(e.contains("not found"), "{e}");
+
+    // A watch with event types, while the deployment scales.
+    let mut watch = Command::new(tinykube_bin().unwrap())
+        .args([
+            "ctl",
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-w",
+            "--output-watch-events",
+        ])
+        .env("KUBECONFIG", &ctl.kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    ctl.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    ctl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let _ = watch.kill();
+    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.starts_with("EVENT"), "{seen}");
+    assert!(
+        seen.lines().filter(|l| l.starts_with("ADDED")).count() >= 3,
+        "{seen}"
+    );
+    assert!(seen.lines().any(|l| l.starts_with("MODIFIED")), "{seen}");
+
+    // drain: a pod no controller manages stops it without --force; with it, the node's
+    // pods are evicted (the deployment's come back elsewhere) and the node is cordoned.
+    apply(format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bare}}\nspec:\n  nodeName: {w1}\n  containers:\n  - name: c\n    image: tinykube.local/toolbox\n    imagePullPolicy: IfNotPresent\n"
+    ));
+    let e = ctl.fails(&[
+        "drain",
+        &w1,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+    ]);
+    assert!(
+        e.contains(
+            "cannot delete Pods that declare no controller (use --force to override): default/bare"
+        ),
+        "{e}"
+    );
+    let drained = ctl.ok(&[
+        "drain",
+        &w1,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--timeout=120s",
+    ]);
+    assert!(drained.contains("evicting pod default/bare"), "{drained}");
+    assert!(drained.contains("pod/bare evicted"), "{drained}");
+    assert!(
+        drained.trim_end().ends_with(&format!("node/{w1} drained")),
+        "{drained}"
+    );
+    let on_w1 = ctl.ok(&["get", "pods", "-o", "wide", "-l", "app=web"]);
+    assert!(!on_w1.contains(&w1), "no web pod left on {w1}: {on_w1}");
+    let unschedulable = ctl.ok(&["get", "node", &w1, "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(unschedulable.trim(), "true");
+    cluster.down().await;
+}

@@ -1,0 +1,48 @@
+//! docs/networking.md runs as written: its `sh` blocks, in order, from a fresh lab to
+//! the end of the page, with the real kubectl, and what the page says they show. Needs
+//! root (CI runs as root).
+
+use tinykube_tests::answered_by;
+use tinykube_tests::docs::walk;
+
+#[test]
+fn networking_page_runs_as_written() {
+    let w = walk("docs/networking.md", false);
+    let b = |i| w.block(i);
+    // Pod to pod across nodes: b answers a, naming its node, with a's own address.
+    let p2p = b(1);
+    assert!(p2p.contains("node=worker-2"), "{p2p}");
+    assert_eq!(answered_by(&p2p), ["b".to_string()].into(), "{p2p}");
+    assert!(p2p.contains("dev flannel0"), "{p2p}");
+    assert!(p2p.contains("tinykube_overlay_packets_total"), "{p2p}");
+    // A ClusterIP and a NodePort spread over three pods; kube-proxy's chains.
+    let svc = b(2);
+    assert!(answered_by(&svc).len() >= 2, "{svc}");
+    assert!(
+        svc.contains("-A KUBE-SERVICES") && svc.contains("KUBE-SVC-"),
+        "{svc}"
+    );
+    // DNS from a pod.
+    let dns = b(3);
+    assert!(dns.contains("pod=web-"), "by name: {dns}");
+    assert!(dns.contains("NXDOMAIN"), "{dns}");
+    assert!(dns.contains("CNAME"), "{dns}");
+    // LoadBalancer on the nodes' addresses, the port conflict, affinity, Local.
+    let lb = b(4);
+    assert!(lb.contains("192.168.56.11"), "{lb}");
+    assert!(lb.contains("PortInUse"), "{lb}");
+    assert!(
+        answered_by(&lb).iter().all(|p| p.starts_with("web-")),
+        "{lb}"
+    );
+    assert!(lb.contains("localEndpoints"), "{lb}");
+    // An address from the pool, held by one node.
+    let pool = b(5);
+    assert!(pool.contains("192.168.56.240"), "{pool}");
+    assert!(pool.contains("tinykube-lb-192-168-56-240"), "{pool}");
+    assert!(
+        answered_by(&pool).iter().any(|p| p.starts_with("web-")),
+        "{pool}"
+    );
+    println!("networking.md: {:.1} s", w.seconds);
+}
