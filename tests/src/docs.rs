@@ -83,12 +83,22 @@ impl Walk {
 /// `tinykube ctl` stands in for every `kubectl`. Fails the test, naming the block, when
 /// one fails.
 pub fn walk(page: &str, ctl: bool) -> Walk {
+    walk_after("", page, ctl)
+}
+
+/// As `walk`, after `prelude` (test set-up that is not part of the page, e.g. a cluster
+/// the page assumes is up).
+pub fn walk_after(prelude: &str, page: &str, ctl: bool) -> Walk {
     crate::lab::require_root();
+    // The pages use the lab's default name and addresses: one page at a time.
+    static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the repository");
     let md = std::fs::read_to_string(root.join(page)).expect("the page");
     let (script, codes) = script(&md, ctl);
+    let script = script.replacen('\n', &format!("\n{prelude}"), 1);
     let home = tempfile::tempdir().expect("tempdir");
     let bin = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::symlink(

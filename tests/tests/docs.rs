@@ -3,7 +3,7 @@
 //! root (CI runs as root).
 
 use tinykube_tests::answered_by;
-use tinykube_tests::docs::walk;
+use tinykube_tests::docs::{walk, walk_after};
 
 #[test]
 fn networking_page_runs_as_written() {
@@ -45,4 +45,24 @@ fn networking_page_runs_as_written() {
         "{pool}"
     );
     println!("networking.md: {:.1} s", w.seconds);
+}
+
+/// The README's own example (the quick start's cluster is the lab `tinykube up` makes;
+/// CI runs `scripts/quickstart` itself).
+#[test]
+fn readme_runs_as_written() {
+    let w = walk_after("tinykube up >/dev/null\n", "README.md", false);
+    let out = w.block(0);
+    let pods: Vec<&str> = out.lines().filter(|l| l.starts_with("server-")).collect();
+    assert_eq!(pods.len(), 4, "{out}");
+    assert!(
+        pods.iter().any(|p| p.contains("worker-1")) && pods.iter().any(|p| p.contains("worker-2")),
+        "spread over both workers: {out}"
+    );
+    assert!(out.contains("serving on :8080 as pod=server-"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("pod=server-")).count(),
+        3,
+        "{out}"
+    );
 }
