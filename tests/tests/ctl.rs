@@ -390,8 +390,17 @@ async fn ctl_drives_pods_and_nodes_on_a_cluster() {
         "deployment.apps/web rolled back"
     );
     ctl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
-    let pod = first_web_pod(&ctl);
-    let env = ctl.ok(&["exec", &pod, "--", "/tinykube", "toolbox", "env"]);
+    // The old revision's pods may still be terminating: ask until a current one answers.
+    let mut env = String::new();
+    for _ in 0..60 {
+        let pod = first_web_pod(&ctl);
+        let o = ctl.run_with(&["exec", &pod, "--", "/tinykube", "toolbox", "env"], None);
+        env = format!("{}{}", o.stdout, o.stderr);
+        if o.ok && env.contains("V=1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert!(env.contains("V=1"), "back to revision 1's template: {env}");
     let e = ctl.fails(&["rollout", "undo", "deployment/web", "--to-revision=9"]);
     assert!(e.contains("unable to find specified revision 9"), "{e}");
