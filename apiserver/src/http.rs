@@ -146,9 +146,13 @@ fn query(uri: &http::Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The verified client certificate of the connection a request came on, if any.
+/// Who is at the other end of the connection a request came on: the verified client
+/// certificate, if any, and the address.
 #[derive(Clone, Default)]
-pub struct Peer(pub Option<tinykube_api::pki::Identity>);
+pub struct Peer {
+    pub identity: Option<tinykube_api::pki::Identity>,
+    pub addr: Option<std::net::IpAddr>,
+}
 
 fn reg_get_pod(shared: &Shared, ns: Option<&str>, name: Option<&str>) -> Result<Value, ApiError> {
     let pods = resources::find("", "pods").expect("pods are served");
@@ -158,7 +162,7 @@ fn reg_get_pod(shared: &Shared, ns: Option<&str>, name: Option<&str>) -> Result<
 
 /// Signs a joining node's certificate request: `{"nodeName", "csr"}` in,
 /// `{"certificate", "ca"}` out.
-fn join(shared: &Shared, req: &Value) -> Result<Value, ApiError> {
+fn join(shared: &Shared, req: &Value, from: Option<std::net::IpAddr>) -> Result<Value, ApiError> {
     let name = req["nodeName"].as_str().unwrap_or_default();
     let mut causes = tinykube_api::validation::dns1123_subdomain(name);
     if name.is_empty() {
@@ -169,6 +173,7 @@ fn join(shared: &Shared, req: &Value) -> Result<Value, ApiError> {
             "nodeName {name:?} is not a valid node name: {c}"
         )));
     }
+    name_is_free(shared, name, from)?;
     let csr = req["csr"].as_str().unwrap_or_default();
     let cert = shared.pki.sign_node_request(name, csr).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -178,6 +183,37 @@ fn join(shared: &Shared, req: &Value) -> Result<Value, ApiError> {
     })?;
     tracing::info!(node = name, "node joined: client certificate issued");
     Ok(json!({"certificate": cert, "ca": shared.pki.ca_pem}))
+}
+
+/// A node name already registered belongs to the machine at its address: another
+/// machine holding the join token cannot take it over (k3s guards the same with node
+/// passwords). The master's own processes (loopback) are trusted.
+fn name_is_free(
+    shared: &Shared,
+    name: &str,
+    from: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
+    let Some(from) = from.filter(|a| !a.is_loopback()) else {
+        return Ok(());
+    };
+    let nodes = resources::find("", "nodes").expect("nodes are served");
+    let Ok(node) = shared.registry.get(nodes, None, name) else {
+        return Ok(());
+    };
+    let addresses: Vec<String> = node.object["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "InternalIP")
+        .filter_map(|a| a["address"].as_str().map(String::from))
+        .collect();
+    if addresses.is_empty() || addresses.iter().any(|a| a == &from.to_string()) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "node {name:?} is already registered at {}; a machine at {from} cannot join under its name: give it another --node-name, or remove the old node first (kubectl delete node {name})",
+        addresses.join(", ")
+    )))
 }
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -259,8 +295,10 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let peer = parts.extensions.get::<Peer>().and_then(|p| p.0.as_ref());
-    let user = shared.tokens.authenticate(peer, auth_header)?;
+    let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
+    let user = shared
+        .tokens
+        .authenticate(peer.identity.as_ref(), auth_header)?;
     let ok = |v: Value| Ok(respond(StatusCode::OK, &v, Output::Json, &[]));
     let not_found = || Err(ApiError::NoRoute);
     if parts.method == Method::GET {
@@ -297,7 +335,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
                 )));
             }
             let req = decode_object(&parts.headers, &read_body(body).await?)?;
-            return ok(join(shared, &req)?);
+            return ok(join(shared, &req, peer.addr)?);
         }
         (["api", "v1", "nodes", name, "proxy", path @ ..], &Method::GET) => {
             let (name, path) = (name.to_string(), path.join("/"));

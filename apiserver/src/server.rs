@@ -276,14 +276,15 @@ async fn serve(
                     Err(_) => return,
                 };
             // Who the client certificate (verified against the cluster CA) names.
-            let identity = http::Peer(
-                stream
+            let identity = http::Peer {
+                identity: stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| tinykube_api::pki::identity(c)),
-            );
+                addr: Some(peer.ip().to_canonical()),
+            };
             let service = TowerToHyperService::new(
                 tower::ServiceBuilder::new()
                     .layer(axum::Extension(identity))

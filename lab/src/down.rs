@@ -66,6 +66,10 @@ impl Lab {
                 }
             });
         let mut pod_uids: Vec<String> = Vec::new();
+        // A namespace containerd will not remove yet does not stop the rest: the network
+        // goes regardless (a leftover bridge on the lab's subnet would break the next
+        // cluster), and the data stays, so `down` again can finish the job.
+        let mut purge_failed = None;
         if containerd_answers(&socket).await {
             for n in &node_names {
                 let rt =
@@ -78,7 +82,9 @@ impl Lab {
                             pod_uids.push(uid.clone());
                         }
                     }
-                    rt.purge().await?;
+                    if let Err(e) = rt.purge().await {
+                        purge_failed.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -117,6 +123,9 @@ impl Lab {
             {
                 let _ = std::fs::remove_file(p);
             }
+        }
+        if let Some(e) = purge_failed {
+            return Err(e.into());
         }
         // 6. Data.
         if dir.exists() {

@@ -101,5 +101,39 @@ async fn vagrant_like_machines_join_with_the_token_alone() {
     assert!(r.stdout.contains(&format!("node={w2}")), "{}", r.stdout);
     let logs = kubectl.ok(&["logs", "b"]);
     assert!(logs.contains("serving on :8080"), "{logs}");
+
+    // Another machine with the token cannot join under a name already registered
+    // elsewhere (bounded: an agent that was let in would run until stopped).
+    let token = &lab.state.nodes[1]
+        .env
+        .iter()
+        .find(|(k, _)| k == "TINYKUBE_TOKEN")
+        .unwrap()
+        .1;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", &lab.state.nodes[2].netns])
+        .arg(tinykube_tests::tinykube_bin().unwrap())
+        .args([
+            "worker",
+            "--server",
+            "https://192.168.56.10:6443",
+            "--token",
+            token,
+        ])
+        .args(["--node-name", w1])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "node \"{w1}\" is already registered at 192.168.56.11; a machine at 192.168.56.12 cannot join under its name"
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("kubelet.kubeconfig").exists());
     cluster.down().await;
 }
