@@ -44,13 +44,6 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Tokens {
-    pub fn generate() -> Self {
-        Self {
-            admin: random_token(),
-            node: random_token(),
-        }
-    }
-
     /// A verified client certificate naming a node wins (as Kubernetes' x509
     /// authenticator comes first); else the bearer token decides.
     pub fn authenticate(

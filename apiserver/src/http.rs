@@ -154,7 +154,7 @@ pub struct Peer {
     pub addr: Option<std::net::IpAddr>,
 }
 
-fn reg_get_pod(shared: &Shared, ns: Option<&str>, name: Option<&str>) -> Result<Value, ApiError> {
+fn stored_pod(shared: &Shared, ns: Option<&str>, name: Option<&str>) -> Result<Value, ApiError> {
     let pods = resources::find("", "pods").expect("pods are served");
     let name = name.ok_or(ApiError::NoRoute)?;
     Ok(shared.registry.get(pods, ns, name)?.object)
@@ -487,7 +487,7 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         let pod = match &created {
             Some(obj) => obj,
             None => {
-                stored = reg_get_pod(shared, ns, name)?;
+                stored = stored_pod(shared, ns, name)?;
                 &stored
             }
         };

@@ -111,12 +111,10 @@ fn read_or_create_token(path: &Path) -> Result<String, MasterError> {
 /// bare secret from an older data dir, or a hash of another CA, is rewritten with this
 /// CA's hash, keeping the secret.
 fn join_token(path: &Path, ca_pem: &str) -> Result<JoinToken, MasterError> {
-    let secret = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| JoinToken::parse(&t).ok())
-        .map_or_else(random_token, |t| t.secret);
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    let secret = JoinToken::parse(&written).map_or_else(|_| random_token(), |t| t.secret);
     let token = JoinToken::new(ca_pem, &secret);
-    if std::fs::read_to_string(path).ok().as_deref().map(str::trim) != Some(&token.to_string()) {
+    if written.trim() != token.to_string() {
         write_private(path, &format!("{token}\n"))?;
     }
     Ok(token)

@@ -218,12 +218,7 @@ fn verify_chain(
         server: server.into(),
         reason,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
-        roots
-            .add(c)
-            .map_err(|e| fail(format!("the CA is not usable: {e}")))?;
-    }
+    let roots = roots(ca_pem).map_err(|e| fail(format!("the CA is not usable: {e}")))?;
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
@@ -237,6 +232,15 @@ fn verify_chain(
         .verify_server_cert(leaf, rest, &name, &[], UnixTime::now())
         .map(|_| ())
         .map_err(|e| fail(e.to_string()))
+}
+
+/// The certificates of a CA bundle (PEM) as TLS roots.
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
+        roots.add(c)?;
+    }
+    Ok(roots)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -372,10 +376,7 @@ async fn request(
             .with_custom_certificate_verifier(Arc::new(Remember(seen)))
             .with_no_client_auth(),
         Trust::Ca(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut ca.as_bytes()).flatten() {
-                roots.add(c).map_err(|e| fail(e.to_string()))?;
-            }
+            let roots = roots(ca).map_err(|e| fail(e.to_string()))?;
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };

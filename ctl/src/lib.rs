@@ -98,15 +98,8 @@ enum Cmd {
     /// Print the logs of a container in a pod (POD, pod/POD or deployment/NAME).
     Logs {
         target: String,
-        #[arg(short = 'c', long)]
-        container: Option<String>,
-        #[arg(short = 'f', long)]
-        follow: bool,
-        #[arg(short = 'p', long)]
-        previous: bool,
-        /// Lines of the end of the log to show (-1: all).
-        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
-        tail: i64,
+        #[command(flatten)]
+        opts: workload::LogsOptions,
     },
     /// Execute a command in a container: exec POD [-c C] [-i] -- COMMAND [ARGS...].
     Exec {
@@ -125,26 +118,13 @@ enum Cmd {
     /// Create and run an image in a pod: run NAME --image=IMAGE [-- ARGS...].
     Run {
         name: String,
-        #[arg(long)]
-        image: String,
-        #[arg(long)]
-        port: Option<i32>,
-        #[arg(long, default_value = "Always")]
-        restart: String,
-        #[arg(short = 'l', long)]
-        labels: Option<String>,
-        #[arg(long)]
-        env: Vec<String>,
-        /// The arguments after -- are the command, not the image's arguments.
-        #[arg(long)]
-        command: bool,
+        #[command(flatten)]
+        opts: workload::RunOptions,
         /// client: print the pod (-o yaml|json) without creating it.
         #[arg(long)]
         dry_run: Option<String>,
         #[arg(short = 'o', long)]
         output: Option<String>,
-        #[arg(last = true)]
-        args: Vec<String>,
     },
     /// Manage the rollout of a deployment: status, history, undo.
     Rollout {
@@ -162,18 +142,8 @@ enum Cmd {
     /// Cordon a node and evict its pods.
     Drain {
         node: String,
-        #[arg(long)]
-        ignore_daemonsets: bool,
-        #[arg(long)]
-        delete_emptydir_data: bool,
-        /// Also delete pods no controller manages.
-        #[arg(long)]
-        force: bool,
-        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
-        grace_period: i64,
-        /// Give up after this long (e.g. 90s, 2m; 0: wait for ever).
-        #[arg(long, default_value = "0s")]
-        timeout: String,
+        #[command(flatten)]
+        opts: workload::DrainOptions,
     },
     /// Print the client and server versions.
     Version,
@@ -264,21 +234,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             )
             .await
         }
-        Cmd::Logs {
-            target,
-            container,
-            follow,
-            previous,
-            tail,
-        } => {
-            let opts = workload::LogsOptions {
-                container,
-                follow,
-                previous,
-                tail: Some(tail),
-            };
-            workload::logs(&mut ctx, &target, opts).await
-        }
+        Cmd::Logs { target, opts } => workload::logs(&mut ctx, &target, opts).await,
         Cmd::Exec {
             target,
             container,
@@ -294,25 +250,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         }
         Cmd::Run {
             name,
-            image,
-            port,
-            restart,
-            labels,
-            env,
-            command,
+            opts,
             dry_run,
             output,
-            args,
         } => {
-            let opts = workload::RunOptions {
-                image,
-                port,
-                restart,
-                labels,
-                env,
-                command,
-                args,
-            };
             let pod = workload::run_pod(&name, &opts)?;
             match dry_run.as_deref() {
                 Some("client") => match output.as_deref() {
@@ -348,23 +289,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             taints,
             overwrite,
         } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
-        Cmd::Drain {
-            node,
-            ignore_daemonsets,
-            delete_emptydir_data,
-            force,
-            grace_period,
-            timeout,
-        } => {
-            let opts = workload::DrainOptions {
-                ignore_daemonsets,
-                delete_emptydir_data,
-                force,
-                grace_period,
-                timeout: parse_duration(&timeout)?,
-            };
-            workload::drain(&mut ctx, &node, &opts).await
-        }
+        Cmd::Drain { node, opts } => workload::drain(&mut ctx, &node, &opts).await,
         Cmd::Version => workload::version(&mut ctx).await,
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
         Cmd::Apply { files } => {
@@ -502,7 +427,7 @@ fn target(args: &[String]) -> Result<String> {
 }
 
 /// `90s`, `2m`, `1h` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration> {
     let (n, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
         None => (s, "s"),

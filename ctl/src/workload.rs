@@ -13,11 +13,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::client::{self, Ctx};
 
 /// `kubectl logs` flags.
+#[derive(clap::Args, Debug)]
 pub struct LogsOptions {
+    #[arg(short = 'c', long)]
     pub container: Option<String>,
+    #[arg(short = 'f', long)]
     pub follow: bool,
+    #[arg(short = 'p', long)]
     pub previous: bool,
-    pub tail: Option<i64>,
+    /// Lines of the end of the log to show (-1: all).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub tail: i64,
 }
 
 /// Which pod `NAME`, `pod/NAME` or `deployment/NAME` (its first pod) means.
@@ -66,7 +72,7 @@ pub async fn logs(ctx: &mut Ctx, target: &str, opts: LogsOptions) -> Result<()> 
         container: opts.container,
         follow: opts.follow,
         previous: opts.previous,
-        tail_lines: opts.tail.filter(|t| *t >= 0),
+        tail_lines: Some(opts.tail).filter(|t| *t >= 0),
         ..Default::default()
     };
     let mut stream = api
@@ -183,13 +189,22 @@ pub async fn exec(
 }
 
 /// `kubectl run` flags.
+#[derive(clap::Args, Debug)]
 pub struct RunOptions {
+    #[arg(long)]
     pub image: String,
+    #[arg(long)]
     pub port: Option<i32>,
+    #[arg(long, default_value = "Always")]
     pub restart: String,
+    #[arg(short = 'l', long)]
     pub labels: Option<String>,
+    #[arg(long)]
     pub env: Vec<String>,
+    /// The arguments after -- are the command, not the image's arguments.
+    #[arg(long)]
     pub command: bool,
+    #[arg(last = true)]
     pub args: Vec<String>,
 }
 
@@ -380,10 +395,7 @@ pub async fn rollout_undo(ctx: &mut Ctx, target: &str, to_revision: i64) -> Resu
             .get_key_value(&to_revision)
             .ok_or_else(|| anyhow!("unable to find specified revision {to_revision} in history"))?
     };
-    let mut template = rs["spec"]["template"].clone();
-    if let Some(l) = template["metadata"]["labels"].as_object_mut() {
-        l.remove("pod-template-hash");
-    }
+    let template = strip_hash(&rs["spec"]["template"]);
     if strip_hash(&d["spec"]["template"]) == template {
         println!(
             "deployment.apps/{name} skipped rollback (current template already matches revision {rev})"
@@ -527,11 +539,19 @@ pub async fn taint(
 }
 
 /// `kubectl drain` flags.
+#[derive(clap::Args, Debug)]
 pub struct DrainOptions {
+    #[arg(long)]
     pub ignore_daemonsets: bool,
+    #[arg(long)]
     pub delete_emptydir_data: bool,
+    /// Also delete pods no controller manages.
+    #[arg(long)]
     pub force: bool,
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub grace_period: i64,
+    /// Give up after this long (e.g. 90s, 2m; 0: wait for ever).
+    #[arg(long, default_value = "0s", value_parser = crate::parse_duration)]
     pub timeout: Duration,
 }
 

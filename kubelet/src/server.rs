@@ -155,7 +155,11 @@ pub async fn serve(
                     .and_then(|c| tinykube_api::pki::identity(c))
                     .is_some_and(|id| id.user == tinykube_api::pki::APISERVER_KUBELET_CLIENT),
             );
-            let service = TowerToHyperService::new(router.layer(axum::Extension(from_api_server)));
+            let service = TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .layer(axum::Extension(from_api_server))
+                    .service(router),
+            );
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);

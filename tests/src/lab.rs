@@ -134,6 +134,32 @@ impl TestLab {
         }
     }
 
+    /// Starts `tinykube worker ARGS` (with a data dir of its own) in the network
+    /// namespace of node `node`, as another machine would, and expects it to be refused:
+    /// bounded to 30 s, since an agent that was let in would run until stopped. Returns
+    /// its stderr and its data dir.
+    pub fn worker_refused(&self, node: usize, args: &[&str]) -> (String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("timeout")
+            .args([
+                "30",
+                "ip",
+                "netns",
+                "exec",
+                &self.lab().state.nodes[node].netns,
+            ])
+            .arg(crate::tinykube_bin().expect("tinykube binary"))
+            .arg("worker")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("timeout runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the worker was let in: {stderr}");
+        (stderr, dir)
+    }
+
     /// The host's address on the lab bridge (what nodes see a host client as).
     pub fn gateway(&self) -> std::net::Ipv4Addr {
         let o = self.lab().state.nodes[0].ip.octets();

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use tinykube_tests::eventually;
 use tinykube_tests::lab::TestLab;
-use tinykube_tests::{eventually, tinykube_bin};
 
 async fn pod(client: &kube::Client, name: &str) -> Pod {
     Api::<Pod>::namespaced(client.clone(), "default")
@@ -72,23 +72,23 @@ async fn a_node_with_another_node_s_address_is_refused() {
     let master = cluster.lab().state.nodes[0].clone();
     let worker = cluster.lab().state.nodes[1].clone();
     let token = std::fs::read_to_string(master.data_dir.join("node-token")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // Bounded: an agent that did not refuse would run until stopped.
-    let out = std::process::Command::new("timeout")
-        .args(["30", "nsenter"])
-        .arg(format!("--net=/var/run/netns/{}", worker.netns))
-        .arg(tinykube_bin().unwrap())
-        .args(["worker", "--server", &format!("https://{}:6443", master.ip)])
-        .args(["--token", token.trim(), "--node-name", "imposter"])
-        .args(["--node-ip", &worker.ip.to_string()])
-        .arg("--ca-file")
-        .arg(master.data_dir.join("tls").join("ca.crt"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let server = format!("https://{}:6443", master.ip);
+    let ca = master.data_dir.join("tls").join("ca.crt");
+    let (stderr, _dir) = cluster.worker_refused(
+        1,
+        &[
+            "--server",
+            &server,
+            "--token",
+            token.trim(),
+            "--node-name",
+            "imposter",
+            "--node-ip",
+            &worker.ip.to_string(),
+            "--ca-file",
+            &ca.display().to_string(),
+        ],
+    );
     assert!(
         stderr.contains(&format!(
             "node {} already has the address {}",

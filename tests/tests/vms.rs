@@ -103,31 +103,24 @@ async fn vagrant_like_machines_join_with_the_token_alone() {
     assert!(logs.contains("serving on :8080"), "{logs}");
 
     // Another machine with the token cannot join under a name already registered
-    // elsewhere (bounded: an agent that was let in would run until stopped).
+    // elsewhere.
     let token = &lab.state.nodes[1]
         .env
         .iter()
         .find(|(k, _)| k == "TINYKUBE_TOKEN")
         .unwrap()
         .1;
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", &lab.state.nodes[2].netns])
-        .arg(tinykube_tests::tinykube_bin().unwrap())
-        .args([
-            "worker",
+    let (stderr, dir) = cluster.worker_refused(
+        2,
+        &[
             "--server",
             "https://192.168.56.10:6443",
             "--token",
             token,
-        ])
-        .args(["--node-name", w1])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+            "--node-name",
+            w1,
+        ],
+    );
     assert!(
         stderr.contains(&format!(
             "node \"{w1}\" is already registered at 192.168.56.11; a machine at 192.168.56.12 cannot join under its name"
