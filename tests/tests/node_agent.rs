@@ -108,7 +108,14 @@ async fn a_master_alone_runs_pods_itself() {
     let cluster = TestLab::start(0).await;
     let kubectl = cluster.kubectl();
     let master = format!("{}-master", cluster.name);
-    let taints = kubectl.ok(&["get", "node", &master, "-o", "jsonpath={.spec.taints}"]);
+    // The node lifecycle controller may still hold the not-ready taints of the node's
+    // first moments (it clears them on its next pass after Ready): wait those out.
+    let taints = eventually(Duration::from_secs(30), async || {
+        let t = kubectl.ok(&["get", "node", &master, "-o", "jsonpath={.spec.taints}"]);
+        (!t.contains("node.kubernetes.io/not-ready")).then_some(t)
+    })
+    .await
+    .expect("the not-ready taints go once the node is Ready");
     assert_eq!(taints, "", "a master alone is not tainted");
     kubectl.ok(&[
         "run",
