@@ -37,11 +37,21 @@ pub fn group_list() -> Value {
     json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": resources::groups().iter().map(|g| group(g)).collect::<Vec<_>>(),
+        "groups": resources::groups()
+            .iter()
+            .map(|g| group(g))
+            .chain([crate::resource_metrics::group()])
+            .collect::<Vec<_>>(),
     })
 }
 
 pub fn api_group(name: &str) -> Option<Value> {
+    if name == crate::resource_metrics::GROUP {
+        let mut g = crate::resource_metrics::group();
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        return Some(g);
+    }
     if !resources::groups().contains(&name) {
         return None;
     }
@@ -82,6 +92,14 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version)
+        == (
+            crate::resource_metrics::GROUP,
+            crate::resource_metrics::VERSION,
+        )
+    {
+        return Some(crate::resource_metrics::resource_list());
+    }
     let list: Vec<Value> = resources::in_group_version(group, version)
         .flat_map(resource_entries)
         .collect();

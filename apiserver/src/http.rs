@@ -31,6 +31,8 @@ pub struct Shared {
     pub pki: Arc<crate::tls::Pki>,
     /// TLS to kubelets, trusting the cluster CA only.
     pub kubelet_tls: tokio_rustls::TlsConnector,
+    /// The kubelets' resource usage summaries, kept a few seconds for the metrics API.
+    pub usage: crate::resource_metrics::Cache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -315,6 +317,40 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
             }
             _ => {}
         }
+    }
+    // The resource metrics API (metrics-server's), from the kubelets' summaries. Reading
+    // it needs what reading the nodes or pods themselves needs.
+    if let (
+        [
+            "apis",
+            crate::resource_metrics::GROUP,
+            crate::resource_metrics::VERSION,
+            rest @ ..,
+        ],
+        &Method::GET,
+    ) = (segs.as_slice(), &parts.method)
+        && !rest.is_empty()
+    {
+        let (plural, ns) = match rest {
+            ["namespaces", ns, ..] => ("pods", Some(*ns)),
+            [p, ..] => (*p, None),
+            [] => unreachable!("checked"),
+        };
+        if let Some(res) = resources::find("", plural) {
+            let name = rest.get(if ns.is_some() { 3 } else { 1 }).copied();
+            auth::authorize(
+                &user,
+                &Attributes {
+                    verb: if name.is_some() { "get" } else { "list" },
+                    resource: res,
+                    subresource: None,
+                    namespace: ns,
+                    name,
+                },
+            )?;
+        }
+        let q = query(&parts.uri);
+        return ok(crate::resource_metrics::serve(shared, rest, &q).await?);
     }
     // A kubelet asks for its serving certificate; logs and exec go to kubelets.
     match (segs.as_slice(), &parts.method) {

@@ -14,6 +14,7 @@ pub mod node_proxy;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod resource_metrics;
 pub mod resources;
 pub mod server;
 pub mod store;

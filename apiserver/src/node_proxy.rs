@@ -222,6 +222,61 @@ pub async fn proxy_node(
     forward(shared, parts, body, &addr, &uri, Method::GET).await
 }
 
+/// Opens an HTTP/1.1 connection to the kubelet at `addr` over TLS checked against the
+/// cluster CA, as the API server's kubelet-client identity.
+async fn connect(
+    shared: &Shared,
+    addr: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, ApiError> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| unavailable(format!("cannot reach the kubelet at {addr}: {e}")))?;
+    let server_name = rustls::pki_types::ServerName::try_from(
+        addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string(),
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let tls = shared
+        .kubelet_tls
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unavailable(format!("TLS to the kubelet at {addr} failed: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| unavailable(format!("cannot talk to the kubelet at {addr}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// GETs `path` from node `node`'s kubelet and reads the JSON answer (the API server's
+/// own calls: the metrics API's `/stats/summary`).
+pub async fn kubelet_json(shared: &Shared, node: &str, path: &str) -> Result<Value, ApiError> {
+    let addr = kubelet_address(shared, node)?;
+    let mut sender = connect(shared, &addr).await?;
+    let req = http::Request::get(path)
+        .header(header::HOST, addr.as_str())
+        .body(Body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unavailable(format!("the kubelet at {addr} did not answer: {e}")))?;
+    let ok = resp.status().is_success();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| unavailable(format!("the kubelet at {addr} did not answer: {e}")))?
+        .to_bytes();
+    if !ok {
+        return Err(unavailable(format!(
+            "the kubelet at {addr} answered: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| unavailable(format!("the kubelet at {addr} sent bad JSON: {e}")))
+}
+
 /// Sends the request to the kubelet at `addr` over TLS checked against the cluster CA,
 /// as the API server's own node identity, and passes back the answer (and an upgraded
 /// stream, for exec).
@@ -234,26 +289,7 @@ async fn forward(
     method: Method,
 ) -> Result<Response, ApiError> {
     let addr = addr.to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| unavailable(format!("cannot reach the kubelet at {addr}: {e}")))?;
-    let server_name = rustls::pki_types::ServerName::try_from(
-        addr.rsplit_once(':')
-            .map_or(addr.as_str(), |(h, _)| h)
-            .to_string(),
-    )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let tls = shared
-        .kubelet_tls
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unavailable(format!("TLS to the kubelet at {addr} failed: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| unavailable(format!("cannot talk to the kubelet at {addr}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let mut sender = connect(shared, &addr).await?;
     let mut req = http::Request::builder().method(method).uri(uri);
     for (k, v) in &parts.headers {
         if k == header::AUTHORIZATION || k == header::HOST || k == header::CONTENT_LENGTH {

@@ -188,6 +188,7 @@ impl Master {
             bookmark_interval: cfg.bookmark_interval,
             kubelet_tls: pki.client_connector()?,
             pki: Arc::new(pki),
+            usage: Default::default(),
         });
         let tls = shared.pki.server_config()?;
         let cleanup = tokio::spawn(registry::namespace::run_namespace_cleanup(

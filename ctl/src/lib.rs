@@ -4,6 +4,7 @@ mod apply;
 mod client;
 mod delete;
 mod get;
+mod inspect;
 mod print;
 mod workload;
 
@@ -147,6 +148,12 @@ enum Cmd {
     },
     /// Print the client and server versions.
     Version,
+    /// Show what a pod, node or service is made of on the nodes: namespaces, veths,
+    /// bridges, routes, the overlay, the proxy's rules and their counters.
+    Inspect {
+        #[command(subcommand)]
+        what: InspectCmd,
+    },
     /// Delete resources by type and name, by file, or by label.
     Delete {
         args: Vec<String>,
@@ -154,6 +161,29 @@ enum Cmd {
         files: Vec<String>,
         #[arg(short = 'l', long)]
         selector: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum InspectCmd {
+    /// The sandbox, each container's namespaces, cgroup and logs, eth0 and its veth.
+    Pod {
+        name: String,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// The podCIDR, the bridge and its ports, routes, overlay peers, service rules, DNS.
+    Node {
+        name: String,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// Ports, endpoints and their nodes, and each node's chain of rules with counters.
+    #[command(alias = "svc")]
+    Service {
+        name: String,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
     },
 }
 
@@ -291,6 +321,20 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
         Cmd::Drain { node, opts } => workload::drain(&mut ctx, &node, &opts).await,
         Cmd::Version => workload::version(&mut ctx).await,
+        Cmd::Inspect { what } => match what {
+            InspectCmd::Pod { name, output } => {
+                let v = inspect::pod(&mut ctx, &name).await?;
+                inspect::output(&v, output.as_deref(), inspect::pod_text)
+            }
+            InspectCmd::Node { name, output } => {
+                let v = inspect::node(&mut ctx, &name).await?;
+                inspect::output(&v, output.as_deref(), inspect::node_text)
+            }
+            InspectCmd::Service { name, output } => {
+                let v = inspect::service(&mut ctx, &name).await?;
+                inspect::output(&v, output.as_deref(), inspect::service_text)
+            }
+        },
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
         Cmd::Apply { files } => {
             for doc in read_documents(&files)? {

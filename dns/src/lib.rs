@@ -103,6 +103,19 @@ impl Dns {
         self.metrics.prometheus(services)
     }
 
+    /// The server and its counters, for `tinykube ctl inspect node`.
+    pub fn describe(&self) -> serde_json::Value {
+        let services = self
+            .zone
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .service_count();
+        let mut v = self.metrics.describe();
+        v["address"] = serde_json::json!(self.addr.to_string());
+        v["services"] = serde_json::json!(services);
+        v
+    }
+
     /// Sets the address up, binds, and serves until `cancel`.
     pub async fn start(
         cfg: DnsConfig,

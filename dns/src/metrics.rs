@@ -107,6 +107,39 @@ impl Metrics {
         self.truncated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters as one JSON object, for `tinykube ctl inspect node`.
+    pub fn describe(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let by_type: serde_json::Map<String, serde_json::Value> = TYPES
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    t.to_string(),
+                    (get(&self.requests[0][i]) + get(&self.requests[1][i])).into(),
+                )
+            })
+            .filter(|(_, n)| n != &serde_json::Value::from(0u64))
+            .collect();
+        let by_rcode: serde_json::Map<String, serde_json::Value> = RCODES
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.to_string(), get(&self.responses[i]).into()))
+            .filter(|(_, n)| n != &serde_json::Value::from(0u64))
+            .collect();
+        serde_json::json!({
+            "requests": self.total_requests(),
+            "requestsByType": by_type,
+            "responsesByRcode": by_rcode,
+            "cacheHits": get(&self.cache_hits),
+            "cacheMisses": get(&self.cache_misses),
+            "forwarded": get(&self.forward_ok),
+            "forwardFailed": get(&self.forward_failed),
+            "malformed": get(&self.malformed),
+            "truncated": get(&self.truncated),
+        })
+    }
+
     pub fn malformed_count(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
     }

@@ -1,13 +1,16 @@
 //! The kubelet: pods through containerd with a shared pause sandbox per pod (`pods`),
 //! containerd's API (`runtime`), the node's images (`images`), and the kubelet API
-//! on 10250 (`server`: logs, exec, metrics). The node agent (`tinykube-node`) starts it
-//! once the node is registered and its pod network is known.
+//! on 10250 (`server`: logs, exec, metrics, `stats` from cgroups, `inspect`). The
+//! node agent (`tinykube-node`) starts it once the node is registered and its pod
+//! network is known.
 
 pub mod images;
+pub mod inspect;
 pub mod pause;
 pub mod pods;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 
 pub use tinykube_api::error_chain;
 
@@ -67,7 +70,7 @@ impl Kubelet {
         client: kube::Client,
         runtime: Runtime,
         cfg: KubeletConfig,
-        metrics: server::Metrics,
+        parts: Arc<dyn server::NodeParts>,
         housekeeping: Duration,
         cancel: CancellationToken,
     ) -> Result<Self, KubeletError> {
@@ -106,7 +109,7 @@ impl Kubelet {
             server::listen_addr(),
             tls,
             ctx.clone(),
-            metrics,
+            parts,
             cancel.clone(),
         ));
         let pods_dir = ctx.pods_dir.clone();

@@ -1,7 +1,10 @@
 //! The kubelet API on port 10250 over TLS (a certificate the API server signs with the
 //! cluster CA): container logs (`/containerLogs`, with follow, previous, tailLines,
 //! limitBytes) and exec (`/exec`, WebSocket channel protocol v4/v5), which the API
-//! server proxies `kubectl logs` and `kubectl exec` to.
+//! server proxies `kubectl logs` and `kubectl exec` to; resource usage
+//! (`/stats/summary`, which `kubectl top` reads through the API server's metrics API);
+//! and what pods, the node and Services are made of (`/inspect/...`, for
+//! `tinykube ctl inspect` and `trace`). Nothing here runs unless asked.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,19 +20,27 @@ use http::{StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::pods::PodContext;
 
-/// The node's counters in Prometheus' text format, from the parts of the node agent
-/// outside the kubelet (the overlay's per-peer counters).
-pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// The parts of the node agent outside the kubelet (overlay, service proxy, DNS), as
+/// the kubelet API shows them.
+pub trait NodeParts: Send + Sync + 'static {
+    /// Their counters in Prometheus' text format.
+    fn metrics(&self) -> String;
+    /// The overlay (peers and their counters), the service rules and DNS, described.
+    fn network(&self) -> Value;
+    /// The rules service `ns/name` has on this node, with their counters.
+    fn service(&self, ns: &str, name: &str) -> Result<Value, String>;
+}
 
 struct ServerState {
     ctx: Arc<PodContext>,
-    metrics: Metrics,
+    parts: Arc<dyn NodeParts>,
+    rates: crate::stats::Rates,
 }
 
 /// Whether the connection's client certificate (verified against the cluster CA) is the
@@ -114,14 +125,22 @@ pub async fn serve(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<PodContext>,
-    metrics: Metrics,
+    parts: Arc<dyn NodeParts>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let state = Arc::new(ServerState { ctx, metrics });
+    let state = Arc::new(ServerState {
+        ctx,
+        parts,
+        rates: Default::default(),
+    });
     let router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(serve_metrics))
+        .route("/stats/summary", get(stats_summary))
+        .route("/inspect/pods/{ns}/{pod}", get(inspect_pod))
+        .route("/inspect/node", get(inspect_node))
+        .route("/inspect/services/{ns}/{name}", get(inspect_service))
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .layer(axum::middleware::from_fn(authenticate))
@@ -177,9 +196,96 @@ pub async fn serve(
 async fn serve_metrics(State(st): State<Arc<ServerState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        (st.metrics)(),
+        st.parts.metrics(),
     )
         .into_response()
+}
+
+fn json_response(v: &Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// `/stats/summary`: the node's and each pod's CPU, memory and network.
+async fn stats_summary(State(st): State<Arc<ServerState>>) -> Response {
+    let pods = st.ctx.registry.all();
+    let st2 = st.clone();
+    let v = tokio::task::spawn_blocking(move || {
+        let ctx = &st2.ctx;
+        let src = crate::stats::Source {
+            hierarchy: crate::stats::Hierarchy::detect(),
+            node: &ctx.node,
+            pods: &pods,
+            pod_cgroup: &|uid| ctx.pod_cgroup(uid),
+            container_cgroup: &|uid, c| ctx.container_cgroup(uid, c),
+        };
+        crate::stats::summary(&src, &st2.rates)
+    })
+    .await;
+    match v {
+        Ok(v) => json_response(&v),
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn inspect_pod(
+    State(st): State<Arc<ServerState>>,
+    Path((ns, pod)): Path<(String, String)>,
+) -> Response {
+    use crate::inspect::InspectError;
+    match crate::inspect::pod(&st.ctx, &ns, &pod).await {
+        Ok(v) => json_response(&v),
+        Err(e @ InspectError::NotHere(..)) => {
+            status(StatusCode::NOT_FOUND, "NotFound", &e.to_string())
+        }
+        Err(e @ InspectError::NoSandbox(..)) => {
+            status(StatusCode::CONFLICT, "Conflict", &e.to_string())
+        }
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &crate::error_chain(&e),
+        ),
+    }
+}
+
+async fn inspect_node(State(st): State<Arc<ServerState>>) -> Response {
+    let mut v = match crate::inspect::node(&st.ctx).await {
+        Ok(v) => v,
+        Err(e) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &crate::error_chain(&e),
+            );
+        }
+    };
+    let parts = st.parts.clone();
+    if let Ok(Value::Object(extra)) = tokio::task::spawn_blocking(move || parts.network()).await {
+        for (k, x) in extra {
+            v[k] = x;
+        }
+    }
+    json_response(&v)
+}
+
+async fn inspect_service(
+    State(st): State<Arc<ServerState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let parts = st.parts.clone();
+    match tokio::task::spawn_blocking(move || parts.service(&ns, &name)).await {
+        Ok(Ok(v)) => json_response(&v),
+        Ok(Err(e)) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+        ),
+    }
 }
 
 /// Only the API server (its kubelet-client certificate) may use the kubelet API.

@@ -3,6 +3,7 @@
 
 pub mod arp;
 pub mod cidr;
+pub mod inspect;
 pub mod ipam;
 pub mod iptables;
 pub mod link;

@@ -374,13 +374,10 @@ async fn run_with(
             pause_image: images.pause,
             resolv_conf: cfg.resolv_conf.clone(),
         },
-        Arc::new(move || {
-            let mut m = counters.stats().prometheus();
-            m.push_str(&proxy_metrics.prometheus());
-            if let Some(d) = &dns {
-                m.push_str(&d.prometheus());
-            }
-            m
+        Arc::new(Parts {
+            overlay: counters,
+            proxy: proxy_metrics,
+            dns,
         }),
         cfg.heartbeat,
         cancel.clone(),
@@ -415,6 +412,44 @@ async fn run_with(
         let _ = a.await;
     }
     Ok(())
+}
+
+/// The node agent's parts outside the kubelet, as the kubelet API shows them.
+struct Parts {
+    overlay: Arc<Overlay>,
+    proxy: Arc<tinykube_proxy::Metrics>,
+    dns: Option<Arc<Dns>>,
+}
+
+impl tinykube_kubelet::server::NodeParts for Parts {
+    fn metrics(&self) -> String {
+        let mut m = self.overlay.stats().prometheus();
+        m.push_str(&self.proxy.prometheus());
+        if let Some(d) = &self.dns {
+            m.push_str(&d.prometheus());
+        }
+        m
+    }
+
+    fn network(&self) -> serde_json::Value {
+        let rules = tinykube_net::iptables::save("nat")
+            .map(|t| tinykube_proxy::inspect::node_rules(&tinykube_net::iptables::parse_save(&t)))
+            .unwrap_or_else(|e| json!({"error": error_chain(&e)}));
+        json!({
+            "overlay": self.overlay.describe(),
+            "serviceRules": rules,
+            "dns": self.dns.as_ref().map(|d| d.describe()),
+        })
+    }
+
+    fn service(&self, ns: &str, name: &str) -> Result<serde_json::Value, String> {
+        let text = tinykube_net::iptables::save("nat").map_err(|e| error_chain(&e))?;
+        Ok(tinykube_proxy::inspect::service_path(
+            &tinykube_net::iptables::parse_save(&text),
+            ns,
+            name,
+        ))
+    }
 }
 
 /// Waits for the podCIDR the node IPAM controller gives this node.

@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod health;
+pub mod inspect;
 pub mod metrics;
 pub mod rules;
 
@@ -24,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use metrics::Metrics;
 
-/// How often the rules are written again even if nothing changed (repairs outside
-/// damage, like kube-proxy's periodic sync).
+/// How often the rules in the kernel are checked against ours, and written again whole
+/// if something outside changed them (kube-proxy's periodic sync). Rules left intact
+/// are not rewritten, so their packet counters keep counting, as kube-proxy's do
+/// between its hourly full syncs.
 const RESYNC: Duration = Duration::from_secs(30);
 /// Changes arriving within this window are applied together.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -105,6 +108,43 @@ pub fn apply(new: &rules::Synced, last: Option<&rules::Synced>) -> Result<Writte
     Ok(written)
 }
 
+/// The number of rules of each (table, chain) in iptables-save or -restore text.
+fn rule_counts(text: &str) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut table = String::new();
+    let mut out = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_string();
+            continue;
+        }
+        let l = l
+            .strip_prefix('[')
+            .and_then(|l| l.split_once("] ").map(|(_, r)| r))
+            .unwrap_or(l);
+        if let Some(rest) = l.strip_prefix("-A ") {
+            let chain = rest.split_whitespace().next().unwrap_or_default();
+            *out.entry((table.clone(), chain.to_string())).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Whether the kernel still holds every rule last written (each of our chains with as
+/// many rules as written) and the jumps into them: if so, the periodic sync leaves the
+/// rules, and their counters, alone.
+fn intact(applied: &rules::Synced) -> Result<bool, IptablesError> {
+    let save = iptables::must("iptables-save", &[], None)?;
+    let want = rule_counts(&rules::render(applied, &BTreeSet::new(), None));
+    let have = rule_counts(&save);
+    let chains_intact = want
+        .iter()
+        .all(|(k, n)| have.get(k).copied().unwrap_or(0) == *n);
+    let hooks_intact = HOOKS.iter().all(|(table, chain, comment, target, _)| {
+        hook_present(&save, table, chain, comment, target)
+    });
+    Ok(chains_intact && hooks_intact)
+}
+
 /// Whether an `iptables-save` dump has, in `table`, a rule of `chain` with `comment`
 /// that jumps to `target` (so the common sync spawns no `iptables -C`).
 fn hook_present(save: &str, table: &str, chain: &str, comment: &str, target: &str) -> bool {
@@ -170,8 +210,24 @@ pub async fn run(
         {
             continue;
         }
-        // A resync writes everything and reads the tables back; otherwise only what
-        // changed since the last write.
+        // The periodic sync rewrites everything only if the kernel's rules were changed
+        // from outside; otherwise only what changed since the last write is written.
+        let unchanged = applied
+            .as_ref()
+            .is_some_and(|a| rules::changed_ports(a, &synced).is_empty());
+        if force
+            && unchanged
+            && let Some(last) = applied.take()
+        {
+            match tokio::task::spawn_blocking(move || (intact(&last), last)).await {
+                Ok((Ok(true), last)) => {
+                    applied = Some(last);
+                    continue;
+                }
+                Ok((_, last)) => applied = Some(last),
+                Err(_) => {}
+            }
+        }
         let last = if force { None } else { applied.take() };
         let gone = last.as_ref().map(|l| {
             let old: Vec<&rules::ServicePort> = l.service_ports().collect();
@@ -234,6 +290,15 @@ fn wanted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_are_counted_per_table_and_chain_with_or_without_counters() {
+        let text = "*nat\n:KUBE-SERVICES - [0:0]\n[4:240] -A KUBE-SERVICES -j A\n-A KUBE-SERVICES -j B\nCOMMIT\n*filter\n-A KUBE-SERVICES -j REJECT\nCOMMIT\n";
+        let c = rule_counts(text);
+        assert_eq!(c[&("nat".to_string(), "KUBE-SERVICES".to_string())], 2);
+        assert_eq!(c[&("filter".to_string(), "KUBE-SERVICES".to_string())], 1);
+        assert_eq!(c.len(), 2);
+    }
 
     #[test]
     fn hooks_are_found_in_their_own_table_only() {

@@ -15,14 +15,14 @@ pub mod files;
 pub mod logs;
 pub mod probe;
 pub mod registry;
-mod sandbox;
+pub mod sandbox;
 pub mod state;
 mod status;
 mod teardown;
 mod worker;
 
 pub use logs::{LOG_MAX_BYTES, log_path, rotate_logs};
-pub use registry::{ContainerView, PodRegistry, PodView};
+pub use registry::{ContainerView, PodRegistry, PodView, SandboxView};
 pub use state::{Backoff, SandboxId};
 
 use std::collections::{HashMap, HashSet};
@@ -75,6 +75,18 @@ pub struct PodContext {
     pub registry: PodRegistry,
     /// Events about pods, as the kubelet on this node.
     pub recorder: Recorder,
+}
+
+impl PodContext {
+    /// The cgroup (path below each controller's root) holding one pod's containers.
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!("{}/pod{uid}", self.cgroup_parent)
+    }
+
+    /// The cgroup of one container of a pod (`sandbox` for the pause container).
+    pub fn container_cgroup(&self, uid: &str, container: &str) -> String {
+        format!("{}/{container}", self.pod_cgroup(uid))
+    }
 }
 
 /// The labels every container of a pod carries in containerd (kubelet's own names,

@@ -1,5 +1,5 @@
-//! What the kubelet API (logs, exec) needs to know of each pod on this node, kept
-//! current by the pods' workers.
+//! What the kubelet API (logs, exec, stats, inspect) needs to know of each pod on this
+//! node, kept current by the pods' workers.
 
 use std::collections::HashMap;
 
@@ -15,11 +15,29 @@ pub struct ContainerView {
     pub id: Option<String>,
     pub running: bool,
     pub waiting: Option<String>,
+    pub restarts: u32,
+    /// The image as the spec names it, and the digest it resolved to.
+    pub image: String,
+    pub image_id: String,
+    /// An init container (stats leave out the ones that are done).
+    pub init: bool,
+}
+
+/// The pod's sandbox: the pause container's pid (whose namespaces the pod shares) and
+/// the pod's address.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxView {
+    pub pid: u32,
+    pub ip: std::net::Ipv4Addr,
 }
 
 #[derive(Debug, Clone)]
 pub struct PodView {
+    pub namespace: String,
+    pub name: String,
     pub uid: String,
+    pub sandbox: Option<SandboxView>,
+    pub start_time: Option<String>,
     pub containers: HashMap<String, ContainerView>,
 }
 
@@ -36,15 +54,36 @@ impl PodRegistry {
             .cloned()
     }
 
+    /// Every pod on this node.
+    pub fn all(&self) -> Vec<PodView> {
+        self.0
+            .lock()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn set(&self, pod: &Pod, st: &PodState) {
         let key = (
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
         );
+        let spec = pod.spec.clone().unwrap_or_default();
+        let image_of = |name: &str| {
+            spec.containers
+                .iter()
+                .map(|c| (c, false))
+                .chain(spec.init_containers.iter().flatten().map(|c| (c, true)))
+                .find(|(c, _)| c.name == name)
+                .map(|(c, init)| (c.image.clone().unwrap_or_default(), init))
+                .unwrap_or_default()
+        };
         let containers = st
             .containers
             .iter()
             .map(|(n, c)| {
+                let (image, init) = image_of(n);
                 let waiting = match &c.run {
                     Run::Waiting { reason, .. } => Some(reason.clone()),
                     _ => None,
@@ -56,17 +95,26 @@ impl PodRegistry {
                         id: c.id.clone(),
                         running: matches!(c.run, Run::Running { .. }),
                         waiting,
+                        restarts: c.restarts(),
+                        image,
+                        image_id: c.image_id.clone(),
+                        init,
                     },
                 )
             })
             .collect();
-        self.0.lock().expect("registry lock").insert(
-            key,
-            PodView {
-                uid: uid(pod),
-                containers,
-            },
-        );
+        let view = PodView {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            uid: uid(pod),
+            sandbox: st.sandbox.as_ref().map(|s| SandboxView {
+                pid: s.pid,
+                ip: s.ip,
+            }),
+            start_time: st.start_time.clone(),
+            containers,
+        };
+        self.0.lock().expect("registry lock").insert(key, view);
     }
 
     pub(crate) fn remove(&self, uid: &str) {

@@ -16,12 +16,12 @@ use crate::runtime::container::NewContainer;
 use crate::runtime::spec::ContainerSpec;
 
 /// The pod's network namespace, under /var/run/netns.
-pub(super) fn netns_name(uid: &str) -> String {
+pub fn netns_name(uid: &str) -> String {
     format!("tk-{uid}")
 }
 
 pub(super) fn cgroup(ctx: &PodContext, uid: &str, leaf: &str) -> String {
-    format!("{}/pod{uid}/{leaf}", ctx.cgroup_parent)
+    ctx.container_cgroup(uid, leaf)
 }
 
 /// The network namespace, its wiring and the pause container.

@@ -350,6 +350,61 @@ impl Overlay {
         Ok(())
     }
 
+    /// The overlay as `tinykube ctl inspect node` shows it: backend, device, MTU, the
+    /// encapsulation, and every peer with its subnet, address, VTEP MAC (vxlan) and
+    /// counters.
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let stats = self.stats();
+        let applied = self.applied.lock().expect("not poisoned").clone();
+        let (device, encapsulation) = match self.backend {
+            Backend::Udp => (
+                Some(TUN_DEVICE),
+                json!({"protocol": "udp", "port": UDP_PORT, "outerHeaderBytes": 28}),
+            ),
+            Backend::Vxlan => (
+                Some(VXLAN_DEVICE),
+                json!({"protocol": "vxlan", "port": VXLAN_PORT, "vni": VXLAN_VNI, "outerHeaderBytes": 50}),
+            ),
+            Backend::HostGw => (
+                None,
+                json!({"protocol": "none (routes via the peers' addresses)"}),
+            ),
+        };
+        let peers: Vec<_> = applied
+            .iter()
+            .map(|p| {
+                let c = stats.peers.iter().find(|s| s.public_ip == p.public_ip);
+                json!({
+                    "node": p.node,
+                    "subnet": p.subnet.to_string(),
+                    "publicIP": p.public_ip.to_string(),
+                    "vtepMAC": p.vtep_mac.as_ref().map(format_mac),
+                    "encapPackets": c.map(|c| c.encap_packets),
+                    "encapBytes": c.map(|c| c.encap_bytes),
+                    "decapPackets": c.map(|c| c.decap_packets),
+                    "decapBytes": c.map(|c| c.decap_bytes),
+                    "dropped": c.map(|c| c.dropped),
+                })
+            })
+            .collect();
+        json!({
+            "backend": self.backend.to_string(),
+            "device": device,
+            "mtu": self.pod_mtu(),
+            "uplinkMTU": self.uplink.1,
+            "publicIP": self.local.public_ip.to_string(),
+            "subnet": self.local.subnet.to_string(),
+            "network": self.local.cluster.to_string(),
+            "vtepMAC": self.vtep_mac.as_ref().map(format_mac),
+            "encapsulation": encapsulation,
+            "peers": peers,
+            "dropped": stats.dropped,
+            "deviceCounters": stats.device.map(|[rxp, rxb, txp, txb]| json!({
+                "rxPackets": rxp, "rxBytes": rxb, "txPackets": txp, "txBytes": txb})),
+        })
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = match &self.udp {
             Some(u) => u.stats(),
@@ -379,39 +434,12 @@ impl Overlay {
 /// namespace. `/proc/net/dev` follows the namespace; `/sys/class/net` follows the
 /// namespace sysfs was mounted in, which a node in a lab netns does not share.
 fn device_counters(name: &str) -> Option<[u64; 4]> {
-    parse_net_dev(&std::fs::read_to_string("/proc/net/dev").ok()?, name)
-}
-
-/// The counters of `name` in a `/proc/net/dev` table: after "name:", rx bytes and
-/// packets are fields 0 and 1, tx bytes and packets fields 8 and 9.
-fn parse_net_dev(table: &str, name: &str) -> Option<[u64; 4]> {
-    let fields = table.lines().find_map(|l| {
-        let (dev, rest) = l.split_once(':')?;
-        (dev.trim() == name).then_some(rest)
-    })?;
-    let v: Vec<u64> = fields
-        .split_whitespace()
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    Some([*v.get(1)?, *v.first()?, *v.get(9)?, *v.get(8)?])
+    crate::inspect::net_dev(&std::fs::read_to_string("/proc/net/dev").ok()?, name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_counters_come_from_the_namespace_s_net_dev_table() {
-        let table = "Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:     120       2    0    0    0     0          0         0      120       2    0    0    0     0       0          0
-flannel0: 4200 35 0 1 0 0 0 0 9100 70 0 0 0 0 0 0
-";
-        assert_eq!(parse_net_dev(table, "flannel0"), Some([35, 4200, 70, 9100]));
-        assert_eq!(parse_net_dev(table, "lo"), Some([2, 120, 2, 120]));
-        assert_eq!(parse_net_dev(table, "flannel.1"), None);
-        assert_eq!(parse_net_dev("eth0: 1 2 x\n", "eth0"), None);
-    }
 
     #[test]
     fn backends_parse_and_print_as_flannel_names_them() {
