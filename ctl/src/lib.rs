@@ -6,6 +6,7 @@ mod delete;
 mod get;
 mod inspect;
 mod print;
+mod trace;
 mod workload;
 
 use apply::*;
@@ -148,6 +149,15 @@ enum Cmd {
     },
     /// Print the client and server versions.
     Version,
+    /// The path a packet from pod FROM takes to TO (a pod, a service or an address,
+    /// with :PORT), hop by hop; --probe sends a real connection and shows the counters
+    /// that moved.
+    Trace {
+        from: String,
+        to: String,
+        #[arg(long)]
+        probe: bool,
+    },
     /// Show what a pod, node or service is made of on the nodes: namespaces, veths,
     /// bridges, routes, the overlay, the proxy's rules and their counters.
     Inspect {
@@ -321,6 +331,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
         Cmd::Drain { node, opts } => workload::drain(&mut ctx, &node, &opts).await,
         Cmd::Version => workload::version(&mut ctx).await,
+        Cmd::Trace { from, to, probe } => trace::trace(&mut ctx, &from, &to, probe).await,
         Cmd::Inspect { what } => match what {
             InspectCmd::Pod { name, output } => {
                 let v = inspect::pod(&mut ctx, &name).await?;

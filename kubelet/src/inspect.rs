@@ -220,6 +220,42 @@ async fn network(view: &PodView) -> Result<(Value, Value, Value), InspectError> 
     Ok((json!(eth0), json!(routes), json!(veth)))
 }
 
+/// Opens one TCP connection from inside pod `ns/name`'s network namespace to `to` and
+/// closes it: the real packets `tinykube ctl trace --probe` follows through the
+/// counters. Whether it connected, and how long it took.
+pub async fn probe(
+    ctx: &Arc<PodContext>,
+    ns: &str,
+    name: &str,
+    to: std::net::SocketAddr,
+) -> Result<Value, InspectError> {
+    let key = format!("{ns}/{name}");
+    let view = ctx
+        .registry
+        .get(ns, name)
+        .ok_or_else(|| InspectError::NotHere(key.clone(), ctx.node.clone()))?;
+    if view.sandbox.is_none() {
+        return Err(InspectError::NoSandbox(key));
+    }
+    let netns = NetNs::open(&netns_name(&view.uid))?;
+    let t0 = std::time::Instant::now();
+    let r = tokio::task::spawn_blocking(move || {
+        netns.run(move || {
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .map_err(|e| InspectError::NoSandbox(format!("{key} ({e})")))??;
+    Ok(json!({
+        "to": to.to_string(),
+        "connected": r.is_ok(),
+        "error": r.err(),
+        "millis": t0.elapsed().as_secs_f64() * 1000.0,
+    }))
+}
+
 /// Which pod each `cni0` port belongs to, by its host-side veth name.
 fn port_owner<'a>(pods: &'a [PodView], port: &Link) -> Option<&'a PodView> {
     pods.iter().find(|p| host_if_name(&p.uid) == port.name)

@@ -139,6 +139,7 @@ pub async fn serve(
         .route("/metrics", get(serve_metrics))
         .route("/stats/summary", get(stats_summary))
         .route("/inspect/pods/{ns}/{pod}", get(inspect_pod))
+        .route("/inspect/probe/{ns}/{pod}", get(inspect_probe))
         .route("/inspect/node", get(inspect_node))
         .route("/inspect/services/{ns}/{name}", get(inspect_service))
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
@@ -235,8 +236,29 @@ async fn inspect_pod(
     State(st): State<Arc<ServerState>>,
     Path((ns, pod)): Path<(String, String)>,
 ) -> Response {
+    inspect_result(crate::inspect::pod(&st.ctx, &ns, &pod).await)
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeQuery {
+    to: String,
+}
+
+/// One TCP connection from inside a pod, for `ctl trace --probe`.
+async fn inspect_probe(
+    State(st): State<Arc<ServerState>>,
+    Path((ns, pod)): Path<(String, String)>,
+    Query(q): Query<ProbeQuery>,
+) -> Response {
+    let Ok(to) = q.to.parse::<SocketAddr>() else {
+        return bad_request(&format!("to={:?} is not an address and port", q.to));
+    };
+    inspect_result(crate::inspect::probe(&st.ctx, &ns, &pod, to).await)
+}
+
+fn inspect_result(r: Result<Value, crate::inspect::InspectError>) -> Response {
     use crate::inspect::InspectError;
-    match crate::inspect::pod(&st.ctx, &ns, &pod).await {
+    match r {
         Ok(v) => json_response(&v),
         Err(e @ InspectError::NotHere(..)) => {
             status(StatusCode::NOT_FOUND, "NotFound", &e.to_string())

@@ -1,0 +1,281 @@
+//! End-to-end tests of the internals made visible (root, a local cluster with two
+//! workers): `tinykube ctl inspect pod` shows a two-container pod sharing the pause
+//! container's net/ipc/uts namespaces and not its pid/mnt ones, with its veth a port of
+//! `cni0`; `inspect service` counts the connections each endpoint got; `trace` names
+//! the overlay and the peer, and `--probe` moves the counters on both nodes;
+//! `kubectl top` reads the metrics API fed by the kubelets' `/stats/summary`; bad
+//! input is one line and a non-zero exit.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tinykube_tests::lab::TestLab;
+use tinykube_tests::{eventually, tinykube_bin};
+
+struct Ctl {
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(tinykube_bin().unwrap())
+            .arg("ctl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "ctl {} failed: {err}", args.join(" "));
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("json")
+    }
+
+    /// Fails with one readable line on stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let (ok, _, err) = self.run(args);
+        assert!(!ok, "ctl {} should fail", args.join(" "));
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+        err
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inspect_trace_and_top_show_what_the_cluster_is_made_of() {
+    tinykube_tests::lab::require_root();
+    let t = TestLab::start(2).await;
+    let kubectl = t.kubectl();
+    let ctl = Ctl {
+        kubeconfig: t.lab().kubeconfig().to_path_buf(),
+    };
+    let (w1, w2) = (
+        t.lab().state.nodes[1].name.clone(),
+        t.lab().state.nodes[2].name.clone(),
+    );
+    let manifest = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: two, labels: {{app: two}}}}
+spec:
+  nodeName: {w1}
+  containers:
+  - {{name: app, image: tinykube.local/toolbox}}
+  - name: side
+    image: tinykube.local/toolbox
+    command: [/tinykube, toolbox, alloc, '64']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, labels: {{app: server}}}}
+spec:
+  nodeName: {w2}
+  containers: [{{name: s, image: tinykube.local/toolbox}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server}}
+spec:
+  selector: {{app: server}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"
+    );
+    kubectl.ok_stdin(&["apply", "-f", "-"], &manifest);
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/two",
+        "pod/server",
+        "--timeout=90s",
+    ]);
+
+    // inspect pod: shared net/ipc/uts, own pid/mnt, the veth on cni0.
+    let v = ctl.json(&["inspect", "pod", "two"]);
+    let pause = &v["sandbox"]["namespaces"];
+    let containers = v["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{v}");
+    for c in containers {
+        for k in ["net", "ipc", "uts"] {
+            assert_eq!(
+                c["namespaces"][k]["inode"], pause[k],
+                "{k} of {}",
+                c["name"]
+            );
+            assert!(pause[k].as_u64().is_some());
+        }
+        for k in ["pid", "mnt"] {
+            assert_ne!(
+                c["namespaces"][k]["inode"], pause[k],
+                "{k} of {}",
+                c["name"]
+            );
+            assert!(c["namespaces"][k]["inode"].as_u64().is_some());
+        }
+        assert!(c["pid"].as_u64().is_some_and(|p| p > 1), "{c}");
+        assert!(
+            c["logs"][0].as_str().is_some_and(|l| l.ends_with("0.log")),
+            "{c}"
+        );
+    }
+    assert_eq!(v["veth"]["bridge"]["name"], "cni0", "{v}");
+    assert_eq!(v["pod"]["node"], w1.as_str());
+    assert_eq!(v["eth0"]["peerIndex"], v["veth"]["index"], "{v}");
+    let node = ctl.json(&["inspect", "node", &w1]);
+    let port_names: Vec<&str> = node["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        port_names.contains(&v["veth"]["name"].as_str().unwrap()),
+        "{port_names:?}"
+    );
+    assert_eq!(node["overlay"]["backend"], "udp");
+    assert_eq!(
+        node["overlay"]["peers"].as_array().unwrap().len(),
+        2,
+        "{node}"
+    );
+    let text = ctl.ok(&["inspect", "pod", "two"]);
+    assert!(text.contains("a port of bridge cni0"), "{text}");
+
+    // inspect service after 60 connections entering on worker-1.
+    let cluster_ip = kubectl.ok(&["get", "svc", "server", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ns1 = format!("/var/run/netns/{}", t.lab().node(&w1).unwrap().netns);
+    let answered = eventually(Duration::from_secs(20), async || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={ns1}"))
+            .arg(tinykube_bin().unwrap())
+            .args([
+                "toolbox",
+                "fetch",
+                &format!("http://{cluster_ip}/"),
+                "--count",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        out.status.success().then_some(())
+    })
+    .await;
+    assert!(answered.is_some(), "the service answers on {w1}");
+    let count = |v: &Value| -> u64 {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == w1.as_str())
+            .unwrap()["rules"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["connections"].as_u64().unwrap())
+            .sum()
+    };
+    let before = count(&ctl.json(&["inspect", "service", "server"]));
+    let out = Command::new("nsenter")
+        .arg(format!("--net={ns1}"))
+        .arg(tinykube_bin().unwrap())
+        .args([
+            "toolbox",
+            "fetch",
+            &format!("http://{cluster_ip}/"),
+            "--count",
+            "60",
+            "--interval-ms",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let svc = ctl.json(&["inspect", "service", "server"]);
+    assert_eq!(count(&svc) - before, 60, "{svc}");
+    assert_eq!(svc["endpoints"][0]["node"], w2.as_str());
+    let svc_text = ctl.ok(&["inspect", "service", "server"]);
+    assert!(
+        svc_text.contains("KUBE-SVC-") && svc_text.contains("DNAT"),
+        "{svc_text}"
+    );
+
+    // trace from worker-1 to the service whose only endpoint is on worker-2.
+    let w2_ip = t.lab().node(&w2).unwrap().ip.to_string();
+    let tr = ctl.ok(&["trace", "two", "server"]);
+    assert!(tr.contains("flannel0"), "{tr}");
+    assert!(tr.contains(&format!("{w2_ip}:8285")), "{tr}");
+    assert!(tr.contains(&format!("node {w2}")), "{tr}");
+    let probed = ctl.ok(&["trace", "two", "server", "--probe"]);
+    let moved = |needle: &str| {
+        probed
+            .lines()
+            .any(|l| l.contains(needle) && l.contains("[+") && !l.contains("did not move"))
+    };
+    assert!(
+        moved("overlay flannel0"),
+        "{w1}'s overlay counter: {probed}"
+    );
+    assert!(
+        moved("takes it off the wire"),
+        "{w2}'s overlay counter: {probed}"
+    );
+    assert!(moved("pod default/server eth0"), "{probed}");
+    assert!(probed.contains("connected"), "{probed}");
+
+    // kubectl top: the 64 MiB container, within 10 %, and every node.
+    let top = eventually(Duration::from_secs(30), async || {
+        let r = kubectl.run(&["top", "pods", "--containers", "--no-headers"]);
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("two") && l.contains("side"))?
+            .to_string();
+        Some(line)
+    })
+    .await
+    .expect("kubectl top pods lists the pod's containers");
+    let mib: f64 = top
+        .split_whitespace()
+        .nth(3)
+        .and_then(|m| m.strip_suffix("Mi"))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("memory column in {top:?}"));
+    assert!(
+        (57.6..=70.4).contains(&mib),
+        "alloc 64 shows {mib} MiB: {top}"
+    );
+    let nodes = kubectl.ok(&["top", "nodes", "--no-headers"]);
+    for n in &t.lab().state.nodes {
+        assert!(
+            nodes.lines().any(|l| l.starts_with(&n.name)),
+            "{}: {nodes}",
+            n.name
+        );
+    }
+
+    // Bad input: one line and a non-zero exit.
+    let e = ctl.fails(&["inspect", "pod", "nope"]);
+    assert!(e.contains("NotFound") && e.contains("\"nope\""), "{e}");
+    kubectl.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: waiting}\nspec:\n  nodeSelector: {nowhere: 'true'}\n  containers: [{name: c, image: tinykube.local/toolbox}]\n",
+    );
+    let e = ctl.fails(&["inspect", "pod", "waiting"]);
+    assert!(e.contains("not running yet"), "{e}");
+    let e = ctl.fails(&["trace", "two", "203.0.113.9"]);
+    assert!(e.contains("outside the cluster"), "{e}");
+    let e = ctl.fails(&["inspect", "node", "no-such-node"]);
+    assert!(e.contains("NotFound"), "{e}");
+    t.down().await;
+}
