@@ -2,6 +2,7 @@
 
 mod apply;
 mod client;
+mod dashboard;
 mod delete;
 mod get;
 mod inspect;
@@ -157,6 +158,12 @@ enum Cmd {
         to: String,
         #[arg(long)]
         probe: bool,
+    },
+    /// Serve a live map of the cluster on 127.0.0.1 (open it in a browser).
+    Dashboard {
+        /// The port on 127.0.0.1 (0: any free one).
+        #[arg(long, default_value_t = 8001)]
+        port: u16,
     },
     /// Show what a pod, node or service is made of on the nodes: namespaces, veths,
     /// bridges, routes, the overlay, the proxy's rules and their counters.
@@ -331,6 +338,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
         Cmd::Drain { node, opts } => workload::drain(&mut ctx, &node, &opts).await,
         Cmd::Version => workload::version(&mut ctx).await,
+        Cmd::Dashboard { port } => dashboard::serve(ctx.client.clone(), port).await,
         Cmd::Trace { from, to, probe } => trace::trace(&mut ctx, &from, &to, probe).await,
         Cmd::Inspect { what } => match what {
             InspectCmd::Pod { name, output } => {

@@ -279,3 +279,139 @@ spec:
     assert!(e.contains("NotFound"), "{e}");
     t.down().await;
 }
+
+/// The Python that runs the browser driver (scripts/test makes a venv with the official
+/// client, which brings websocket-client).
+fn python() -> String {
+    std::env::var("TINYKUBE_PYTHON").unwrap_or_else(|_| {
+        panic!("TINYKUBE_PYTHON is not set: run the tests with scripts/test, which sets it")
+    })
+}
+
+/// Kills the dashboard server when the test ends, however it ends.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_draws_the_cluster_in_a_real_browser_and_follows_a_scale() {
+    tinykube_tests::lab::require_root();
+    let t = TestLab::start(2).await;
+    let kubectl = t.kubectl();
+    kubectl.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=tinykube.local/toolbox",
+        "--replicas=2",
+    ]);
+    kubectl.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let web = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}default/{.metadata.name}{\"\\n\"}{end}",
+    ]);
+    let web: Vec<&str> = web.lines().collect();
+    assert_eq!(web.len(), 2);
+
+    let port = tinykube_tests::free_port();
+    let server = Command::new(tinykube_bin().unwrap())
+        .args(["ctl", "dashboard", "--port", &port.to_string()])
+        .env("KUBECONFIG", t.lab().kubeconfig())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Serving(server);
+    let url = format!("http://127.0.0.1:{port}/");
+    let up = eventually(Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    assert!(up.is_some(), "the dashboard listens on {url}");
+
+    // The screenshot is kept under target/ for CI to publish.
+    let shot = format!("{}/../target/dashboard.png", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python())
+        .arg(format!(
+            "{}/browser/dashboard.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            "--url",
+            &url,
+            "--screenshot",
+            &shot,
+            "--nodes",
+            "3",
+            "--pods",
+            "2",
+        ])
+        .args(["--scale", "web", "--replicas", "6", "--click", web[0]])
+        .env("KUBECONFIG", t.lab().kubeconfig())
+        .env("HOME", t.lab().kubeconfig().parent().unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser driver failed: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the driver prints JSON");
+    assert_eq!(v["console_errors"], serde_json::json!([]), "{v}");
+    assert_eq!(v["foreign_requests"], serde_json::json!([]), "{v}");
+    assert!(v["requests"].as_u64().unwrap() > 3, "{v}");
+    let nodes: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    for n in &t.lab().state.nodes {
+        assert!(nodes.contains(&n.name.as_str()), "{} drawn: {v}", n.name);
+    }
+    for p in &web {
+        assert!(
+            v["pods"].as_array().unwrap().iter().any(|x| x == p),
+            "{p} drawn: {v}"
+        );
+    }
+    assert!(
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "default/web"),
+        "{v}"
+    );
+    let scale = &v["scale"];
+    assert_eq!(scale["before"], 2, "{v}");
+    assert_eq!(scale["after"], 6, "{v}");
+    assert_eq!(scale["reloaded"], false, "{v}");
+    let secs = scale["seconds"].as_f64().expect("the new pods appeared");
+    assert!(secs <= 2.0, "the scale took {secs} s to appear");
+    let click = v["click"]
+        .as_str()
+        .expect("clicking a pod shows its inspect");
+    assert!(
+        click.contains("sandbox") && click.contains("veth"),
+        "{click}"
+    );
+    assert!(v["heap_used_bytes"].as_u64().unwrap() < 50 << 20, "{v}");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot at {shot}"
+    );
+    t.down().await;
+}
