@@ -65,4 +65,44 @@ fn readme_runs_as_written() {
         3,
         "{out}"
     );
+    // See the internals: the shared namespaces, the node's subnet, the overlay hop by
+    // hop and in a capture, the proxy's counters, resource usage.
+    let pod = w.block(1);
+    assert!(pod.contains("Sandbox: the pause container"), "{pod}");
+    assert!(
+        pod.contains("=  ") && pod.contains("*  "),
+        "shared and own namespaces: {pod}"
+    );
+    assert!(pod.contains("a port of bridge cni0"), "{pod}");
+    let node = w.block(2);
+    assert!(node.contains("podCIDR   10.244."), "{node}");
+    assert!(node.contains("backend   udp on flannel0"), "{node}");
+    let trace = w.block(3);
+    assert!(trace.contains("192.168.56.12:8285"), "{trace}");
+    assert!(
+        trace.contains("[+") && trace.contains("connected"),
+        "{trace}"
+    );
+    assert!(
+        trace
+            .lines()
+            .filter(|l| l.contains("UDP") && l.contains(".8285"))
+            .count()
+            >= 2,
+        "the capture shows pod packets inside UDP: {trace}"
+    );
+    let svc = w.block(4);
+    let conns: u64 = svc
+        .lines()
+        .filter(|l| l.contains("-> KUBE-SEP-") && l.contains("DNAT"))
+        .filter(|l| l.contains("conns]"))
+        .filter_map(|l| l.split("[").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(conns >= 30, "the endpoints' counters add up: {svc}");
+    let top = w.block(5);
+    assert!(
+        top.contains("MEMORY(bytes)") && top.contains("server-"),
+        "{top}"
+    );
+    assert!(top.contains("worker-2"), "{top}");
 }

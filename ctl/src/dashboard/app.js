@@ -91,7 +91,7 @@ let podAt = new Map(); // ns/name -> [x, y]
 let nodeAt = new Map(); // name -> [cx, cy]
 
 function render() {
-  const nodes = [...state.nodes.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+  const nodes = [...state.nodes.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name, undefined, { numeric: true }));
   const byNode = new Map(nodes.map((n) => [n.metadata.name, []]));
   const unscheduled = [];
   for (const p of state.pods.values()) {
@@ -111,19 +111,32 @@ function render() {
       if (!groups.has(g)) groups.set(g, []);
       groups.get(g).push(p);
     }
-    let inner = "", yy = 58;
-    for (const [g, ps] of [...groups.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
-      inner += `<text x="8" y="${yy + 9}" class="clickable">${esc(g)} (${ps.length})</text>`;
-      yy += 13;
+    // Groups flow along rows: a small group (its name, then its pods) shares a row
+    // with others; a big one starts a row of its own and fills whole rows.
+    let inner = "", yy = 58, xx = 8;
+    const ROW = POD + 5, RIGHT = NODE_W - 8;
+    const newline = () => { if (xx > 8) { yy += ROW; xx = 8; } };
+    for (const [g, ps] of [...groups.entries()].sort((a, b) => a[0].localeCompare(b[0], undefined, { numeric: true }))) {
+      const label = `${g} (${ps.length})`;
+      const labelW = 6.2 * label.length + 6;
+      const podsW = ps.length * (POD + GAP);
+      const inline = labelW + podsW <= RIGHT - 8;
+      if (inline ? xx + labelW + podsW > RIGHT : true) newline();
+      inner += `<text x="${xx}" y="${yy + 10}">${esc(label)}</text>`;
+      let px0 = xx + labelW, py0 = yy;
+      if (!inline) { yy += 14; px0 = 8; py0 = yy; }
       ps.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
       ps.forEach((p, i) => {
-        const px = 8 + (i % PER_ROW) * (POD + GAP), py = yy + Math.floor(i / PER_ROW) * (POD + GAP);
+        const perRow = inline ? ps.length : PER_ROW;
+        const px = px0 + (i % perRow) * (POD + GAP), py = py0 + Math.floor(i / perRow) * (POD + GAP);
         const k = key(p);
         podAt.set(k, [x + px + POD / 2, y + py + POD / 2]);
         inner += `<rect class="pod ${phase(p)}" data-kind="pod" data-name="${esc(k)}" data-phase="${phase(p)}" x="${px}" y="${py}" width="${POD}" height="${POD}" rx="2"><title>${esc(k)} ${esc(p.status && p.status.podIP || "")} ${phase(p)}</title></rect>`;
       });
-      yy += Math.ceil(ps.length / PER_ROW) * (POD + GAP) + 4;
+      if (inline) xx += labelW + podsW + 10;
+      else { yy += Math.ceil(ps.length / PER_ROW) * (POD + GAP) + 4; xx = 8; }
     }
+    if (xx > 8) yy += ROW;
     const h = Math.max(yy + 6, 80);
     const u = n && state.usage.get(name);
     const sub = n ? `${esc(internalIP(n))} &middot; pods ${esc(n.spec && n.spec.podCIDR || "no podCIDR")}` : "pods waiting for a node";
