@@ -24,7 +24,8 @@ pub fn output(v: &Value, format: Option<&str>, text: impl FnOnce(&Value) -> Stri
     Ok(())
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as text: strings bare, null as `-`.
+pub fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
 use crate::client::Ctx;
-use crate::inspect::route_line;
+use crate::inspect::{route_line, s};
 
 fn in_cidr(cidr: &str, ip: Ipv4Addr) -> Option<u8> {
     if cidr == "default" {
@@ -107,14 +107,6 @@ impl Reading {
             c.insert(format!("dst-eth0:{ip}"), n(&d["eth0"]["rxPackets"]));
         }
         c
-    }
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        o => o.to_string(),
     }
 }
 
@@ -216,6 +208,20 @@ async fn pod_at(ctx: &mut Ctx, ip: Ipv4Addr) -> Result<Option<(String, String, S
         }))
 }
 
+/// The Service's rules on node `node` with their counters (None for a pod).
+async fn service_rules(ctx: &mut Ctx, node: &str, target: &Target) -> Result<Option<Value>> {
+    let Target::Service { name, .. } = target else {
+        return Ok(None);
+    };
+    let (ns, n) = name.split_once('/').unwrap_or(("default", name));
+    Ok(Some(
+        ctx.get_json(&format!(
+            "/api/v1/nodes/{node}/proxy/inspect/services/{ns}/{n}"
+        ))
+        .await?,
+    ))
+}
+
 async fn read(
     ctx: &mut Ctx,
     from: &str,
@@ -227,18 +233,7 @@ async fn read(
     let src = ctx
         .get_json(&format!("/api/v1/nodes/{src_node}/proxy/inspect/node"))
         .await?;
-    let rules = match target {
-        Target::Service { name, .. } => {
-            let (ns, n) = name.split_once('/').unwrap_or(("default", name));
-            Some(
-                ctx.get_json(&format!(
-                    "/api/v1/nodes/{src_node}/proxy/inspect/services/{ns}/{n}"
-                ))
-                .await?,
-            )
-        }
-        Target::Pod { .. } => None,
-    };
+    let rules = service_rules(ctx, src_node, target).await?;
     let mut dst_pods = BTreeMap::new();
     let mut dst_nodes = BTreeMap::new();
     for (ip, ns, name, node) in dsts {
@@ -273,18 +268,7 @@ pub async fn trace(ctx: &mut Ctx, from: &str, to: &str, probe: bool) -> Result<(
     let src_node = s(&first["pod"]["node"]);
     let target = resolve(ctx, to).await?;
     // Before a probe, every endpoint is a candidate; the probe shows which one it took.
-    let rules_before = match &target {
-        Target::Service { name, .. } => {
-            let (ns, n) = name.split_once('/').unwrap_or(("default", name));
-            Some(
-                ctx.get_json(&format!(
-                    "/api/v1/nodes/{src_node}/proxy/inspect/services/{ns}/{n}"
-                ))
-                .await?,
-            )
-        }
-        Target::Pod { .. } => None,
-    };
+    let rules_before = service_rules(ctx, &src_node, &target).await?;
     let endpoints: Vec<Value> = rules_before
         .as_ref()
         .and_then(|r| r["endpoints"].as_array().cloned())

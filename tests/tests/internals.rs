@@ -13,6 +13,19 @@ use serde_json::Value;
 use tinykube_tests::lab::TestLab;
 use tinykube_tests::{eventually, tinykube_bin};
 
+/// `count` requests to `url`, one connection each, from the network namespace at path
+/// `netns`; the answers.
+fn fetch(netns: &str, url: &str, count: u32) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .arg(tinykube_bin().unwrap())
+        .args(["toolbox", "fetch", url, "--interval-ms", "0", "--count"])
+        .arg(count.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 struct Ctl {
     kubeconfig: std::path::PathBuf,
 }
@@ -155,20 +168,9 @@ spec:
     // inspect service after 60 connections entering on worker-1.
     let cluster_ip = kubectl.ok(&["get", "svc", "server", "-o", "jsonpath={.spec.clusterIP}"]);
     let ns1 = format!("/var/run/netns/{}", t.lab().node(&w1).unwrap().netns);
+    let url = format!("http://{cluster_ip}/");
     let answered = eventually(Duration::from_secs(20), async || {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={ns1}"))
-            .arg(tinykube_bin().unwrap())
-            .args([
-                "toolbox",
-                "fetch",
-                &format!("http://{cluster_ip}/"),
-                "--count",
-                "1",
-            ])
-            .output()
-            .unwrap();
-        out.status.success().then_some(())
+        fetch(&ns1, &url, 1).contains("pod=server").then_some(())
     })
     .await;
     assert!(answered.is_some(), "the service answers on {w1}");
@@ -186,21 +188,8 @@ spec:
             .sum()
     };
     let before = count(&ctl.json(&["inspect", "service", "server"]));
-    let out = Command::new("nsenter")
-        .arg(format!("--net={ns1}"))
-        .arg(tinykube_bin().unwrap())
-        .args([
-            "toolbox",
-            "fetch",
-            &format!("http://{cluster_ip}/"),
-            "--count",
-            "60",
-            "--interval-ms",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = fetch(&ns1, &url, 60);
+    assert_eq!(out.matches("pod=server").count(), 60, "{out}");
     let svc = ctl.json(&["inspect", "service", "server"]);
     assert_eq!(count(&svc) - before, 60, "{svc}");
     assert_eq!(svc["endpoints"][0]["node"], w2.as_str());

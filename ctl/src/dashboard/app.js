@@ -8,7 +8,7 @@ const state = {
   nodes: new Map(), pods: new Map(), services: new Map(), slices: new Map(),
   overlay: new Map(),   // node -> {at, peers: {peer: {bytes, rate}}}
   hits: new Map(),      // ns/svc -> {endpoint ip: connections}
-  usage: new Map(),     // node -> {cpu, memory}
+  usage: new Map(),     // node or ns/pod -> {cpu, memory}
   drawn: false,
 };
 window.tinykube = state;
@@ -131,7 +131,7 @@ function render() {
         const px = px0 + (i % perRow) * (POD + GAP), py = py0 + Math.floor(i / perRow) * (POD + GAP);
         const k = key(p);
         podAt.set(k, [x + px + POD / 2, y + py + POD / 2]);
-        inner += `<rect class="pod ${phase(p)}" data-kind="pod" data-name="${esc(k)}" data-phase="${phase(p)}" x="${px}" y="${py}" width="${POD}" height="${POD}" rx="2"><title>${esc(k)} ${esc(p.status && p.status.podIP || "")} ${phase(p)}</title></rect>`;
+        inner += `<rect class="pod ${phase(p)}" data-kind="pod" data-name="${esc(k)}" data-phase="${phase(p)}" x="${px}" y="${py}" width="${POD}" height="${POD}" rx="2"><title>${esc(k)} ${esc(p.status && p.status.podIP || "")} ${phase(p)}${state.usage.has(k) ? " cpu " + state.usage.get(k).cpu + " memory " + state.usage.get(k).memory : ""}</title></rect>`;
       });
       if (inline) xx += labelW + podsW + 10;
       else { yy += Math.ceil(ps.length / PER_ROW) * (POD + GAP) + 4; xx = 8; }
@@ -287,6 +287,12 @@ async function pollCounters() {
     for (const i of m.items || []) {
       const cpu = parseInt(i.usage.cpu, 10) / 1e6;
       state.usage.set(i.metadata.name, { cpu: Math.round(cpu) + "m", memory: fmtBytes(parseInt(i.usage.memory, 10) * 1024) });
+    }
+    const pm = await getJSON("/apis/metrics.k8s.io/v1beta1/pods");
+    for (const i of pm.items || []) {
+      let cpu = 0, mem = 0;
+      for (const c of i.containers || []) { cpu += parseInt(c.usage.cpu, 10) / 1e6; mem += parseInt(c.usage.memory, 10) * 1024; }
+      state.usage.set(key(i), { cpu: Math.round(cpu) + "m", memory: fmtBytes(mem) });
     }
   } catch (e) { /* no metrics yet */ }
   schedule();
