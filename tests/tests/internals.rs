@@ -404,3 +404,82 @@ async fn the_dashboard_draws_the_cluster_in_a_real_browser_and_follows_a_scale()
     );
     t.down().await;
 }
+
+/// `trace` over the kernel backends: vxlan names `flannel.1`, port 8472 and VNI 1, and
+/// its device counters move under `--probe`; host-gw routes the packet as it is, via
+/// the peer's address, and `inspect node` shows each backend's VTEP or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trace_follows_the_kernel_backends() {
+    tinykube_tests::lab::require_root();
+    for backend in ["vxlan", "host-gw"] {
+        let t = TestLab::start_with_backend(2, backend).await;
+        let kubectl = t.kubectl();
+        let ctl = Ctl {
+            kubeconfig: t.lab().kubeconfig().to_path_buf(),
+        };
+        let (w1, w2) = (
+            t.lab().state.nodes[1].name.clone(),
+            t.lab().state.nodes[2].name.clone(),
+        );
+        let manifest = format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: a}}
+spec:
+  nodeName: {w1}
+  containers: [{{name: c, image: tinykube.local/toolbox}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: b}}
+spec:
+  nodeName: {w2}
+  containers: [{{name: c, image: tinykube.local/toolbox}}]
+"
+        );
+        kubectl.ok_stdin(&["apply", "-f", "-"], &manifest);
+        kubectl.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/a",
+            "pod/b",
+            "--timeout=90s",
+        ]);
+        let w2_ip = t.lab().node(&w2).unwrap().ip.to_string();
+        let node = ctl.json(&["inspect", "node", &w1]);
+        assert_eq!(node["overlay"]["backend"], backend, "{node}");
+        let peer = node["overlay"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == w2.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{w2} is a peer: {node}"));
+        assert_eq!(peer["publicIP"], w2_ip.as_str());
+        assert_eq!(
+            peer["vtepMAC"].is_string(),
+            backend == "vxlan",
+            "a VTEP MAC for vxlan only: {peer}"
+        );
+        let tr = ctl.ok(&["trace", "a", "b:8080", "--probe"]);
+        let moved = |needle: &str| {
+            tr.lines()
+                .any(|l| l.contains(needle) && l.contains("[+") && !l.contains("did not move"))
+        };
+        match backend {
+            "vxlan" => {
+                assert!(tr.contains("flannel.1"), "{tr}");
+                assert!(tr.contains(&format!("{w2_ip}:8472 VNI 1")), "{tr}");
+                assert!(moved("overlay flannel.1"), "{tr}");
+                assert!(moved("takes it off the wire"), "{tr}");
+            }
+            _ => {
+                assert!(tr.contains(&format!("via {w2_ip}")), "{tr}");
+                assert!(tr.contains("no encapsulation"), "{tr}");
+            }
+        }
+        assert!(moved("pod default/b eth0"), "{tr}");
+        assert!(tr.contains("connected"), "{tr}");
+        t.down().await;
+    }
+}
