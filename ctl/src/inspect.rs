@@ -250,7 +250,16 @@ pub fn pod_text(v: &Value) -> String {
 }
 
 /// The pod, checked to exist and run before its node is asked.
+/// `NAME` or kubectl's `KIND/NAME` (`pod/web-1`, `po/web-1`, `node/w1`, `svc/web`).
+pub fn bare<'a>(name: &'a str, kinds: &[&str]) -> &'a str {
+    match name.split_once('/') {
+        Some((k, n)) if kinds.contains(&k) => n,
+        _ => name,
+    }
+}
+
 pub async fn pod(ctx: &mut Ctx, name: &str) -> Result<Value> {
+    let name = bare(name, &["pod", "pods", "po"]);
     let ns = ctx.namespace.clone();
     let p = ctx
         .get_json(&format!("/api/v1/namespaces/{ns}/pods/{name}"))
@@ -412,6 +421,7 @@ pub fn node_text(v: &Value) -> String {
 }
 
 pub async fn node(ctx: &mut Ctx, name: &str) -> Result<Value> {
+    let name = bare(name, &["node", "nodes", "no"]);
     ctx.get_json(&format!("/api/v1/nodes/{name}")).await?;
     ctx.get_json(&format!("/api/v1/nodes/{name}/proxy/inspect/node"))
         .await
@@ -419,6 +429,7 @@ pub async fn node(ctx: &mut Ctx, name: &str) -> Result<Value> {
 
 /// The service, its endpoints with their nodes, and each node's rules for it.
 pub async fn service(ctx: &mut Ctx, name: &str) -> Result<Value> {
+    let name = bare(name, &["service", "services", "svc"]);
     let ns = ctx.namespace.clone();
     let svc = ctx
         .get_json(&format!("/api/v1/namespaces/{ns}/services/{name}"))
@@ -560,6 +571,14 @@ pub fn service_text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_may_come_with_kubectl_s_kind_prefix() {
+        assert_eq!(bare("pod/web-1", &["pod", "po"]), "web-1");
+        assert_eq!(bare("po/web-1", &["pod", "po"]), "web-1");
+        assert_eq!(bare("web-1", &["pod", "po"]), "web-1");
+        assert_eq!(bare("svc/web", &["pod", "po"]), "svc/web");
+    }
 
     #[test]
     fn sizes_read_in_binary_units() {

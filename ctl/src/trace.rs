@@ -112,6 +112,12 @@ impl Reading {
 
 async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
     let ns = ctx.namespace.clone();
+    // kubectl's KIND/NAME narrows the name to services or to pods.
+    let (only, to) = match to.split_once('/') {
+        Some(("svc" | "service" | "services", rest)) => (Some("service"), rest),
+        Some(("po" | "pod" | "pods", rest)) => (Some("pod"), rest),
+        _ => (None, to),
+    };
     let (host, port) = match to.rsplit_once(':') {
         Some((h, p)) => (
             h,
@@ -165,6 +171,7 @@ async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|_| only != Some("pod"))
         .find(|v| in_ns(v))
     {
         let ip = ip_of(&svc["spec"]["clusterIP"]).ok_or_else(|| {
@@ -180,6 +187,7 @@ async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|_| only != Some("service"))
         .find(|v| in_ns(v))
     {
         let ip = ip_of(&p["status"]["podIP"]).ok_or_else(|| anyhow!("pod {host} has no IP yet"))?;
@@ -188,7 +196,10 @@ async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
             ip,
         });
     }
-    bail!("no pod or service named \"{host}\" in namespace \"{ns}\"")
+    bail!(
+        "no {} named \"{host}\" in namespace \"{ns}\"",
+        only.unwrap_or("pod or service")
+    )
 }
 
 /// The pod with address `ip`, as `namespace/name` and its node.
@@ -264,6 +275,7 @@ async fn read(
 
 /// Runs the trace and prints it.
 pub async fn trace(ctx: &mut Ctx, from: &str, to: &str, probe: bool) -> Result<()> {
+    let from = crate::inspect::bare(from, &["pod", "pods", "po"]);
     let first = crate::inspect::pod(ctx, from).await?;
     let src_node = s(&first["pod"]["node"]);
     let target = resolve(ctx, to).await?;

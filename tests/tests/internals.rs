@@ -202,6 +202,10 @@ spec:
     // trace from worker-1 to the service whose only endpoint is on worker-2.
     let w2_ip = t.lab().node(&w2).unwrap().ip.to_string();
     let tr = ctl.ok(&["trace", "two", "server"]);
+    // kubectl's KIND/NAME forms name the same objects.
+    assert_eq!(ctl.ok(&["trace", "pod/two", "svc/server"]), tr);
+    let e = ctl.fails(&["trace", "two", "pod/server-nope"]);
+    assert!(e.contains("no pod named \"server-nope\""), "{e}");
     assert!(tr.contains("flannel0"), "{tr}");
     assert!(tr.contains(&format!("{w2_ip}:8285")), "{tr}");
     assert!(tr.contains(&format!("node {w2}")), "{tr}");
