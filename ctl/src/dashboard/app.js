@@ -91,7 +91,11 @@ let podAt = new Map(); // ns/name -> [x, y]
 let nodeAt = new Map(); // name -> [cx, cy]
 
 function render() {
-  const nodes = [...state.nodes.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name, undefined, { numeric: true }));
+  // Nodes with a kubelet first (their overlay links arc above the first row), then
+  // hollow ones; each by name.
+  const nodes = [...state.nodes.values()].sort((a, b) =>
+    (hollow(a) - hollow(b)) || a.metadata.name.localeCompare(b.metadata.name, undefined, { numeric: true }));
+  const wired = nodes.filter((n) => !hollow(n)).length > 1;
   const byNode = new Map(nodes.map((n) => [n.metadata.name, []]));
   const unscheduled = [];
   for (const p of state.pods.values()) {
@@ -101,7 +105,8 @@ function render() {
   const columns = Math.max(1, Math.min(nodes.length, Math.floor((document.getElementById("map").clientWidth - 20) / (NODE_W + 20)) || 1));
   const parts = [];
   podAt = new Map(); nodeAt = new Map();
-  let x = 10, y = 10, rowH = 0, col = 0;
+  const top = wired ? 60 : 10;
+  let x = 10, y = top, rowH = 0, col = 0;
   const boxes = nodes.map((n) => [n.metadata.name, n, byNode.get(n.metadata.name)]);
   if (unscheduled.length) boxes.push(["(not scheduled)", null, unscheduled]);
   for (const [name, n, pods] of boxes) {
@@ -146,7 +151,7 @@ function render() {
       <rect class="box clickable" width="${NODE_W}" height="${h}" rx="8" ${ready ? "" : 'style="stroke:#d64545"'}></rect>
       <text class="title" x="8" y="16">${esc(name)}${n && n.spec.unschedulable ? " (cordoned)" : ""}${ready ? "" : " NotReady"}</text>
       <text x="8" y="31">${sub}</text><text x="8" y="45">${use}</text>${inner}</g>`);
-    nodeAt.set(name, [x + NODE_W / 2, y + h / 2]);
+    nodeAt.set(name, [x + NODE_W / 2, y]);
     rowH = Math.max(rowH, h);
     col++;
     if (col >= columns) { col = 0; x = 10; y += rowH + 30; rowH = 0; } else x += NODE_W + 20;
@@ -154,7 +159,7 @@ function render() {
   if (col) { y += rowH + 30; }
   // Overlay links between the nodes whose counters were read, arcs above the boxes,
   // with the throughput both ways.
-  const links = [];
+  const links = [], labels = [];
   for (const [a, info] of state.overlay) {
     for (const [b, peer] of Object.entries(info.peers)) {
       if (a < b || !state.overlay.has(b)) {
@@ -162,9 +167,10 @@ function render() {
         if (!pa || !pb) continue;
         const back = state.overlay.get(b)?.peers[a];
         const rate = (peer.rate || 0) + ((back && back.rate) || 0);
-        const mx = (pa[0] + pb[0]) / 2, my = Math.min(pa[1], pb[1]) - 40 - Math.abs(pa[0] - pb[0]) / 8;
-        links.push(`<g data-kind="link" data-name="${esc(a)}-${esc(b)}"><path class="link" d="M${pa[0]},${pa[1]} Q${mx},${my} ${pb[0]},${pb[1]}"></path>
-          <text class="linklabel" x="${mx}" y="${(my + (pa[1] + pb[1]) / 2) / 2}" text-anchor="middle">${esc(info.backend)} ${fmtBytes(rate)}/s</text></g>`);
+        // An arc from the top of one box to the top of the other, over the row.
+        const mx = (pa[0] + pb[0]) / 2, my = Math.max(4, Math.min(pa[1], pb[1]) - 12 - Math.abs(pa[0] - pb[0]) / 12);
+        links.push(`<path class="link" data-kind="link" data-name="${esc(a)}-${esc(b)}" d="M${pa[0]},${pa[1]} Q${mx},${my} ${pb[0]},${pb[1]}"></path>`);
+        labels.push(`<text class="linklabel" x="${mx}" y="${(my + Math.min(pa[1], pb[1])) / 2}" text-anchor="middle">${esc(info.backend)} ${fmtBytes(rate)}/s</text>`);
       }
     }
   }
@@ -200,7 +206,7 @@ function render() {
   const width = Math.max(columns * (NODE_W + 20) + 20, sx + 10);
   svg.setAttribute("width", width);
   svg.setAttribute("height", sy + 60);
-  svg.innerHTML = `<defs><marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#aab"></path></marker></defs>` + parts.join("") + links.join("") + svcParts.join("");
+  svg.innerHTML = `<defs><marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#aab"></path></marker></defs>` + links.join("") + parts.join("") + labels.join("") + svcParts.join("");
   const running = [...state.pods.values()].filter((p) => phase(p) === "Running").length;
   document.getElementById("summary").textContent = `${nodes.length} nodes, ${state.pods.size} pods (${running} running), ${svcs.length} services`;
   if (!state.drawn && state.nodes.size && state.listed) {
