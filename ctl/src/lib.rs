@@ -6,7 +6,9 @@ mod dashboard;
 mod delete;
 mod get;
 mod inspect;
+mod nodes;
 mod print;
+mod rollout;
 mod trace;
 mod workload;
 
@@ -146,7 +148,7 @@ enum Cmd {
     Drain {
         node: String,
         #[command(flatten)]
-        opts: workload::DrainOptions,
+        opts: nodes::DrainOptions,
     },
     /// Print the client and server versions.
     Version,
@@ -321,13 +323,13 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         Cmd::Rollout { what } => match what {
             RolloutCmd::Status { args, timeout } => {
                 let timeout = parse_duration(&timeout)?;
-                workload::rollout_status(&mut ctx, &target(&args)?, Some(timeout)).await
+                rollout::rollout_status(&mut ctx, &target(&args)?, Some(timeout)).await
             }
             RolloutCmd::History { args } => {
-                workload::rollout_history(&mut ctx, &target(&args)?).await
+                rollout::rollout_history(&mut ctx, &target(&args)?).await
             }
             RolloutCmd::Undo { args, to_revision } => {
-                workload::rollout_undo(&mut ctx, &target(&args)?, to_revision).await
+                rollout::rollout_undo(&mut ctx, &target(&args)?, to_revision).await
             }
         },
         Cmd::Taint {
@@ -335,8 +337,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             node,
             taints,
             overwrite,
-        } => workload::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
-        Cmd::Drain { node, opts } => workload::drain(&mut ctx, &node, &opts).await,
+        } => nodes::taint(&mut ctx, &kind, &node, &taints, overwrite).await,
+        Cmd::Drain { node, opts } => nodes::drain(&mut ctx, &node, &opts).await,
         Cmd::Version => workload::version(&mut ctx).await,
         Cmd::Dashboard { port } => dashboard::serve(ctx.client.clone(), port).await,
         Cmd::Trace { from, to, probe } => trace::trace(&mut ctx, &from, &to, probe).await,

@@ -199,4 +199,16 @@ mod tests {
             "web-1   Running   10.244.1.2"
         );
     }
+
+    #[test]
+    fn jsonpath_reads_fields_and_lists() {
+        let v = json!({"items": [{"status": {"podIP": "10.244.1.2"}}, {"status": {"podIP": "10.244.2.2"}}],
+                       "spec": {"ports": [{"nodePort": 31234}]}});
+        let p = |t: &str| jsonpath(t, &v).unwrap();
+        assert_eq!(p("{.items[0].status.podIP}"), "10.244.1.2");
+        assert_eq!(p("{.items[*].status.podIP}"), "10.244.1.2 10.244.2.2");
+        assert_eq!(p("port={.spec.ports[0].nodePort}\n"), "port=31234\n");
+        assert_eq!(p("{.missing}"), "");
+        assert!(jsonpath("{.a", &v).is_err());
+    }
 }
