@@ -329,15 +329,13 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         ],
         &Method::GET,
     ) = (segs.as_slice(), &parts.method)
-        && !rest.is_empty()
     {
-        let (plural, ns) = match rest {
-            ["namespaces", ns, ..] => ("pods", Some(*ns)),
-            [p, ..] => (*p, None),
-            [] => unreachable!("checked"),
+        let (plural, ns, name) = match rest {
+            ["namespaces", ns, _, name @ ..] => ("pods", Some(*ns), name.first().copied()),
+            [plural, name @ ..] => (*plural, None, name.first().copied()),
+            [] => return Err(ApiError::NoRoute),
         };
         if let Some(res) = resources::find("", plural) {
-            let name = rest.get(if ns.is_some() { 3 } else { 1 }).copied();
             auth::authorize(
                 &user,
                 &Attributes {

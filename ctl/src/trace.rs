@@ -110,8 +110,20 @@ impl Reading {
     }
 }
 
-async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
-    let ns = ctx.namespace.clone();
+fn full_name(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        s(&o["metadata"]["namespace"]),
+        s(&o["metadata"]["name"])
+    )
+}
+
+fn items(list: &Value) -> impl Iterator<Item = &Value> {
+    list["items"].as_array().into_iter().flatten()
+}
+
+/// What TO names, among the cluster's `services` and `pods` (lists).
+fn resolve(ns: &str, services: &Value, pods: &Value, to: &str) -> Result<Target> {
     // kubectl's KIND/NAME narrows the name to services or to pods.
     let (only, to) = match to.split_once('/') {
         Some(("svc" | "service" | "services", rest)) => (Some("service"), rest),
@@ -128,73 +140,48 @@ async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
         ),
         None => (to, None),
     };
-    let services = ctx.get_json("/api/v1/services").await?;
-    let svc_port = |svc: &Value| -> Result<u16> {
+    let service = |svc: &Value| -> Result<Target> {
+        let ip = ip_of(&svc["spec"]["clusterIP"]).ok_or_else(|| {
+            anyhow!("service {host} has no cluster IP (headless or ExternalName)")
+        })?;
         let first = svc["spec"]["ports"][0]["port"].as_u64().map(|p| p as u16);
-        port.or(first)
-            .ok_or_else(|| anyhow!("service {host} has no ports"))
+        let port = port
+            .or(first)
+            .ok_or_else(|| anyhow!("service {host} has no ports"))?;
+        Ok(Target::Service {
+            name: full_name(svc),
+            ip,
+            port,
+        })
     };
-    let pods = ctx.get_json("/api/v1/pods").await?;
+    let pod = |p: &Value| -> Result<Target> {
+        let ip = ip_of(&p["status"]["podIP"]).ok_or_else(|| anyhow!("pod {host} has no IP yet"))?;
+        Ok(Target::Pod {
+            name: full_name(p),
+            ip,
+        })
+    };
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        for svc in services["items"].as_array().into_iter().flatten() {
-            if ip_of(&svc["spec"]["clusterIP"]) == Some(ip) {
-                return Ok(Target::Service {
-                    name: format!(
-                        "{}/{}",
-                        s(&svc["metadata"]["namespace"]),
-                        s(&svc["metadata"]["name"])
-                    ),
-                    ip,
-                    port: svc_port(svc)?,
-                });
-            }
+        if let Some(svc) = items(services).find(|v| ip_of(&v["spec"]["clusterIP"]) == Some(ip)) {
+            return service(svc);
         }
-        for p in pods["items"].as_array().into_iter().flatten() {
-            if ip_of(&p["status"]["podIP"]) == Some(ip) {
-                return Ok(Target::Pod {
-                    name: format!(
-                        "{}/{}",
-                        s(&p["metadata"]["namespace"]),
-                        s(&p["metadata"]["name"])
-                    ),
-                    ip,
-                });
-            }
+        if let Some(p) = items(pods).find(|v| ip_of(&v["status"]["podIP"]) == Some(ip)) {
+            return pod(p);
         }
         bail!(
             "{ip} is outside the cluster: no pod or Service has this address, so the path ends at the node's default route"
         );
     }
-    let in_ns =
-        |v: &Value| v["metadata"]["namespace"] == ns.as_str() && v["metadata"]["name"] == host;
-    if let Some(svc) = services["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|_| only != Some("pod"))
-        .find(|v| in_ns(v))
+    let in_ns = |v: &&Value| v["metadata"]["namespace"] == ns && v["metadata"]["name"] == host;
+    if only != Some("pod")
+        && let Some(svc) = items(services).find(in_ns)
     {
-        let ip = ip_of(&svc["spec"]["clusterIP"]).ok_or_else(|| {
-            anyhow!("service {host} has no cluster IP (headless or ExternalName)")
-        })?;
-        return Ok(Target::Service {
-            name: format!("{ns}/{host}"),
-            ip,
-            port: svc_port(svc)?,
-        });
+        return service(svc);
     }
-    if let Some(p) = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|_| only != Some("service"))
-        .find(|v| in_ns(v))
+    if only != Some("service")
+        && let Some(p) = items(pods).find(in_ns)
     {
-        let ip = ip_of(&p["status"]["podIP"]).ok_or_else(|| anyhow!("pod {host} has no IP yet"))?;
-        return Ok(Target::Pod {
-            name: format!("{ns}/{host}"),
-            ip,
-        });
+        return pod(p);
     }
     bail!(
         "no {} named \"{host}\" in namespace \"{ns}\"",
@@ -202,13 +189,9 @@ async fn resolve(ctx: &mut Ctx, to: &str) -> Result<Target> {
     )
 }
 
-/// The pod with address `ip`, as `namespace/name` and its node.
-async fn pod_at(ctx: &mut Ctx, ip: Ipv4Addr) -> Result<Option<(String, String, String)>> {
-    let pods = ctx.get_json("/api/v1/pods").await?;
-    Ok(pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+/// The pod with address `ip` among `pods`, as `namespace`, `name` and its node.
+fn pod_at(pods: &Value, ip: Ipv4Addr) -> Option<(String, String, String)> {
+    items(pods)
         .find(|p| ip_of(&p["status"]["podIP"]) == Some(ip))
         .map(|p| {
             (
@@ -216,7 +199,7 @@ async fn pod_at(ctx: &mut Ctx, ip: Ipv4Addr) -> Result<Option<(String, String, S
                 s(&p["metadata"]["name"]),
                 s(&p["spec"]["nodeName"]),
             )
-        }))
+        })
 }
 
 /// The Service's rules on node `node` with their counters (None for a pod).
@@ -278,7 +261,11 @@ pub async fn trace(ctx: &mut Ctx, from: &str, to: &str, probe: bool) -> Result<(
     let from = crate::inspect::bare(from, &["pod", "pods", "po"]);
     let first = crate::inspect::pod(ctx, from).await?;
     let src_node = s(&first["pod"]["node"]);
-    let target = resolve(ctx, to).await?;
+    // The cluster's services and pods, read once: TO and the endpoints' pods are
+    // looked up in them.
+    let services = ctx.get_json("/api/v1/services").await?;
+    let pods = ctx.get_json("/api/v1/pods").await?;
+    let target = resolve(&ctx.namespace, &services, &pods, to)?;
     // Before a probe, every endpoint is a candidate; the probe shows which one it took.
     let rules_before = service_rules(ctx, &src_node, &target).await?;
     let endpoints: Vec<Value> = rules_before
@@ -313,7 +300,7 @@ pub async fn trace(ctx: &mut Ctx, from: &str, to: &str, probe: bool) -> Result<(
     };
     let mut dsts = Vec::new();
     for ip in &candidates {
-        if let Some((ns, name, node)) = pod_at(ctx, *ip).await? {
+        if let Some((ns, name, node)) = pod_at(&pods, *ip) {
             dsts.push((*ip, ns, name, node));
         }
     }
@@ -595,6 +582,32 @@ fn path(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn to_names_a_service_a_pod_or_an_address() {
+        let services = json!({"items": [{"metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}}]});
+        let pods = json!({"items": [{"metadata": {"namespace": "default", "name": "web"},
+            "status": {"podIP": "10.244.1.7"}, "spec": {"nodeName": "w1"}}]});
+        let r = |to: &str| resolve("default", &services, &pods, to);
+        assert!(matches!(r("web"), Ok(Target::Service { port: 80, .. })));
+        assert!(matches!(
+            r("svc/web:81"),
+            Ok(Target::Service { port: 81, .. })
+        ));
+        assert!(matches!(r("pod/web"), Ok(Target::Pod { .. })));
+        assert!(matches!(r("10.96.0.5"), Ok(Target::Service { .. })));
+        assert!(matches!(r("10.244.1.7:8080"), Ok(Target::Pod { .. })));
+        let e = r("203.0.113.9").err().unwrap().to_string();
+        assert!(e.contains("outside the cluster"), "{e}");
+        let e = r("pod/nope").err().unwrap().to_string();
+        assert!(e.contains("no pod named \"nope\""), "{e}");
+        assert!(r("web:http").is_err());
+        assert_eq!(
+            pod_at(&pods, "10.244.1.7".parse().unwrap()).unwrap().2,
+            "w1"
+        );
+    }
 
     #[test]
     fn the_longest_prefix_is_the_route() {

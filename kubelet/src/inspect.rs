@@ -27,6 +27,8 @@ pub enum InspectError {
     Network(#[from] tinykube_net::link::LinkError),
     #[error("cannot open the pod's network namespace")]
     Netns(#[from] tinykube_net::netns::NetnsError),
+    #[error("the probe from pod {0} did not finish")]
+    Probe(String),
 }
 
 /// The namespaces a pod's containers can share with its pause container.
@@ -247,7 +249,7 @@ pub async fn probe(
         })
     })
     .await
-    .map_err(|e| InspectError::NoSandbox(format!("{key} ({e})")))??;
+    .map_err(|_| InspectError::Probe(key))??;
     Ok(json!({
         "to": to.to_string(),
         "connected": r.is_ok(),

@@ -31,6 +31,15 @@ struct Ctl {
 }
 
 impl Ctl {
+    /// `tinykube ctl` on lab `t`, and the names of its two workers.
+    fn with_workers(t: &TestLab) -> (Self, String, String) {
+        let nodes = &t.lab().state.nodes;
+        let ctl = Self {
+            kubeconfig: t.lab().kubeconfig().to_path_buf(),
+        };
+        (ctl, nodes[1].name.clone(), nodes[2].name.clone())
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(tinykube_bin().unwrap())
             .arg("ctl")
@@ -71,13 +80,7 @@ async fn inspect_trace_and_top_show_what_the_cluster_is_made_of() {
     tinykube_tests::lab::require_root();
     let t = TestLab::start(2).await;
     let kubectl = t.kubectl();
-    let ctl = Ctl {
-        kubeconfig: t.lab().kubeconfig().to_path_buf(),
-    };
-    let (w1, w2) = (
-        t.lab().state.nodes[1].name.clone(),
-        t.lab().state.nodes[2].name.clone(),
-    );
+    let (ctl, w1, w2) = Ctl::with_workers(&t);
     let manifest = format!(
         "apiVersion: v1
 kind: Pod
@@ -418,13 +421,7 @@ async fn trace_follows_the_kernel_backends() {
     for backend in ["vxlan", "host-gw"] {
         let t = TestLab::start_with_backend(2, backend).await;
         let kubectl = t.kubectl();
-        let ctl = Ctl {
-            kubeconfig: t.lab().kubeconfig().to_path_buf(),
-        };
-        let (w1, w2) = (
-            t.lab().state.nodes[1].name.clone(),
-            t.lab().state.nodes[2].name.clone(),
-        );
+        let (ctl, w1, w2) = Ctl::with_workers(&t);
         let manifest = format!(
             "apiVersion: v1
 kind: Pod

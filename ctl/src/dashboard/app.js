@@ -23,12 +23,15 @@ async function getJSON(url) {
 }
 
 // List, then watch from the list's resourceVersion; start again on any break.
-async function follow(url, map, kind) {
+// `listed` is called after each list is in the map, or has failed.
+async function follow(url, map, kind, listed) {
   for (;;) {
     try {
-      const list = await getJSON(url);
+      let list;
+      try { list = await getJSON(url); } catch (e) { listed(); throw e; }
       map.clear();
       for (const o of list.items || []) map.set(key(o), o);
+      listed();
       schedule();
       const rv = list.metadata.resourceVersion;
       const sep = url.includes("?") ? "&" : "?";
@@ -312,13 +315,11 @@ async function pollCounters() {
     ["/api/v1/services", state.services, "services"],
     ["/apis/discovery.k8s.io/v1/endpointslices", state.slices, "endpointslices"],
   ];
-  // The first lists together, so the first drawing has everything.
-  await Promise.all(lists.map(async ([url, map]) => {
-    try { for (const o of (await getJSON(url)).items || []) map.set(key(o), o); } catch (e) { /* follow retries */ }
-  }));
+  // The first drawing waits for every first list, so it has everything.
+  // (A promise resolves once: the later lists of a restarted watch change nothing.)
+  await Promise.all(lists.map(([url, map, kind]) => new Promise((listed) => follow(url, map, kind, listed))));
   state.listed = true;
   render();
-  for (const [url, map, kind] of lists) follow(url, map, kind);
   setTimeout(pollCounters, 300);
 })();
 window.addEventListener("resize", schedule);
