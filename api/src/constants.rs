@@ -5,6 +5,9 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Where the master publishes the pod network and its overlay backend for the nodes
 /// (`kube-system/<configmap>`, key `net-conf.json`, as flannel's `kube-flannel-cfg`).
 pub const NETWORK_CONFIGMAP: &str = "tinykube-network";
+/// The Leases (in kube-system) of LoadBalancer pool addresses, held by the node that
+/// announces each.
+pub const LB_LEASE_PREFIX: &str = "tinykube-lb-";
 pub const NETWORK_CONFIG_KEY: &str = "net-conf.json";
 /// Service network and its two fixed addresses.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";

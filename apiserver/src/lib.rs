@@ -1,27 +1,30 @@
 //! The tinykube API server: the Kubernetes REST API over TLS, backed by sled.
 //!
-//! A request flows through `http` (routing, authentication, negotiation) into `registry`
-//! (the verbs, with per-kind `registry::strategies`), which uses `strategy` (defaults and validation per kind), `allocator`
-//! (ClusterIP, NodePort) and `store` (revisions, durability, watch).
+//! A request passes `request::chain`, as kube-apiserver's handler chain: it is parsed
+//! once into a `RequestInfo` (`request`), authenticated (`authn`, with impersonation),
+//! authorized (`authz`: the node authorizer, then the built-in policy), and served by
+//! `handlers` (one file per verb family), which run `admission` on the objects they
+//! write and hand them to the `registry` (the verbs over the store, with per-kind
+//! strategies, decoding, defaults, validation and allocation). `store` keeps
+//! revisions, durability and watches; `discovery` answers what is served; `kubelets`
+//! reaches kubelets (logs, exec, the node proxy, resource metrics); `certificates`
+//! holds the CA and what it signs (the node join, kubelets' serving certificates).
+//! `state` is the shared state they all read.
 
-pub mod allocator;
-pub mod auth;
-pub mod defaults;
+pub mod admission;
+pub mod authn;
+pub mod authz;
+mod bootstrap;
+pub mod certificates;
 pub mod discovery;
 pub mod error;
-pub mod http;
-pub mod node_proxy;
-pub mod patch;
-pub mod protobuf;
+pub mod handlers;
+pub mod kubelets;
 pub mod registry;
-pub mod resource_metrics;
+pub mod request;
 pub mod resources;
 pub mod server;
+pub mod state;
 pub mod store;
-pub mod strategy;
-pub mod table;
-pub mod tls;
-pub mod validation;
-pub mod watch;
 
 pub use server::{Master, MasterConfig, MasterError, run};

@@ -1,5 +1,5 @@
-//! The master process: data dir, tokens, PKI, storage, bootstrap objects, and the TLS
-//! listener serving the API.
+//! The master process: data dir, tokens, PKI, storage, the bootstrap objects, and the
+//! TLS listener serving the API through the handler chain.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,25 +9,22 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
-use tinykube_api::constants::{
-    API_SERVER_PORT, CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP,
-    SYSTEM_NAMESPACES,
-};
+use tinykube_api::constants::{API_SERVER_PORT, KUBERNETES_SERVICE_IP};
 use tinykube_api::kubeconfig::Kubeconfig;
 use tinykube_api::pki::JoinToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::allocator::{Allocator, Held};
-use crate::auth::{Tokens, random_token};
+use crate::admission::Admission;
+use crate::authn::{Peer, Tokens, random_token};
+use crate::authz::Authorizer;
+use crate::certificates::pki::{Pki, TlsError, write_private};
 use crate::error::error_chain;
-use crate::http::{self, Shared};
-use crate::registry::{self, ListOptions, Registry, WriteOptions};
+use crate::registry::allocator::{Allocator, Held};
+use crate::registry::{self, ListOptions, Registry};
 use crate::resources;
-use crate::store::{SledStore, SledStoreOptions, Store, WriteOp};
-use crate::strategy::{self, FieldValidation};
-use crate::tls::{Pki, TlsError, write_private};
+use crate::state::Shared;
+use crate::store::{SledStore, SledStoreOptions, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -176,14 +173,19 @@ impl Master {
             store,
             alloc: Allocator::default().with_lb_pool(cfg.lb_pool),
             namespace_cleanup: cleanup_tx,
-            default_toleration_seconds: cfg.default_toleration_seconds,
         });
         restore_allocations(&reg)?;
-        bootstrap(&reg, advertise, addr.port(), &cfg).await?;
+        crate::bootstrap::bootstrap(&reg, advertise, addr.port(), &cfg).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             registry: reg.clone(),
             tokens: tokens.clone(),
+            authorizer: Authorizer {
+                node: Default::default(),
+            },
+            admission: Admission {
+                default_toleration_seconds: cfg.default_toleration_seconds,
+            },
             advertise: SocketAddr::new(advertise, addr.port()).to_string(),
             bookmark_interval: cfg.bookmark_interval,
             kubelet_tls: pki.client_connector()?,
@@ -244,9 +246,7 @@ async fn serve(
     cancel: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let router = axum::Router::new()
-        .fallback(http::handle)
-        .with_state(shared);
+    let router = crate::request::chain::router(shared);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -275,7 +275,7 @@ async fn serve(
                     Err(_) => return,
                 };
             // Who the client certificate (verified against the cluster CA) names.
-            let identity = http::Peer {
+            let identity = Peer {
                 identity: stream
                     .get_ref()
                     .1
@@ -318,148 +318,6 @@ fn restore_allocations(reg: &Registry) -> Result<(), MasterError> {
         reg.alloc.restore(&Held::of(svc));
     }
     Ok(())
-}
-
-/// Creates what a fresh cluster has: the system namespaces, their default service
-/// accounts, the `kubernetes` Service with its endpoints, the `kube-dns` Service, and
-/// the network settings.
-async fn bootstrap(
-    reg: &Registry,
-    advertise: IpAddr,
-    port: u16,
-    cfg: &MasterConfig,
-) -> Result<(), MasterError> {
-    let opts = WriteOptions {
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-    };
-    let fail = |what: &str, e: crate::error::ApiError| MasterError::Bootstrap {
-        what: what.into(),
-        detail: e.to_string(),
-    };
-    let nsres = resources::namespaces();
-    for ns in SYSTEM_NAMESPACES {
-        if reg.get(nsres, None, ns).is_err() {
-            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match reg.create(nsres, None, body, opts).await {
-                Ok(_) | Err(crate::error::ApiError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(fail(ns, e)),
-            }
-        }
-        reg.ensure_default_service_account(ns).await;
-    }
-    let services = resources::find("", "services").expect("registered");
-    if reg.get(services, Some("default"), "kubernetes").is_err() {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_SERVICE_IP,
-                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-        });
-        reg.create(services, Some("default"), body, opts)
-            .await
-            .map_err(|e| fail("service kubernetes", e))?;
-    }
-    // The cluster DNS Service as kubeadm makes it; every node agent answers on its
-    // address itself (no DNS pods), so it selects nothing that runs.
-    if reg.get(services, Some("kube-system"), "kube-dns").is_err() {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
-                                    "kubernetes.io/name": "CoreDNS"},
-                         "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
-            "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_DNS_IP,
-                     "selector": {"k8s-app": "kube-dns"},
-                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-                               {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]},
-        });
-        reg.create(services, Some("kube-system"), body, opts)
-            .await
-            .map_err(|e| fail("service kube-system/kube-dns", e))?;
-    }
-    // The endpoints follow the advertised address, which may change between starts.
-    let endpoints = resources::find("", "endpoints").expect("registered");
-    let ep = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-    });
-    upsert(reg, endpoints, ep)
-        .await
-        .map_err(|e| fail("endpoints kubernetes", e))?;
-    let slices = resources::find("discovery.k8s.io", "endpointslices").expect("registered");
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "tinykube-apiserver"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-    });
-    upsert(reg, slices, slice)
-        .await
-        .map_err(|e| fail("endpointslice kubernetes", e))?;
-    // Follows the master's flags, which may change between starts.
-    let configmaps = resources::find("", "configmaps").expect("registered");
-    let conf = json!({"Network": cfg.cluster_cidr, "Backend": {"Type": cfg.network_backend}});
-    let cm = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": NETWORK_CONFIGMAP, "namespace": "kube-system",
-                     "labels": {"app.kubernetes.io/managed-by": "tinykube"}},
-        "data": {NETWORK_CONFIG_KEY: conf.to_string()},
-    });
-    upsert(reg, configmaps, cm)
-        .await
-        .map_err(|e| fail("configmap kube-system/tinykube-network", e))?;
-    Ok(())
-}
-
-async fn upsert(
-    reg: &Registry,
-    res: &'static resources::ResourceInfo,
-    mut body: serde_json::Value,
-) -> Result<(), crate::error::ApiError> {
-    let opts = WriteOptions {
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-    };
-    let name = body["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let ns = body["metadata"]["namespace"].as_str().map(str::to_string);
-    match reg.get(res, ns.as_deref(), &name) {
-        Ok(current) => {
-            strategy::prepare_update(res, &mut body, &current.object, &name)?;
-            let admitted =
-                strategy::admit(res, body, Some(&current.object), FieldValidation::Ignore)?;
-            if strip_volatile(&admitted.object) != strip_volatile(&current.object) {
-                let op = WriteOp::Update {
-                    key: res.key(ns.as_deref(), &name),
-                    object: admitted.object,
-                    expect_rev: Some(current.rev),
-                };
-                reg.store
-                    .write(op)
-                    .await
-                    .map_err(|e| crate::error::ApiError::from_store(res, &name, e))?;
-            }
-            Ok(())
-        }
-        Err(_) => reg.create(res, ns.as_deref(), body, opts).await.map(|_| ()),
-    }
-}
-
-fn strip_volatile(v: &serde_json::Value) -> serde_json::Value {
-    let mut v = v.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-        m.remove("generation");
-    }
-    v
 }
 
 /// `tinykube master`: start and serve until signalled.

@@ -4,9 +4,9 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tinykube_apiserver::patch::{self, PatchType};
+use tinykube_apiserver::registry::decode::{self, FieldValidation};
+use tinykube_apiserver::registry::patch::{self, PatchType};
 use tinykube_apiserver::resources;
-use tinykube_apiserver::strategy::{self, FieldValidation};
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -55,9 +55,9 @@ proptest! {
     fn admission_of_arbitrary_objects_never_panics(body in arb_json()) {
         for res in resources::RESOURCES {
             let mut obj = body.clone();
-            match strategy::prepare_create(res, &mut obj, Some("default")) {
+            match tinykube_apiserver::registry::prepare::prepare_create(res, &mut obj, Some("default")) {
                 Ok(()) => {
-                    if let Err(e) = strategy::admit(res, obj, None, FieldValidation::Strict) {
+                    if let Err(e) = decode::decode(res, obj, None, FieldValidation::Strict) {
                         prop_assert!(e.code().is_client_error(), "{} {e}", res.kind);
                     }
                 }
@@ -71,7 +71,7 @@ proptest! {
         let mut body = b"k8s\0".to_vec();
         body.extend(&raw);
         for b in [raw.clone(), body] {
-            if let Err(e) = tinykube_apiserver::protobuf::decode(&b) {
+            if let Err(e) = tinykube_apiserver::request::protobuf::decode(&b) {
                 prop_assert!(e.code().is_client_error(), "{e}");
             }
         }

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tinykube_api::kubeconfig::{Kubeconfig, User};
 use tinykube_api::pki::{self, JoinToken};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -353,7 +355,7 @@ struct Answer {
     body: String,
 }
 
-/// One HTTP/1.1 request over TLS, read to the end (`Connection: close`).
+/// One HTTP/1.1 request over TLS (hyper), its answer read to the end.
 async fn request(
     server: &str,
     trust: Trust<'_>,
@@ -381,11 +383,22 @@ async fn request(
         }
     };
     let name = ServerName::try_from(host.clone()).map_err(|e| fail(e.to_string()))?;
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| fail(e.to_string()))?;
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
             .map_err(
@@ -397,35 +410,30 @@ async fn request(
                     _ => fail(format!("TLS: {e}")),
                 },
             )?;
-        let auth = bearer
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        tls.write_all(head.as_bytes())
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| fail(e.to_string()))?;
-        tls.write_all(body.as_bytes())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut raw = Vec::new();
-        // A TLS close without close_notify still ends a complete answer here.
-        let _ = tls.read_to_end(&mut raw).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| fail("no HTTP answer".into()))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| fail(format!("not an HTTP answer: {head:?}")))?;
-        Ok(Answer {
-            code,
-            body: body.to_string(),
-        })
+        // The connection is driven beside the one request and ends with it (the
+        // sender is dropped when the answer is read).
+        let answer = async move {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let code = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .to_bytes();
+            Ok(Answer {
+                code,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        };
+        let (answer, _) = tokio::join!(answer, conn);
+        answer
     };
     tokio::time::timeout(Duration::from_secs(15), exchange)
         .await

@@ -31,7 +31,7 @@ use crate::registration::now_micro;
 const LEASE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_secs(1);
 const LEASE_NAMESPACE: &str = "kube-system";
-pub const LEASE_PREFIX: &str = "tinykube-lb-";
+pub const LEASE_PREFIX: &str = tinykube_api::constants::LB_LEASE_PREFIX;
 
 pub fn lease_name(ip: Ipv4Addr) -> String {
     format!("{LEASE_PREFIX}{}", ip.to_string().replace('.', "-"))

@@ -185,7 +185,7 @@ async fn a_node_reaches_its_own_objects_only() {
             lease,
         )
         .await,
-        "cannot create resource \"leases\"",
+        "leases.coordination.k8s.io \"worker-2\" is forbidden: can only access node lease with the same name as the requesting node",
     );
     forbidden(
         &send(&w1, Method::DELETE, "/api/v1/nodes/worker-2", Value::Null).await,

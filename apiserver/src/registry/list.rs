@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use tinykube_api::selector::{FieldSelector, Selector};
 
-use super::strategies;
+use super::strategy;
 use crate::error::ApiError;
 use crate::resources::ResourceInfo;
 use crate::store::EventType;
@@ -54,7 +54,7 @@ impl ListOptions {
     }
 
     pub fn check_fields(&self, res: &ResourceInfo) -> Result<(), ApiError> {
-        let strategy = strategies::for_kind(res.kind);
+        let strategy = strategy::for_kind(res.kind);
         for r in &self.fields.requirements {
             let common = matches!(r.field.as_str(), "metadata.name" | "metadata.namespace");
             if !common && !strategy.selectable_field(&r.field) {

@@ -1,11 +1,19 @@
 //! The registry: the API's verbs over the store (get, list, create, update, patch,
 //! delete and the subresources) with the rules Kubernetes' generic registry applies;
-//! what differs per kind is in `strategies`, list options in `list`, the namespace
-//! cleanup in `namespace`.
+//! what differs per kind is in `strategy`; a body becomes a typed, defaulted, validated
+//! object in `decode` (with `defaults` and `validation`), server-owned metadata is
+//! `prepare`d, ClusterIPs and NodePorts come from `allocator`, patches are applied by
+//! `patch`, list options are in `list`, the namespace cleanup in `namespace`.
 
+pub mod allocator;
+pub mod decode;
+pub mod defaults;
 mod list;
 pub mod namespace;
-pub mod strategies;
+pub mod patch;
+pub mod prepare;
+pub mod strategy;
+pub mod validation;
 
 pub use list::{ListOptions, RawList, encode_continue, field_value, filter_event};
 
@@ -14,21 +22,19 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tinykube_api::selector::Selector;
 
-use crate::allocator::Allocator;
 use crate::error::ApiError;
-use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceInfo};
 use crate::store::{Store, Stored, WriteOp};
-use crate::strategy::{self, FieldValidation};
-use strategies::Step;
+use allocator::Allocator;
+use decode::FieldValidation;
+use patch::PatchType;
+use strategy::Step;
 
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocator,
     /// Namespaces being deleted, for the cleanup task (`run_namespace_cleanup`).
     pub namespace_cleanup: tokio::sync::mpsc::UnboundedSender<String>,
-    /// `tolerationSeconds` of the not-ready/unreachable tolerations every pod gets.
-    pub default_toleration_seconds: i64,
 }
 
 /// Options of a write: dry run and field validation.
@@ -163,10 +169,9 @@ impl Registry {
         mut body: Value,
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
-        let kind = strategies::for_kind(res.kind);
-        strategy::prepare_create(res, &mut body, ns)?;
-        kind.prepare_create(self, &mut body);
-        let admitted = strategy::admit(res, body, None, opts.validation)?;
+        let kind = strategy::for_kind(res.kind);
+        prepare::prepare_create(res, &mut body, ns)?;
+        let admitted = decode::decode(res, body, None, opts.validation)?;
         let mut obj = admitted.object;
         let name = name_of(&obj).to_string();
         self.namespace_must_accept(res, ns).await?;
@@ -196,7 +201,7 @@ impl Registry {
             };
             match self.write(res, &name, op).await {
                 Err(ApiError::AlreadyExists { .. }) if prefix.is_some() && attempts < 8 => {
-                    name = strategy::generate_name(prefix.as_deref().unwrap_or_default());
+                    name = prepare::generate_name(prefix.as_deref().unwrap_or_default());
                     obj["metadata"]["name"] = json!(name);
                 }
                 other => break other,
@@ -222,7 +227,7 @@ impl Registry {
             return;
         }
         let mut obj = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
-        if strategy::prepare_create(sa, &mut obj, Some(ns)).is_ok() {
+        if prepare::prepare_create(sa, &mut obj, Some(ns)).is_ok() {
             let _ = self.store.write(WriteOp::Create { key, object: obj }).await;
         }
     }
@@ -274,9 +279,9 @@ impl Registry {
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
         let merged = match sub {
-            Some("status") => strategy::status_update(res, body, &current.object, name)?,
+            Some("status") => prepare::status_update(res, body, &current.object, name)?,
             None => {
-                strategy::prepare_update(res, body, &current.object, name)?;
+                prepare::prepare_update(res, body, &current.object, name)?;
                 body.clone()
             }
             Some(other) => {
@@ -285,12 +290,12 @@ impl Registry {
                 )));
             }
         };
-        let admitted = strategy::admit(res, merged, Some(&current.object), opts.validation)?;
+        let admitted = decode::decode(res, merged, Some(&current.object), opts.validation)?;
         let mut obj = admitted.object;
         if sub.is_none() {
-            strategy::bump_generation(&mut obj, &current.object);
+            prepare::bump_generation(&mut obj, &current.object);
         }
-        let kind = strategies::for_kind(res.kind);
+        let kind = strategy::for_kind(res.kind);
         let held = kind
             .allocate(&self.alloc, &mut obj, Some(&current.object))
             .map_err(|errs| ApiError::invalid(res, name, errs))?;
@@ -383,7 +388,7 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        let kind = strategies::for_kind(res.kind);
+        let kind = strategy::for_kind(res.kind);
         kind.may_delete(name)?;
         loop {
             let current = self.get(res, ns, name)?;
@@ -636,7 +641,7 @@ fn same_except_revision(a: &Value, b: &Value) -> bool {
 
 /// Propagation policies become the finalizers the garbage collector honours; then the
 /// kind's strategy decides what the delete does.
-fn deletion_step(kind: &dyn strategies::Strategy, obj: &mut Value, opts: &DeleteOptions) -> Step {
+fn deletion_step(kind: &dyn strategy::Strategy, obj: &mut Value, opts: &DeleteOptions) -> Step {
     let meta = obj["metadata"].as_object_mut().expect("metadata");
     let already = meta.get("deletionTimestamp").is_some_and(|d| !d.is_null());
     let policy_finalizer = match opts.propagation.as_deref() {

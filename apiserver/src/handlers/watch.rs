@@ -1,9 +1,7 @@
 //! Watch over HTTP: the event log replayed from a resourceVersion (or the initial
 //! state), then live events, one JSON object per line, with bookmarks and the timeout.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -11,12 +9,11 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde_json::{Value, json};
 
+use super::Call;
 use crate::error::ApiError;
-use crate::http::{Output, Shared, partial};
 use crate::registry::{self, ListOptions};
-use crate::resources::ResourceInfo;
-use crate::table;
-use crate::table::IncludeObject;
+use crate::request::negotiate::{Output, partial};
+use crate::request::table;
 
 fn watch_line(kind: &str, object: Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
@@ -24,14 +21,14 @@ fn watch_line(kind: &str, object: Value) -> Bytes {
     Bytes::from(line)
 }
 
-pub(crate) fn serve_watch(
-    shared: &Arc<Shared>,
-    res: &'static ResourceInfo,
-    ns: Option<&str>,
-    q: &HashMap<String, String>,
-    output: Output,
-    include: IncludeObject,
-) -> Result<Response, ApiError> {
+pub(super) fn serve_watch(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (shared, res, ns, output, include) = (c.shared, c.res, c.ns, c.output, c.include);
+    // A watch of one object by its URL is a watch of that name.
+    let mut query = c.info.query.clone();
+    if let Some(n) = c.name {
+        query.insert("fieldSelector".into(), format!("metadata.name={n}"));
+    }
+    let q = &query;
     let opts = ListOptions::from_query(q)?;
     opts.check_fields(res)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::http::Shared;
 use crate::registry::ListOptions;
+use crate::request::RequestInfo;
 use crate::resources;
+use crate::state::Shared;
 
 pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -55,7 +56,7 @@ async fn summary(shared: &Arc<Shared>, node: &str) -> Option<Arc<Value>> {
     }
     let got = tokio::time::timeout(
         SCRAPE_TIMEOUT,
-        crate::node_proxy::kubelet_json(shared, node, "/stats/summary"),
+        super::proxy::kubelet_json(shared, node, "/stats/summary"),
     )
     .await;
     match got {
@@ -187,13 +188,13 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/<rest>`.
-pub async fn serve(
-    shared: &Arc<Shared>,
-    rest: &[&str],
-    query: &HashMap<String, String>,
-) -> Result<Value, ApiError> {
-    match rest {
-        ["nodes"] => {
+pub async fn serve(shared: &Arc<Shared>, info: &RequestInfo) -> Result<Value, ApiError> {
+    let query = &info.query;
+    if info.subresource.is_some() || info.verb != "get" && info.verb != "list" {
+        return Err(ApiError::NoRoute);
+    }
+    match (info.resource.as_str(), info.namespace(), info.url_name()) {
+        ("nodes", None, None) => {
             let nodes = list_of(shared, "nodes", None, query)?;
             let names: Vec<String> = nodes
                 .iter()
@@ -206,18 +207,14 @@ pub async fn serve(
                 .collect();
             Ok(list("NodeMetrics", items))
         }
-        ["nodes", name] => {
+        ("nodes", None, Some(name)) => {
             let res = resources::find("", "nodes").expect("served");
             let node = shared.registry.get(res, None, name)?.object;
             let s = summary(shared, name).await;
             s.and_then(|s| node_metrics(&node, &s))
                 .ok_or_else(|| not_found("nodes", name))
         }
-        ["pods"] | ["namespaces", _, "pods"] => {
-            let ns = match rest {
-                ["namespaces", ns, _] => Some(*ns),
-                _ => None,
-            };
+        ("pods", ns, None) => {
             let pods = list_of(shared, "pods", ns, query)?;
             let mut nodes: Vec<String> = pods
                 .iter()
@@ -232,7 +229,7 @@ pub async fn serve(
                 .collect();
             Ok(list("PodMetrics", items))
         }
-        ["namespaces", ns, "pods", name] => {
+        ("pods", Some(ns), Some(name)) => {
             let res = resources::find("", "pods").expect("served");
             let pod = shared.registry.get(res, Some(ns), name)?.object;
             let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();

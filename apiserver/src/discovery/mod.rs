@@ -40,14 +40,14 @@ pub fn group_list() -> Value {
         "groups": resources::groups()
             .iter()
             .map(|g| group(g))
-            .chain([crate::resource_metrics::group()])
+            .chain([crate::kubelets::metrics::group()])
             .collect::<Vec<_>>(),
     })
 }
 
 pub fn api_group(name: &str) -> Option<Value> {
-    if name == crate::resource_metrics::GROUP {
-        let mut g = crate::resource_metrics::group();
+    if name == crate::kubelets::metrics::GROUP {
+        let mut g = crate::kubelets::metrics::group();
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         return Some(g);
@@ -94,11 +94,11 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if (group, version)
         == (
-            crate::resource_metrics::GROUP,
-            crate::resource_metrics::VERSION,
+            crate::kubelets::metrics::GROUP,
+            crate::kubelets::metrics::VERSION,
         )
     {
-        return Some(crate::resource_metrics::resource_list());
+        return Some(crate::kubelets::metrics::resource_list());
     }
     let list: Vec<Value> = resources::in_group_version(group, version)
         .flat_map(resource_entries)

@@ -1,6 +1,6 @@
-//! The API server and the kubelets: serving certificates for kubelets signed by the
-//! cluster CA, and `pods/log` and `pods/exec` proxied to the pod's kubelet over TLS
-//! checked against that CA (with exec's protocol upgrade passed through untouched).
+//! `pods/log`, `pods/exec` and `nodes/proxy` passed on to the kubelet over TLS checked
+//! against the cluster CA (with exec's protocol upgrade passed through untouched), and
+//! the API server's own calls to kubelets.
 
 use std::sync::Arc;
 
@@ -9,89 +9,11 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{Method, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::http::Shared;
 use crate::resources;
-
-/// Issues a serving certificate for node `node`, for its name and addresses.
-pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError> {
-    let nodes = resources::find("", "nodes").expect("nodes are served");
-    let stored = shared.registry.get(nodes, None, node)?;
-    let mut sans = vec![node.to_string()];
-    for a in stored.object["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(ip) = a["address"].as_str()
-            && !sans.iter().any(|s| s == ip)
-        {
-            sans.push(ip.to_string());
-        }
-    }
-    let (cert, key) = shared
-        .pki
-        .issue(&format!("system:node:{node}"), &sans)
-        .map_err(|e| ApiError::Internal(crate::error::error_chain(&e)))?;
-    Ok(json!({"certificate": cert, "key": key, "ca": shared.pki.ca_pem}))
-}
-
-/// Whether a pod bound to `node` uses `kind` (secrets or configmaps) `ns/name` (a
-/// volume, a projected source, an env reference, envFrom, an image pull secret): what
-/// Kubernetes' node authorizer lets a kubelet read. The network settings every node
-/// reads are readable too.
-pub fn node_may_read(shared: &Shared, node: &str, kind: &str, ns: &str, name: &str) -> bool {
-    if kind == "configmaps"
-        && ns == "kube-system"
-        && name == tinykube_api::constants::NETWORK_CONFIGMAP
-    {
-        return true;
-    }
-    let pods = resources::find("", "pods").expect("pods are served");
-    let mut q = std::collections::HashMap::new();
-    q.insert("fieldSelector".to_string(), format!("spec.nodeName={node}"));
-    let Ok(opts) = crate::registry::ListOptions::from_query(&q) else {
-        return false;
-    };
-    let Ok(list) = shared
-        .registry
-        .list_raw(pods, Some(ns), &opts)
-        .and_then(|l| l.into_value())
-    else {
-        return false;
-    };
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| uses(&p["spec"], kind, name))
-}
-
-fn each(v: &Value) -> impl Iterator<Item = &Value> {
-    v.as_array().into_iter().flatten()
-}
-
-/// Whether a pod spec refers to the secret or configmap `name`.
-fn uses(spec: &Value, kind: &str, name: &str) -> bool {
-    let (volume, key, env_ref, env_from) = match kind {
-        "secrets" => ("secret", "secretName", "secretKeyRef", "secretRef"),
-        _ => ("configMap", "name", "configMapKeyRef", "configMapRef"),
-    };
-    let volumes = each(&spec["volumes"]).any(|v| {
-        v[volume][key] == name
-            || each(&v["projected"]["sources"]).any(|s| s[volume]["name"] == name)
-    });
-    let pull = kind == "secrets" && each(&spec["imagePullSecrets"]).any(|s| s["name"] == name);
-    let refs = each(&spec["containers"])
-        .chain(each(&spec["initContainers"]))
-        .any(|c| {
-            each(&c["env"]).any(|e| e["valueFrom"][env_ref]["name"] == name)
-                || each(&c["envFrom"]).any(|e| e[env_from]["name"] == name)
-        });
-    volumes || pull || refs
-}
+use crate::state::Shared;
 
 /// Where the kubelet of the pod's node listens, and the container the request means.
 fn target(

@@ -1,5 +1,5 @@
-//! What the verbs do differently per kind, in one table (`for_kind`): pods get the
-//! default tolerations, graceful deletion and their own field selectors; services get
+//! What the verbs do differently per kind, in one table (`for_kind`): pods get
+//! graceful deletion and their own field selectors; services get
 //! their ClusterIP and NodePorts allocated and released; namespaces are protected,
 //! deleted in the background and get a default ServiceAccount. Every other kind uses
 //! the generic strategy, as Kubernetes' registry does with its per-kind
@@ -9,10 +9,9 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tinykube_api::validation::FieldError;
 
+use super::allocator::{Allocator, Held};
 use super::{DeleteOptions, Registry};
-use crate::allocator::{Allocator, Held};
 use crate::error::ApiError;
-use crate::strategy;
 
 /// Namespaces that may not be deleted.
 const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -34,9 +33,6 @@ pub trait Strategy: Sync {
     fn selectable_field(&self, _field: &str) -> bool {
         false
     }
-
-    /// Defaults that depend on the server's settings, before admission.
-    fn prepare_create(&self, _reg: &Registry, _obj: &mut Value) {}
 
     /// Allocations a write of `obj` needs (over `old` on updates).
     fn allocate(
@@ -138,10 +134,6 @@ impl Strategy for PodStrategy {
                 | "status.podIP"
                 | "spec.serviceAccountName"
         )
-    }
-
-    fn prepare_create(&self, reg: &Registry, obj: &mut Value) {
-        strategy::add_default_tolerations(obj, reg.default_toleration_seconds);
     }
 
     /// A pod bound to a node is deleted gracefully: marked, and removed when its

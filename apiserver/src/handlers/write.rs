@@ -1,0 +1,101 @@
+//! create (and the binding and eviction subresources), update and patch, with
+//! admission before the registry writes.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+
+use super::Call;
+use super::delete::delete_options;
+use crate::error::ApiError;
+use crate::registry::decode::FieldValidation;
+use crate::registry::patch::{self, PatchType};
+use crate::registry::{self, WriteOptions};
+use crate::request::negotiate::{Output, decode_object, present, read_body, respond};
+
+fn write_options(c: &Call<'_>) -> Result<WriteOptions, ApiError> {
+    let q = &c.info.query;
+    Ok(WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+    })
+}
+
+fn written(c: &Call<'_>, code: StatusCode, w: registry::Written) -> Response {
+    respond(
+        code,
+        &present(c.res, w.object, c.output, c.include),
+        c.output,
+        &w.warnings,
+    )
+}
+
+pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let mut obj = decode_object(headers, &read_body(body).await?)?;
+    let reg = &c.shared.registry;
+    match (c.sub, c.ns, c.name) {
+        (Some("binding"), Some(ns), Some(name)) => {
+            let status = reg.bind(ns, name, &obj).await?;
+            Ok(respond(StatusCode::CREATED, &status, Output::Json, &[]))
+        }
+        (Some("eviction"), _, Some(name)) => {
+            let opts = delete_options(&obj["deleteOptions"], &c.info.query)?;
+            reg.delete(c.res, c.ns, name, &opts).await?;
+            Ok(respond(
+                StatusCode::CREATED,
+                &registry::success_status(),
+                Output::Json,
+                &[],
+            ))
+        }
+        (None, _, None) => {
+            c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
+            let w = reg.create(c.res, c.ns, obj, write_options(c)?).await?;
+            Ok(written(c, StatusCode::CREATED, w))
+        }
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+pub async fn update(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let obj = decode_object(headers, &read_body(body).await?)?;
+    let name = c.name.ok_or(ApiError::NoRoute)?;
+    let reg = &c.shared.registry;
+    c.shared.admission.change(reg, c.user, c.info, c.res)?;
+    if c.sub == Some("scale") {
+        let ns = c.ns.ok_or(ApiError::NoRoute)?;
+        let scale = reg
+            .update_scale(c.res, ns, name, |_| Ok(obj.clone()))
+            .await?;
+        return Ok(respond(StatusCode::OK, &scale, c.output, &[]));
+    }
+    let w = reg
+        .update(c.res, c.ns, name, c.sub, obj, write_options(c)?)
+        .await?;
+    Ok(written(c, StatusCode::OK, w))
+}
+
+pub async fn patch(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let kind = PatchType::from_content_type(ct)?;
+    let bytes = read_body(body).await?;
+    let name = c.name.ok_or(ApiError::NoRoute)?;
+    let reg = &c.shared.registry;
+    c.shared.admission.change(reg, c.user, c.info, c.res)?;
+    if c.sub == Some("scale") {
+        let ns = c.ns.ok_or(ApiError::NoRoute)?;
+        let out = reg
+            .update_scale(c.res, ns, name, |scale| {
+                patch::apply(kind, scale, &bytes, "Scale")
+            })
+            .await?;
+        return Ok(respond(StatusCode::OK, &out, c.output, &[]));
+    }
+    let w = reg
+        .patch(c.res, c.ns, name, c.sub, kind, &bytes, write_options(c)?)
+        .await?;
+    Ok(written(c, StatusCode::OK, w))
+}
