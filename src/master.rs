@@ -72,21 +72,27 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     let master = tinykube_apiserver::Master::start(cfg)
         .await
         .map_err(|e| tinykube_apiserver::error::error_chain(&e))?;
-    let client = tinykube_client::from_kubeconfig(&master.kubeconfig)
-        .await
-        .map_err(|e| tinykube_api::error_chain(&e))?;
+    // The controllers and the scheduler each as their own user, as kube-controller-manager
+    // and kube-scheduler are, limited by their RBAC roles.
+    let client = |path: PathBuf| async move {
+        tinykube_client::from_kubeconfig(&path)
+            .await
+            .map_err(|e| tinykube_api::error_chain(&e))
+    };
+    let controllers_client = client(master.controllers_kubeconfig.clone()).await?;
+    let scheduler_client = client(master.scheduler_kubeconfig.clone()).await?;
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(c) = controllers {
         tasks.push(tokio::spawn(tinykube_controllers::run(
-            client.clone(),
+            controllers_client,
             c,
             cancel.clone(),
         )));
     }
     if !args.disable_scheduler {
         tasks.push(tokio::spawn(tinykube_scheduler::run(
-            client,
+            scheduler_client,
             cancel.clone(),
         )));
     }

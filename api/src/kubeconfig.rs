@@ -1,4 +1,5 @@
-//! Kubeconfig files: the admin file the master writes, and the subset a client reads.
+//! Kubeconfig files: the ones the master and a joining node write, and the subset a
+//! client reads.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -92,17 +93,6 @@ pub struct Context {
 }
 
 impl Kubeconfig {
-    /// The admin kubeconfig: one cluster (CA embedded), one token user, one context.
-    pub fn admin(name: &str, server: &str, ca_pem: &str, token: &str) -> Self {
-        Self::new(
-            name,
-            &format!("{name}-admin"),
-            server,
-            ca_pem,
-            User::token(token),
-        )
-    }
-
     /// One cluster (CA embedded), one user, one context.
     pub fn new(name: &str, user_name: &str, server: &str, ca_pem: &str, user: User) -> Self {
         let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
@@ -142,8 +132,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_kubeconfig_round_trips() {
-        let k = Kubeconfig::admin("tinykube", "https://127.0.0.1:6443", "PEM", "tok");
+    fn kubeconfigs_round_trip() {
+        let k = Kubeconfig::new(
+            "tinykube",
+            "tinykube-admin",
+            "https://127.0.0.1:6443",
+            "PEM",
+            User::token("tok"),
+        );
         let back: Kubeconfig = serde_saphyr::from_str(&k.to_yaml()).unwrap();
         assert_eq!(back.current_context, "tinykube");
         assert_eq!(back.users[0].user.token.as_deref(), Some("tok"));

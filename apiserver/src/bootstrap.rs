@@ -1,6 +1,7 @@
 //! What a fresh cluster has, created (or brought up to date) at every start: the system
 //! namespaces and their default service accounts, the `kubernetes` Service with its
-//! endpoints, the `kube-dns` Service, and the network settings.
+//! endpoints, the `kube-dns` Service, the network settings, and the default RBAC roles
+//! and bindings.
 
 use std::net::IpAddr;
 
@@ -9,6 +10,7 @@ use tinykube_api::constants::{
     CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP, SYSTEM_NAMESPACES,
 };
 
+use crate::authz::rbac;
 use crate::registry::decode::{self, FieldValidation};
 use crate::registry::{Registry, WriteOptions, prepare};
 use crate::resources;
@@ -109,6 +111,41 @@ pub async fn bootstrap(
     upsert(reg, configmaps, cm)
         .await
         .map_err(|e| fail("configmap kube-system/tinykube-network", e))?;
+    rbac_defaults(reg).await?;
+    Ok(())
+}
+
+/// The default roles and bindings: made when missing, brought back to their rules and
+/// subjects when changed (unless their autoupdate annotation says "false").
+async fn rbac_defaults(reg: &Registry) -> Result<(), MasterError> {
+    let roles = resources::find(rbac::index::GROUP, "clusterroles").expect("served");
+    let bindings = resources::find(rbac::index::GROUP, "clusterrolebindings").expect("served");
+    let all = rbac::bootstrap::cluster_roles()
+        .into_iter()
+        .map(|o| (roles, o))
+        .chain(
+            rbac::bootstrap::cluster_role_bindings()
+                .into_iter()
+                .map(|o| (bindings, o)),
+        );
+    for (res, default) in all {
+        let name = default["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let fail = |e: crate::error::ApiError| MasterError::Bootstrap {
+            what: format!("{} {name}", res.qualified()),
+            detail: e.to_string(),
+        };
+        let body = match reg.get(res, None, &name) {
+            Err(_) => default,
+            Ok(stored) => match rbac::bootstrap::reconcile(&default, &stored.object) {
+                Some(body) => body,
+                None => continue,
+            },
+        };
+        upsert(reg, res, body).await.map_err(fail)?;
+    }
     Ok(())
 }
 

@@ -10,14 +10,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tinykube_api::constants::{API_SERVER_PORT, KUBERNETES_SERVICE_IP};
-use tinykube_api::kubeconfig::Kubeconfig;
+use tinykube_api::kubeconfig::{Kubeconfig, User};
 use tinykube_api::pki::JoinToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::authn::{Peer, Tokens, random_token};
+use crate::authn::{MASTERS, Peer, Tokens, random_token};
 use crate::authz::Authorizer;
+use crate::authz::rbac::bootstrap::{CONTROLLER_MANAGER, SCHEDULER};
 use crate::certificates::pki::{Pki, TlsError, write_private};
 use crate::error::error_chain;
 use crate::registry::allocator::{Allocator, Held};
@@ -82,26 +83,50 @@ impl MasterConfig {
     }
 }
 
+/// The admin user of the admin kubeconfig, as kubeadm names it.
+pub const ADMIN_USER: &str = "kubernetes-admin";
+pub const CONTROLLER_MANAGER_KUBECONFIG: &str = "controller-manager.kubeconfig";
+pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+
 /// A running master. Dropping it does not stop it; call `shutdown`.
 pub struct Master {
     pub addr: SocketAddr,
     pub url: String,
+    /// The admin's kubeconfig (`system:masters`).
     pub kubeconfig: PathBuf,
+    /// The controllers' and the scheduler's own kubeconfigs.
+    pub controllers_kubeconfig: PathBuf,
+    pub scheduler_kubeconfig: PathBuf,
     pub tokens: Tokens,
     pub ca_pem: String,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn read_or_create_token(path: &Path) -> Result<String, MasterError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => {
-            let t = random_token();
-            write_private(path, &format!("{t}\n"))?;
-            Ok(t)
-        }
-    }
+/// How long the client certificates the master issues to itself are valid (kubeadm's
+/// one year); they are issued again at every start.
+const OWN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Writes `<dir>/<file>`: a kubeconfig for `user` in `groups`, with a client
+/// certificate from the cluster CA (kubeadm's `admin.conf`, `controller-manager.conf`
+/// and `scheduler.conf`).
+fn write_kubeconfig(
+    pki: &Pki,
+    path: &Path,
+    url: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<(), MasterError> {
+    let (cert, key) = pki.issue_client(user, groups, OWN_CERTIFICATE_LIFETIME)?;
+    let kc = Kubeconfig::new(
+        "tinykube",
+        user,
+        url,
+        &pki.ca_pem,
+        User::certificate(&cert, &key),
+    );
+    write_private(path, &kc.to_yaml())?;
+    Ok(())
 }
 
 /// The join token in `path` (`K10<CA hash>::server:<secret>`), made on first start; a
@@ -124,7 +149,6 @@ impl Master {
             path: dir.clone(),
             source,
         })?;
-        let admin_token = read_or_create_token(&dir.join("admin-token"))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?);
         let listener =
             TcpListener::bind(cfg.listen)
@@ -158,15 +182,19 @@ impl Master {
         let pki = Pki::ensure(&dir.join("tls"), &sans)?;
         let ca_pem = pki.ca_pem.clone();
         let tokens = Tokens {
-            admin: admin_token,
             node: join_token(&dir.join("node-token"), &ca_pem)?.secret,
         };
         let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
+        // The admin is a certificate in system:masters, as kubeadm's admin.conf; the
+        // controllers and the scheduler have identities of their own.
         let kubeconfig = dir.join("kubeconfig.yaml");
-        write_private(
-            &kubeconfig,
-            &Kubeconfig::admin("tinykube", &url, &pki.ca_pem, &tokens.admin).to_yaml(),
-        )?;
+        write_kubeconfig(&pki, &kubeconfig, &url, ADMIN_USER, &[MASTERS])?;
+        let controllers_kubeconfig = dir.join(CONTROLLER_MANAGER_KUBECONFIG);
+        write_kubeconfig(&pki, &controllers_kubeconfig, &url, CONTROLLER_MANAGER, &[])?;
+        let scheduler_kubeconfig = dir.join(SCHEDULER_KUBECONFIG);
+        write_kubeconfig(&pki, &scheduler_kubeconfig, &url, SCHEDULER, &[])?;
+        // A data dir from before certificates keeps no admin token around.
+        let _ = std::fs::remove_file(dir.join("admin-token"));
 
         let (cleanup_tx, cleanup_rx) = tokio::sync::mpsc::unbounded_channel();
         let reg = Arc::new(Registry {
@@ -180,9 +208,7 @@ impl Master {
         let shared = Arc::new(Shared {
             registry: reg.clone(),
             tokens: tokens.clone(),
-            authorizer: Authorizer {
-                node: Default::default(),
-            },
+            authorizer: Authorizer::default(),
             admission: Admission {
                 default_toleration_seconds: cfg.default_toleration_seconds,
             },
@@ -193,6 +219,9 @@ impl Master {
             usage: Default::default(),
         });
         let tls = shared.pki.server_config()?;
+        let rbac = shared.authorizer.rbac.clone();
+        let from = rbac.load(reg.store.as_ref())?;
+        let follow = tokio::spawn(rbac.follow(reg.store.clone(), from, cancel.clone()));
         let cleanup = tokio::spawn(registry::namespace::run_namespace_cleanup(
             reg.clone(),
             cleanup_rx,
@@ -202,12 +231,15 @@ impl Master {
         let task = tokio::spawn(async move {
             serve(listener, tls, shared, serve_cancel).await;
             cleanup.abort();
+            let _ = follow.await;
         });
         tracing::info!(%url, kubeconfig = %kubeconfig.display(), "API server listening");
         Ok(Self {
             addr,
             url,
             kubeconfig,
+            controllers_kubeconfig,
+            scheduler_kubeconfig,
             tokens,
             ca_pem,
             cancel,

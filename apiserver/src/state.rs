@@ -42,13 +42,8 @@ pub(crate) mod tests {
                 alloc: Default::default(),
                 namespace_cleanup: cleanup,
             }),
-            tokens: Tokens {
-                admin: "a".into(),
-                node: "n".into(),
-            },
-            authorizer: Authorizer {
-                node: Default::default(),
-            },
+            tokens: Tokens { node: "n".into() },
+            authorizer: Authorizer::default(),
             admission: Admission {
                 default_toleration_seconds: 300,
             },

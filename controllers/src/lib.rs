@@ -1,13 +1,14 @@
 //! The controllers the master runs, each an API client with watch caches and
 //! level-triggered reconciles: replica sets, deployments, garbage collection,
-//! endpoints and endpoint slices, node lifecycle and node IPAM, and LoadBalancer
-//! addresses (ServiceLB).
+//! endpoints and endpoint slices, node lifecycle and node IPAM, LoadBalancer
+//! addresses (ServiceLB), and ClusterRole aggregation.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod node;
 pub mod owner;
+pub mod rbac;
 pub mod replicaset;
 pub mod servicelb;
 
@@ -18,6 +19,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,7 @@ pub struct Informers {
     pub slices: Arc<Informer<EndpointSlice>>,
     pub nodes: Arc<Informer<Node>>,
     pub leases: Arc<Informer<Lease>>,
+    pub cluster_roles: Arc<Informer<ClusterRole>>,
 }
 
 impl Informers {
@@ -83,6 +86,7 @@ impl Informers {
                 wc(),
                 cancel.clone(),
             ),
+            cluster_roles: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
         }
     }
 }
@@ -99,6 +103,7 @@ pub async fn run(client: kube::Client, config: Config, cancel: CancellationToken
         inf.leases.ready(),
         inf.endpoints.ready(),
         inf.slices.ready(),
+        inf.cluster_roles.ready(),
     );
     tracing::info!("controllers started");
     tokio::join!(
@@ -108,5 +113,6 @@ pub async fn run(client: kube::Client, config: Config, cancel: CancellationToken
         endpoints::run(client.clone(), inf.clone(), cancel.clone()),
         node::run(client.clone(), inf.clone(), config.clone(), cancel.clone()),
         servicelb::run(client.clone(), inf.clone(), config.lb_pool, cancel.clone()),
+        rbac::run(client.clone(), inf.cluster_roles.clone(), cancel.clone()),
     );
 }

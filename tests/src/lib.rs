@@ -94,15 +94,17 @@ impl TestMasterBuilder {
         let master = Master::start(cfg).await.expect("master starts");
         let control_plane = match self.control_plane {
             Some(config) => {
-                let client = client_for(&master.kubeconfig).await;
+                // Each as its own user, as `tinykube master` runs them.
+                let controllers = client_for(&master.controllers_kubeconfig).await;
+                let scheduler = client_for(&master.scheduler_kubeconfig).await;
                 let cancel = tokio_util::sync::CancellationToken::new();
                 let tasks = vec![
                     tokio::spawn(tinykube_controllers::run(
-                        client.clone(),
+                        controllers,
                         config,
                         cancel.clone(),
                     )),
-                    tokio::spawn(tinykube_scheduler::run(client, cancel.clone())),
+                    tokio::spawn(tinykube_scheduler::run(scheduler, cancel.clone())),
                 ];
                 Some((cancel, tasks))
             }
@@ -142,9 +144,10 @@ impl TestMaster {
         client_for(self.kubeconfig()).await
     }
 
-    /// A kube-rs client with a bearer token of our choosing (auth tests).
+    /// A kube-rs client with a bearer token of our choosing and no client certificate
+    /// (auth tests).
     pub async fn client_with_token(&self, token: &str) -> kube::Client {
-        let mut config = kube_config(self.kubeconfig()).await;
+        let mut config = without_certificate(kube_config(self.kubeconfig()).await);
         config.auth_info.token = Some(token.to_string().into());
         kube::Client::try_from(config).expect("client")
     }
@@ -220,6 +223,16 @@ pub async fn kube_config(kubeconfig: &Path) -> kube::Config {
     kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .expect("kubeconfig valid")
+}
+
+/// `config` with its client certificate taken out (the admin's), so it sends no
+/// credentials but what a test adds.
+pub fn without_certificate(mut config: kube::Config) -> kube::Config {
+    config.auth_info.client_certificate_data = None;
+    config.auth_info.client_key_data = None;
+    config.auth_info.client_certificate = None;
+    config.auth_info.client_key = None;
+    config
 }
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {

@@ -199,7 +199,8 @@ async fn tokens_are_required() {
     let m = TestMaster::start().await;
     let json_ct = "application/json";
     let anonymous = {
-        let mut config = tinykube_tests::kube_config(m.kubeconfig()).await;
+        let mut config =
+            tinykube_tests::without_certificate(tinykube_tests::kube_config(m.kubeconfig()).await);
         config.auth_info.token = None;
         kube::Client::try_from(config).unwrap()
     };
@@ -226,7 +227,8 @@ async fn files_written_by_the_master_are_private() {
     for f in [
         "kubeconfig.yaml",
         "node-token",
-        "admin-token",
+        "controller-manager.kubeconfig",
+        "scheduler.kubeconfig",
         "tls/ca.key",
         "tls/server.key",
     ] {

@@ -1,7 +1,7 @@
 //! Authentication: who sent the request. A client certificate signed by the cluster CA
 //! names its user (CN) and groups (O), as kube-apiserver's x509 authenticator reads
-//! them, and comes first; else the bearer token decides (the admin token, the join
-//! token). With no credentials at all a request is `system:anonymous`, allowed only on
+//! them, and comes first (the admin is one in `system:masters`); else the bearer token
+//! decides (the join token). With no credentials at all a request is `system:anonymous`, allowed only on
 //! the public paths (health, version, the CA); anywhere else it gets 401, as
 //! kube-apiserver does when anonymous access is limited to those endpoints.
 
@@ -78,7 +78,6 @@ impl UserInfo {
 /// The secrets bearer tokens are checked against.
 #[derive(Clone)]
 pub struct Tokens {
-    pub admin: String,
     /// The secret part of the join token.
     pub node: String,
 }
@@ -109,9 +108,6 @@ impl Tokens {
             .strip_prefix("Bearer ")
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        if same(token, &self.admin) {
-            return Ok(Some(UserInfo::new("admin", [MASTERS.to_string()])));
-        }
         let join = JoinToken::parse(token).map_err(|_| ApiError::Unauthorized)?;
         if same(&join.secret, &self.node) {
             return Ok(Some(UserInfo::new(JOIN_USER, [BOOTSTRAPPERS.to_string()])));
@@ -173,11 +169,14 @@ mod tests {
     #[test]
     fn certificates_and_tokens_identify_users() {
         let t = Tokens {
-            admin: "a".repeat(48),
             node: "n".repeat(48),
         };
         let bearer = |s: &str| format!("Bearer {s}");
-        let admin = t.authenticate(None, Some(&bearer(&t.admin))).unwrap();
+        let admin = Identity {
+            user: "kubernetes-admin".into(),
+            groups: vec![MASTERS.into()],
+        };
+        let admin = t.authenticate(Some(&admin), None).unwrap();
         assert!(admin.unwrap().in_group(MASTERS));
         let join = JoinToken::new("CA", &t.node).to_string();
         let joiner = t.authenticate(None, Some(&bearer(&join))).unwrap().unwrap();

@@ -1,10 +1,11 @@
 //! Authorization: may this user do this? The authorizers are asked in kube-apiserver's
-//! `--authorization-mode` order; the first that allows decides, and a request none
-//! allows gets 403 with kube-apiserver's message. Members of `system:masters` are
-//! allowed everything before any authorizer is asked, as in Kubernetes.
+//! `--authorization-mode=Node,RBAC` order; the first that allows decides, and a request
+//! none allows gets 403 with kube-apiserver's message and their reasons. Members of
+//! `system:masters` are allowed everything before any authorizer is asked, as in
+//! Kubernetes.
 
 pub mod node;
-pub mod policy;
+pub mod rbac;
 
 use std::sync::Arc;
 
@@ -72,9 +73,11 @@ pub enum Decision {
     NoOpinion(String),
 }
 
-/// The chain of authorizers: the node authorizer, then the built-in policy.
+/// The chain of authorizers: the node authorizer, then RBAC.
+#[derive(Default)]
 pub struct Authorizer {
     pub node: node::NodeAuthorizer,
+    pub rbac: rbac::RbacAuthorizer,
 }
 
 impl Authorizer {
@@ -83,7 +86,7 @@ impl Authorizer {
             return Ok(());
         }
         let mut reasons = Vec::new();
-        for decision in [self.node.decide(shared, a), policy::decide(a)] {
+        for decision in [self.node.decide(shared, a), self.rbac.decide(a)] {
             match decision {
                 Decision::Allow => return Ok(()),
                 Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),

@@ -122,6 +122,32 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// Issues a client certificate for user `user` in `groups` (the subject's CN and
+    /// O, as kube-apiserver's x509 authenticator reads them), valid for `lifetime`;
+    /// returns (cert PEM, key PEM).
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[&str],
+        lifetime: std::time::Duration,
+    ) -> Result<(String, String), TlsError> {
+        let issuer = Issuer::new(ca_params(), &self.ca_key);
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        // A little slack for clocks that differ between machines.
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + lifetime;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// Signs a node's certificate request: whatever the request asks, the certificate
     /// says `system:node:<node>` in `system:nodes`, for client authentication only.
     pub fn sign_node_request(&self, node: &str, csr_pem: &str) -> Result<String, TlsError> {

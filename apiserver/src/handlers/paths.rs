@@ -10,7 +10,7 @@ use http::{StatusCode, header};
 
 use super::ok;
 use crate::authn::{Peer, UserInfo};
-use crate::authz::{node::KUBELET_CERTIFICATE_PATH, policy::JOIN_PATH};
+use crate::authz::{node::KUBELET_CERTIFICATE_PATH, rbac::bootstrap::JOIN_PATH};
 use crate::certificates;
 use crate::discovery;
 use crate::error::ApiError;

@@ -7,6 +7,7 @@ use http::{HeaderMap, StatusCode, header};
 
 use super::Call;
 use super::delete::delete_options;
+use crate::authz::rbac::escalation;
 use crate::error::ApiError;
 use crate::registry::decode::FieldValidation;
 use crate::registry::patch::{self, PatchType};
@@ -50,6 +51,7 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
         }
         (None, _, None) => {
             c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
+            escalation::check(c.shared, c.user, c.res, c.ns, &obj)?;
             let w = reg.create(c.res, c.ns, obj, write_options(c)?).await?;
             Ok(written(c, StatusCode::CREATED, w))
         }
@@ -85,6 +87,12 @@ pub async fn patch(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Resp
     let name = c.name.ok_or(ApiError::NoRoute)?;
     let reg = &c.shared.registry;
     c.shared.admission.change(reg, c.user, c.info, c.res)?;
+    if c.res.group == escalation::GROUP {
+        // What the patch would make, checked before it is written.
+        let current = reg.get(c.res, c.ns, name)?.object;
+        let patched = patch::apply(kind, &current, &bytes, c.res.kind)?;
+        escalation::check(c.shared, c.user, c.res, c.ns, &patched)?;
+    }
     if c.sub == Some("scale") {
         let ns = c.ns.ok_or(ApiError::NoRoute)?;
         let out = reg

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -206,6 +207,28 @@ pub fn decode(
         "Event" => typed::<Event>(res, input, old, fv, Subdomain, |_, _| vec![]),
         "EndpointSlice" => typed::<EndpointSlice>(res, input, old, fv, Subdomain, |_, _| vec![]),
         "Lease" => typed::<Lease>(res, input, old, fv, Subdomain, |_, _| vec![]),
+        "Role" => typed::<Role>(res, input, old, fv, Path, |r, _| {
+            validation::policy_rules(r.rules.as_deref(), false)
+        }),
+        "ClusterRole" => typed::<ClusterRole>(res, input, old, fv, Path, |r, _| {
+            validation::policy_rules(r.rules.as_deref(), true)
+        }),
+        "RoleBinding" => typed::<RoleBinding>(res, input, old, fv, Path, |b, old| {
+            validation::binding(
+                &b.role_ref,
+                b.subjects.as_deref(),
+                old.map(|o| o.role_ref),
+                true,
+            )
+        }),
+        "ClusterRoleBinding" => typed::<ClusterRoleBinding>(res, input, old, fv, Path, |b, old| {
+            validation::binding(
+                &b.role_ref,
+                b.subjects.as_deref(),
+                old.map(|o| o.role_ref),
+                false,
+            )
+        }),
         other => Err(ApiError::Internal(format!("no decoding for kind {other}"))),
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tinykube_api::constants::{NODE_PORT_MAX, NODE_PORT_MIN};
@@ -24,6 +25,20 @@ pub enum NameRule {
     Subdomain,
     Label,
     Dns1035,
+    /// Any name that is one URL path segment (RBAC objects: `system:discovery`).
+    Path,
+}
+
+/// `path.ValidatePathSegmentName`.
+fn path_segment(name: &str) -> Vec<String> {
+    if name == "." || name == ".." {
+        return vec![format!("may not be '{name}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
 }
 
 pub fn object_meta(meta: &ObjectMeta, rule: NameRule, namespaced: bool) -> Vec<FieldError> {
@@ -38,6 +53,7 @@ pub fn object_meta(meta: &ObjectMeta, rule: NameRule, namespaced: bool) -> Vec<F
                 NameRule::Subdomain => v::dns1123_subdomain(name),
                 NameRule::Label => v::dns1123_label(name),
                 NameRule::Dns1035 => v::dns1035_label(name),
+                NameRule::Path => path_segment(name),
             };
             errs.extend(
                 msgs.into_iter()
@@ -555,6 +571,126 @@ pub fn secret(s: &Secret) -> Vec<FieldError> {
         "stringData",
         &mut errs,
     );
+    errs
+}
+
+/// The rules of a Role or ClusterRole (`ValidatePolicyRule`): verbs always; resources
+/// and groups, or (only in a ClusterRole) non-resource URLs, never both.
+pub fn policy_rules(rules: Option<&[PolicyRule]>, cluster: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, r) in rules.unwrap_or_default().iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if r.verbs.is_empty() {
+            errs.push(FieldError::required(
+                at("verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = r.non_resource_urls.as_deref().unwrap_or_default();
+        let resources = r.resources.as_deref().unwrap_or_default();
+        let groups = r.api_groups.as_deref().unwrap_or_default();
+        if !urls.is_empty() {
+            if !cluster {
+                errs.push(FieldError::invalid(
+                    at("nonResourceURLs"),
+                    urls,
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if !resources.is_empty() || !groups.is_empty() {
+                errs.push(FieldError::invalid(
+                    at("nonResourceURLs"),
+                    urls,
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if groups.is_empty() {
+            errs.push(FieldError::required(
+                at("apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if resources.is_empty() {
+            errs.push(FieldError::required(
+                at("resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+    errs
+}
+
+/// A RoleBinding's or ClusterRoleBinding's role and subjects; the role may not change.
+pub fn binding(
+    role: &RoleRef,
+    subjects: Option<&[Subject]>,
+    old: Option<RoleRef>,
+    namespaced: bool,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if role.api_group != "rbac.authorization.k8s.io" {
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            &role.api_group,
+            &["rbac.authorization.k8s.io"],
+        ));
+    }
+    if !kinds.contains(&role.kind.as_str()) {
+        errs.push(FieldError::not_supported("roleRef.kind", &role.kind, kinds));
+    }
+    if role.name.is_empty() {
+        errs.push(FieldError::required("roleRef.name", ""));
+    }
+    if let Some(old) = old
+        && old != *role
+    {
+        errs.push(FieldError::invalid(
+            "roleRef",
+            role,
+            "cannot change roleRef",
+        ));
+    }
+    for (i, s) in subjects.unwrap_or_default().iter().enumerate() {
+        let at = |f: &str| format!("subjects[{i}].{f}");
+        if s.name.is_empty() {
+            errs.push(FieldError::required(at("name"), ""));
+        }
+        match s.kind.as_str() {
+            "ServiceAccount" => {
+                if s.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
+                    errs.push(FieldError::not_supported(
+                        at("apiGroup"),
+                        s.api_group.as_deref().unwrap_or_default(),
+                        &[""],
+                    ));
+                }
+                if !namespaced && s.namespace.as_deref().unwrap_or_default().is_empty() {
+                    errs.push(FieldError::required(at("namespace"), ""));
+                }
+            }
+            "User" | "Group" => {
+                if s.api_group.as_deref() != Some("rbac.authorization.k8s.io") {
+                    errs.push(FieldError::not_supported(
+                        at("apiGroup"),
+                        s.api_group.as_deref().unwrap_or_default(),
+                        &["rbac.authorization.k8s.io"],
+                    ));
+                }
+            }
+            other => errs.push(FieldError::not_supported(
+                at("kind"),
+                other,
+                &["ServiceAccount", "User", "Group"],
+            )),
+        }
+    }
     errs
 }
 

@@ -12,6 +12,7 @@ use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::api::policy::v1 as policy;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -27,6 +28,12 @@ const MAGIC: &[u8] = b"k8s\0";
 /// A value's JSON form, or None where Kubernetes' JSON omits it (unset or empty).
 trait ToJson {
     fn to_json(&self) -> Option<Value>;
+
+    /// What an element of a list that `to_json` omits stands for in the list (a list
+    /// keeps its empty strings: `apiGroups: [""]` is the core group).
+    fn in_list(&self) -> Value {
+        self.to_json().unwrap_or_else(|| json!({}))
+    }
 }
 
 /// Go writes its plain (non-pointer) string fields even when empty; their JSON form
@@ -34,6 +41,10 @@ trait ToJson {
 impl ToJson for String {
     fn to_json(&self) -> Option<Value> {
         (!self.is_empty()).then(|| Value::String(self.clone()))
+    }
+
+    fn in_list(&self) -> Value {
+        Value::String(self.clone())
     }
 }
 
@@ -63,7 +74,7 @@ impl<T: ToJson> ToJson for Option<T> {
 
 impl<T: ToJson> ToJson for Vec<T> {
     fn to_json(&self) -> Option<Value> {
-        (!self.is_empty()).then(|| Value::Array(self.iter().filter_map(ToJson::to_json).collect()))
+        (!self.is_empty()).then(|| Value::Array(self.iter().map(ToJson::in_list).collect()))
     }
 }
 
@@ -346,6 +357,17 @@ to_json! {
         taints: "taints",
     }
     core::Taint { key: "key", value: "value", effect: "effect", time_added: "timeAdded" }
+    rbac::Role { metadata: "metadata", rules: "rules" }
+    rbac::ClusterRole { metadata: "metadata", rules: "rules", aggregation_rule: "aggregationRule" }
+    rbac::AggregationRule { cluster_role_selectors: "clusterRoleSelectors" }
+    rbac::PolicyRule {
+        verbs: "verbs", api_groups: "apiGroups", resources: "resources", resource_names: "resourceNames",
+        non_resource_ur_ls: "nonResourceURLs",
+    }
+    rbac::RoleBinding { metadata: "metadata", subjects: "subjects", role_ref: "roleRef" }
+    rbac::ClusterRoleBinding { metadata: "metadata", subjects: "subjects", role_ref: "roleRef" }
+    rbac::RoleRef { api_group: "apiGroup", kind: "kind", name: "name" }
+    rbac::Subject { kind: "kind", api_group: "apiGroup", name: "name", namespace: "namespace" }
 }
 
 fn decode_as<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, String> {
@@ -378,6 +400,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "ServiceAccount") => decode_as::<core::ServiceAccount>(&raw),
         ("v1", "Binding") => decode_as::<core::Binding>(&raw),
         ("v1", "Node") => decode_as::<core::Node>(&raw),
+        ("rbac.authorization.k8s.io/v1", "Role") => decode_as::<rbac::Role>(&raw),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => decode_as::<rbac::ClusterRole>(&raw),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => decode_as::<rbac::RoleBinding>(&raw),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            decode_as::<rbac::ClusterRoleBinding>(&raw)
+        }
         ("v1" | "meta.k8s.io/v1", "DeleteOptions") => decode_as::<meta::DeleteOptions>(&raw),
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(

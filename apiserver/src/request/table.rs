@@ -91,6 +91,14 @@ fn columns(kind: &str) -> Vec<Col> {
         ],
         "ServiceAccount" => &[Col("Secrets", "integer", 0), Col("Age", "string", 0)],
         "Lease" => &[Col("Holder", "string", 0), Col("Age", "string", 0)],
+        "Role" | "ClusterRole" => &[Col("Created At", "date", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => &[
+            Col("Role", "string", 0),
+            Col("Age", "string", 0),
+            Col("Users", "string", 1),
+            Col("Groups", "string", 1),
+            Col("ServiceAccounts", "string", 1),
+        ],
         "Event" => &[
             Col("Last Seen", "string", 0),
             Col("Type", "string", 0),
@@ -468,6 +476,33 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(or_none(s(&o["spec"]["holderIdentity"]).to_string())),
             json!(created),
         ],
+        "Role" | "ClusterRole" => vec![json!(s(&o["metadata"]["creationTimestamp"]))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let of = |kind: &str| -> String {
+                o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match (kind, x["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", s(&x["name"])),
+                        _ => s(&x["name"]).to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    s(&o["roleRef"]["kind"]),
+                    s(&o["roleRef"]["name"])
+                )),
+                json!(created),
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
+        }
         "Event" => {
             let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
                 .iter()

@@ -1,0 +1,277 @@
+//! One RBAC rule against one request, and whether a set of rules covers another: the
+//! pure part of the RBAC authorizer, as Kubernetes' `RuleAllows` and `Covers` read rules
+//! (`*` for every verb, group, resource or path; `*/status` for that subresource of
+//! every resource; `/path/*` for every path under it; `resourceNames` only for requests
+//! that name an object).
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+use crate::authz::Attributes;
+
+const ALL: &str = "*";
+
+fn has(list: &[String], item: &str) -> bool {
+    list.iter().any(|x| x == ALL || x == item)
+}
+
+fn opt(list: &Option<Vec<String>>) -> &[String] {
+    list.as_deref().unwrap_or_default()
+}
+
+fn resource_matches(rule: &PolicyRule, resource: &str, subresource: Option<&str>) -> bool {
+    opt(&rule.resources).iter().any(|r| {
+        if r == ALL {
+            return true;
+        }
+        match subresource {
+            None => r == resource,
+            Some(sub) => {
+                r.strip_prefix(resource)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|s| s == sub)
+                    || r.strip_prefix("*/").is_some_and(|s| s == sub)
+            }
+        }
+    })
+}
+
+fn url_matches(rule: &PolicyRule, path: &str) -> bool {
+    opt(&rule.non_resource_urls).iter().any(|u| {
+        u == ALL
+            || u == path
+            || u.strip_suffix('*')
+                .is_some_and(|prefix| path.starts_with(prefix))
+    })
+}
+
+/// Whether `rule` allows the request `a` (`RuleAllows`).
+pub fn allows(rule: &PolicyRule, a: &Attributes<'_>) -> bool {
+    if !has(&rule.verbs, a.verb) {
+        return false;
+    }
+    if !a.resource_request {
+        return url_matches(rule, a.path);
+    }
+    let names = opt(&rule.resource_names);
+    has(opt(&rule.api_groups), a.api_group)
+        && resource_matches(rule, a.resource, a.subresource)
+        && (names.is_empty() || a.name.is_some_and(|n| names.iter().any(|x| x == n)))
+}
+
+/// One rule broken into its smallest parts: a verb on one group's resource (and one
+/// name), or a verb on one path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Atom {
+    pub verb: String,
+    pub group: Option<String>,
+    pub resource: Option<String>,
+    pub name: Option<String>,
+    pub url: Option<String>,
+}
+
+impl std::fmt::Display for Atom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.url, &self.resource) {
+            (Some(u), _) => write!(
+                f,
+                "{{NonResourceURLs:[\"{u}\"], Verbs:[\"{}\"]}}",
+                self.verb
+            ),
+            (None, Some(r)) => {
+                write!(
+                    f,
+                    "{{APIGroups:[\"{}\"], Resources:[\"{r}\"]",
+                    self.group.as_deref().unwrap_or_default()
+                )?;
+                if let Some(n) = &self.name {
+                    write!(f, ", ResourceNames:[\"{n}\"]")?;
+                }
+                write!(f, ", Verbs:[\"{}\"]}}", self.verb)
+            }
+            (None, None) => write!(f, "{{Verbs:[\"{}\"]}}", self.verb),
+        }
+    }
+}
+
+/// The atoms of a rule.
+pub fn atoms(rule: &PolicyRule) -> Vec<Atom> {
+    let mut out = Vec::new();
+    for verb in &rule.verbs {
+        for url in opt(&rule.non_resource_urls) {
+            out.push(Atom {
+                verb: verb.clone(),
+                group: None,
+                resource: None,
+                name: None,
+                url: Some(url.clone()),
+            });
+        }
+        for group in opt(&rule.api_groups) {
+            for resource in opt(&rule.resources) {
+                let names = opt(&rule.resource_names);
+                let names: Vec<Option<String>> = if names.is_empty() {
+                    vec![None]
+                } else {
+                    names.iter().cloned().map(Some).collect()
+                };
+                for name in names {
+                    out.push(Atom {
+                        verb: verb.clone(),
+                        group: Some(group.clone()),
+                        resource: Some(resource.clone()),
+                        name,
+                        url: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `owner` covers the atom `a` (Kubernetes' `ruleCovers`): a wildcard in the
+/// atom is covered only by a wildcard.
+fn covers_atom(owner: &PolicyRule, a: &Atom) -> bool {
+    if !has(&owner.verbs, &a.verb) {
+        return false;
+    }
+    if let Some(url) = &a.url {
+        return url_matches(owner, url);
+    }
+    let (Some(group), Some(resource)) = (&a.group, &a.resource) else {
+        return false;
+    };
+    let names = opt(&owner.resource_names);
+    let resource_ok = opt(&owner.resources).iter().any(|r| {
+        r == ALL
+            || r == resource
+            || resource
+                .split_once('/')
+                .is_some_and(|(_, sub)| r.strip_prefix("*/") == Some(sub))
+    });
+    has(opt(&owner.api_groups), group)
+        && resource_ok
+        && (names.is_empty() || a.name.as_ref().is_some_and(|n| names.contains(n)))
+}
+
+/// The atoms of `wanted` that no rule of `owner` covers (empty: `owner` covers it all).
+pub fn uncovered(owner: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<Atom> {
+    wanted
+        .iter()
+        .flat_map(atoms)
+        .filter(|a| !owner.iter().any(|o| covers_atom(o, a)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::UserInfo;
+
+    fn rule(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
+        let v = |l: &[&str]| Some(l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        PolicyRule {
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            api_groups: v(groups),
+            resources: v(resources),
+            resource_names: if names.is_empty() { None } else { v(names) },
+            non_resource_urls: None,
+        }
+    }
+
+    fn req<'a>(
+        user: &'a UserInfo,
+        verb: &'a str,
+        group: &'a str,
+        resource: &'a str,
+        sub: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Attributes<'a> {
+        Attributes {
+            user,
+            verb,
+            resource_request: true,
+            api_group: group,
+            resource,
+            subresource: sub,
+            namespace: Some("default"),
+            name,
+            path: "",
+        }
+    }
+
+    #[test]
+    fn rules_allow_as_kubernetes_reads_them() {
+        let u = UserInfo::new("jane", []);
+        let pods = rule(&["get", "list"], &[""], &["pods"], &[]);
+        assert!(allows(&pods, &req(&u, "list", "", "pods", None, None)));
+        assert!(!allows(&pods, &req(&u, "delete", "", "pods", None, None)));
+        assert!(!allows(&pods, &req(&u, "get", "apps", "pods", None, None)));
+        assert!(
+            !allows(&pods, &req(&u, "get", "", "pods", Some("log"), None)),
+            "a subresource needs its own rule"
+        );
+        let logs = rule(&["get"], &[""], &["pods/log"], &[]);
+        assert!(allows(
+            &logs,
+            &req(&u, "get", "", "pods", Some("log"), Some("p"))
+        ));
+        let status = rule(&["get"], &[""], &["*/status"], &[]);
+        assert!(allows(
+            &status,
+            &req(&u, "get", "", "nodes", Some("status"), None)
+        ));
+        assert!(!allows(&status, &req(&u, "get", "", "nodes", None, None)));
+        let named = rule(&["get"], &[""], &["configmaps"], &["app"]);
+        assert!(allows(
+            &named,
+            &req(&u, "get", "", "configmaps", None, Some("app"))
+        ));
+        assert!(!allows(
+            &named,
+            &req(&u, "get", "", "configmaps", None, Some("x"))
+        ));
+        assert!(
+            !allows(&named, &req(&u, "list", "", "configmaps", None, None)),
+            "resourceNames never allow an unnamed list"
+        );
+        let all = rule(&["*"], &["*"], &["*"], &[]);
+        assert!(allows(
+            &all,
+            &req(&u, "escalate", "x", "y", Some("z"), None)
+        ));
+        let mut urls = rule(&["get"], &[], &[], &[]);
+        urls.non_resource_urls = Some(vec!["/healthz".into(), "/apis/*".into()]);
+        let path = |p: &'static str| Attributes {
+            resource_request: false,
+            path: p,
+            ..req(&u, "get", "", "", None, None)
+        };
+        assert!(allows(&urls, &path("/healthz")));
+        assert!(allows(&urls, &path("/apis/apps/v1")));
+        assert!(!allows(&urls, &path("/api")));
+    }
+
+    #[test]
+    fn covering_follows_wildcards_one_way() {
+        let admin = [rule(&["*"], &["*"], &["*"], &[])];
+        let edit = [rule(
+            &["get", "create"],
+            &["", "apps"],
+            &["pods", "deployments"],
+            &[],
+        )];
+        assert!(uncovered(&admin, &edit).is_empty());
+        assert_eq!(uncovered(&edit, &admin).len(), 1);
+        let only_pods = [rule(&["get", "create"], &[""], &["pods"], &[])];
+        let missing = uncovered(&only_pods, &edit);
+        assert_eq!(missing.len(), 6, "{missing:?}");
+        assert_eq!(
+            missing[0].to_string(),
+            "{APIGroups:[\"\"], Resources:[\"deployments\"], Verbs:[\"get\"]}"
+        );
+        let named = [rule(&["get"], &[""], &["pods"], &["a"])];
+        assert!(uncovered(&only_pods, &named).is_empty());
+        assert_eq!(uncovered(&named, &only_pods).len(), 2);
+    }
+}
