@@ -60,7 +60,16 @@ impl ResourceInfo {
         }
     }
 
+    /// Whether this is a review: a question asked by creating it, answered in its
+    /// status and never stored (access reviews, SelfSubjectReview).
+    pub fn is_review(&self) -> bool {
+        matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
+    }
+
     pub fn verbs(&self) -> &'static [&'static str] {
+        if self.is_review() {
+            return &["create"];
+        }
         &[
             "create",
             "delete",
@@ -263,6 +272,61 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "ClusterRoleBinding",
         "clusterrolebindings",
         "clusterrolebinding",
+        false,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        false,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        false,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        true,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        false,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
         false,
         &[],
         &[],

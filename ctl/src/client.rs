@@ -49,6 +49,15 @@ impl Resource {
     }
 }
 
+/// Who to act as (`--as`, `--as-group`, `--as-uid`), sent as kube-apiserver's
+/// `Impersonate-*` headers.
+#[derive(Debug, Default)]
+pub struct Impersonate {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
+}
+
 pub struct Ctx {
     pub client: kube::Client,
     pub namespace: String,
@@ -71,13 +80,26 @@ fn kubeconfig_path(flag: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 impl Ctx {
-    pub async fn connect(kubeconfig: Option<PathBuf>, namespace: Option<String>) -> Result<Self> {
+    pub async fn connect(
+        kubeconfig: Option<PathBuf>,
+        namespace: Option<String>,
+        impersonate: Impersonate,
+    ) -> Result<Self> {
         let path = kubeconfig_path(kubeconfig)?;
         let kc = Kubeconfig::read_from(&path)
             .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
+        if let Some(user) = impersonate.user {
+            config.auth_info.impersonate = Some(user);
+            config.auth_info.impersonate_uid = impersonate.uid;
+            if !impersonate.groups.is_empty() {
+                config.auth_info.impersonate_groups = Some(impersonate.groups);
+            }
+        } else if !impersonate.groups.is_empty() {
+            bail!("requesting uid or groups for impersonation requires specifying a user (--as)");
+        }
         let default_ns = config.default_namespace.clone();
         let client =
             kube::Client::try_from(config).context("cannot build a client from the kubeconfig")?;

@@ -1,5 +1,6 @@
 //! `tinykube ctl`: a kubectl-like CLI for the common verbs.
 
+mod access;
 mod apply;
 mod client;
 mod dashboard;
@@ -32,6 +33,14 @@ pub struct CtlArgs {
     kubeconfig: Option<PathBuf>,
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// Act as this user (impersonation).
+    #[arg(long = "as", global = true)]
+    as_user: Option<String>,
+    /// Act as a member of this group (with --as).
+    #[arg(long = "as-group", global = true)]
+    as_groups: Vec<String>,
+    #[arg(long = "as-uid", global = true)]
+    as_uid: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -56,6 +65,11 @@ enum Cmd {
     },
     /// Show details of a resource.
     Describe { args: Vec<String> },
+    /// Inspect what you may do (can-i) and who you are (whoami).
+    Auth {
+        #[command(subcommand)]
+        what: access::AuthCmd,
+    },
     /// Create or update resources from files (-f FILE|DIR|-).
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -243,6 +257,18 @@ enum CreateCmd {
         #[command(subcommand)]
         kind: ServiceCmd,
     },
+    /// Create a role: --verb=get,list --resource=pods.
+    Role(access::RoleArgs),
+    /// Create a cluster role: --verb, --resource, --non-resource-url.
+    Clusterrole(access::RoleArgs),
+    /// Bind a role or cluster role in a namespace: --role|--clusterrole, --user,
+    /// --group, --serviceaccount NS:NAME.
+    Rolebinding(access::BindingArgs),
+    /// Bind a cluster role cluster-wide.
+    Clusterrolebinding(access::BindingArgs),
+    /// Create a service account.
+    #[command(alias = "sa")]
+    Serviceaccount { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,7 +289,12 @@ enum ServiceCmd {
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
-    let mut ctx = Ctx::connect(args.kubeconfig, args.namespace).await?;
+    let impersonate = client::Impersonate {
+        user: args.as_user,
+        groups: args.as_groups,
+        uid: args.as_uid,
+    };
+    let mut ctx = Ctx::connect(args.kubeconfig, args.namespace, impersonate).await?;
     match args.command {
         Cmd::Get {
             args,
@@ -357,6 +388,15 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             }
         },
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
+        Cmd::Auth { what } => match what {
+            access::AuthCmd::Whoami { ref output } => access::whoami(&ctx, output.as_deref()).await,
+            ref can_i => {
+                if !access::can_i(&mut ctx, can_i).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+        },
         Cmd::Apply { files } => {
             for doc in read_documents(&files)? {
                 let line = apply(&mut ctx, doc).await?;
@@ -386,9 +426,27 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 let obj = service(&name, &tcp, kind, node_port)?;
                 create(&mut ctx, obj).await
             }
+            Some(CreateCmd::Role(r)) => {
+                let obj = access::role(&mut ctx, &r, false).await?;
+                create(&mut ctx, obj).await
+            }
+            Some(CreateCmd::Clusterrole(r)) => {
+                let obj = access::role(&mut ctx, &r, true).await?;
+                create(&mut ctx, obj).await
+            }
+            Some(CreateCmd::Rolebinding(b)) => create(&mut ctx, access::binding(&b, false)?).await,
+            Some(CreateCmd::Clusterrolebinding(b)) => {
+                create(&mut ctx, access::binding(&b, true)?).await
+            }
+            Some(CreateCmd::Serviceaccount { name }) => {
+                let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+                create(&mut ctx, sa).await
+            }
             None => {
                 if files.is_empty() {
-                    bail!("must specify -f or a subcommand (deployment, service)");
+                    bail!(
+                        "must specify -f or a subcommand (deployment, service, role, rolebinding, ...)"
+                    );
                 }
                 for doc in read_documents(&files)? {
                     create(&mut ctx, doc).await?;

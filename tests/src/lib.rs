@@ -299,6 +299,14 @@ impl Kubectl {
     }
 
     /// Runs kubectl and fails the test unless it fails; returns stderr.
+    /// Runs kubectl expecting it to fail (exit non-zero); returns its standard output
+    /// (`auth can-i` prints "no" there).
+    pub fn fails_out(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(!r.ok, "kubectl {args:?} succeeded: {}", r.stdout);
+        r.stdout
+    }
+
     pub fn fails(&self, args: &[&str]) -> String {
         let r = self.run(args);
         assert!(

@@ -85,6 +85,15 @@ async fn a_user_is_refused_until_a_role_binding_lets_it_in() {
     let jane = user_kubeconfig(&m, dir.path(), "jane", "devs");
 
     // Known, but allowed nothing yet: kube-apiserver's exact message.
+    assert_eq!(
+        jane.fails_out(&["auth", "can-i", "list", "pods"]).trim(),
+        "no"
+    );
+    let whoami = jane.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("jane") && whoami.contains("[devs system:authenticated]"),
+        "{whoami}"
+    );
     let err = jane.fails(&["get", "pods"]);
     assert!(
         err.contains("Error from server (Forbidden): pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
@@ -120,6 +129,39 @@ async fn a_user_is_refused_until_a_role_binding_lets_it_in() {
     })
     .await;
     assert!(listed.is_some(), "jane could not list pods once bound");
+    assert_eq!(jane.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    assert_eq!(
+        jane.fails_out(&["auth", "can-i", "delete", "pods"]).trim(),
+        "no"
+    );
+    assert_eq!(
+        admin
+            .ok(&["auth", "can-i", "list", "pods", "--as", "jane"])
+            .trim(),
+        "yes"
+    );
+    assert_eq!(
+        admin
+            .fails_out(&[
+                "auth",
+                "can-i",
+                "list",
+                "pods",
+                "-n",
+                "kube-system",
+                "--as",
+                "jane"
+            ])
+            .trim(),
+        "no"
+    );
+    let rules = jane.ok(&["auth", "can-i", "--list"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "{rules}"
+    );
     let table = admin.ok(&["get", "rolebindings", "-o", "wide"]);
     assert!(
         table.contains("Role/pod-reader") && table.contains("jane"),
@@ -294,5 +336,79 @@ async fn the_default_roles_aggregate_and_bind() {
         ),
         "{err}"
     );
+    m.shutdown().await;
+}
+
+/// `tinykube ctl` with `kubeconfig`: (success, stdout, stderr).
+fn ctl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(tinykube_tests::tinykube_bin().expect("binary built"))
+        .arg("ctl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tinykube runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctl_grants_and_checks_access() {
+    let m = TestMaster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jane = user_kubeconfig(&m, dir.path(), "jane", "devs").kubeconfig;
+    let admin = m.kubeconfig();
+    let (ok, out, err) = ctl(
+        admin,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods,deployments.apps",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "role.rbac.authorization.k8s.io/pod-reader created"
+    );
+    let (ok, out, err) = ctl(
+        admin,
+        &[
+            "create",
+            "rolebinding",
+            "jane-reads",
+            "--role=pod-reader",
+            "--user=jane",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "rolebinding.rbac.authorization.k8s.io/jane-reads created"
+    );
+    let yes = eventually(Duration::from_secs(10), async || {
+        let (ok, out, _) = ctl(&jane, &["auth", "can-i", "list", "deployments"]);
+        (ok && out.trim() == "yes").then_some(())
+    })
+    .await;
+    assert!(yes.is_some(), "jane may list deployments once bound");
+    let (ok, out, _) = ctl(&jane, &["auth", "can-i", "delete", "pods"]);
+    assert!(!ok, "a no exits non-zero");
+    assert_eq!(out.trim(), "no");
+    let (ok, out, _) = ctl(&jane, &["auth", "whoami"]);
+    assert!(ok && out.contains("Username    jane"), "{out}");
+    let (ok, _, err) = ctl(admin, &["get", "pods", "-n", "kube-system", "--as", "jane"]);
+    assert!(!ok);
+    assert!(
+        err.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"kube-system\""),
+        "{err}"
+    );
+    let (ok, out, err) = ctl(admin, &["auth", "can-i", "list", "pods", "--as", "jane"]);
+    assert!(ok && out.trim() == "yes", "{out}{err}");
     m.shutdown().await;
 }

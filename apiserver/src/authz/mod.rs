@@ -81,19 +81,28 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    pub fn authorize(&self, shared: &Shared, a: &Attributes<'_>) -> Result<(), ApiError> {
+    /// Whether `a` is allowed, and the authorizers' reasons when it is not.
+    pub fn decide(&self, shared: &Shared, a: &Attributes<'_>) -> (bool, String) {
         if a.user.in_group(MASTERS) {
-            return Ok(());
+            return (true, String::new());
         }
         let mut reasons = Vec::new();
         for decision in [self.node.decide(shared, a), self.rbac.decide(a)] {
             match decision {
-                Decision::Allow => return Ok(()),
+                Decision::Allow => return (true, String::new()),
                 Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
                 Decision::NoOpinion(_) => {}
             }
         }
-        Err(forbidden(a, &reasons.join(", ")))
+        (false, reasons.join(", "))
+    }
+
+    /// `decide`, with a refusal as kube-apiserver's 403.
+    pub fn authorize(&self, shared: &Shared, a: &Attributes<'_>) -> Result<(), ApiError> {
+        match self.decide(shared, a) {
+            (true, _) => Ok(()),
+            (false, reason) => Err(forbidden(a, &reason)),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 mod delete;
 mod paths;
 mod read;
+mod reviews;
 mod watch;
 mod write;
 
@@ -131,6 +132,26 @@ async fn resource(
     };
     let name = info.url_name();
     let sub = info.subresource();
+    if res.is_review() {
+        if info.verb != "create" || name.is_some() {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({} {})",
+                parts.method, info.path
+            )));
+        }
+        let call = Call {
+            shared,
+            info,
+            user,
+            res,
+            ns,
+            name,
+            sub,
+            output: Output::Json,
+            include: IncludeObject::None,
+        };
+        return reviews::create(&call, &parts.headers, body).await;
+    }
     // The verbs each method may have here.
     let allowed = match (&parts.method, name, info.verb.as_str()) {
         (&Method::GET, ..) => true,

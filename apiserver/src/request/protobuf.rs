@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::authentication::v1 as authn;
+use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::api::policy::v1 as policy;
@@ -368,6 +370,24 @@ to_json! {
     rbac::ClusterRoleBinding { metadata: "metadata", subjects: "subjects", role_ref: "roleRef" }
     rbac::RoleRef { api_group: "apiGroup", kind: "kind", name: "name" }
     rbac::Subject { kind: "kind", api_group: "apiGroup", name: "name", namespace: "namespace" }
+    authz::SelfSubjectAccessReview { metadata: "metadata", spec: "spec" }
+    authz::SelfSubjectAccessReviewSpec {
+        resource_attributes: "resourceAttributes", non_resource_attributes: "nonResourceAttributes",
+    }
+    authz::SubjectAccessReview { metadata: "metadata", spec: "spec" }
+    authz::LocalSubjectAccessReview { metadata: "metadata", spec: "spec" }
+    authz::SubjectAccessReviewSpec {
+        resource_attributes: "resourceAttributes", non_resource_attributes: "nonResourceAttributes",
+        user: "user", groups: "groups", uid: "uid",
+    }
+    authz::ResourceAttributes {
+        namespace: "namespace", verb: "verb", group: "group", version: "version", resource: "resource",
+        subresource: "subresource", name: "name",
+    }
+    authz::NonResourceAttributes { path: "path", verb: "verb" }
+    authz::SelfSubjectRulesReview { metadata: "metadata", spec: "spec" }
+    authz::SelfSubjectRulesReviewSpec { namespace: "namespace" }
+    authn::SelfSubjectReview { metadata: "metadata" }
 }
 
 fn decode_as<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, String> {
@@ -400,6 +420,21 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "ServiceAccount") => decode_as::<core::ServiceAccount>(&raw),
         ("v1", "Binding") => decode_as::<core::Binding>(&raw),
         ("v1", "Node") => decode_as::<core::Node>(&raw),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            decode_as::<authz::SelfSubjectAccessReview>(&raw)
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            decode_as::<authz::SubjectAccessReview>(&raw)
+        }
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            decode_as::<authz::LocalSubjectAccessReview>(&raw)
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            decode_as::<authz::SelfSubjectRulesReview>(&raw)
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            decode_as::<authn::SelfSubjectReview>(&raw)
+        }
         ("rbac.authorization.k8s.io/v1", "Role") => decode_as::<rbac::Role>(&raw),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => decode_as::<rbac::ClusterRole>(&raw),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => decode_as::<rbac::RoleBinding>(&raw),

@@ -1,0 +1,189 @@
+//! The reviews: questions asked by creating an object and answered in its status,
+//! never stored. SelfSubjectAccessReview (`kubectl auth can-i`), SubjectAccessReview
+//! and LocalSubjectAccessReview (may someone else?), SelfSubjectRulesReview
+//! (`kubectl auth can-i --list`), SelfSubjectReview (`kubectl auth whoami`).
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
+use tinykube_api::validation::FieldError;
+
+use super::Call;
+use crate::authn::UserInfo;
+use crate::authz::Attributes;
+use crate::error::ApiError;
+use crate::registry::prepare::check_type;
+use crate::request::negotiate::{Output, decode_object, read_body, respond};
+use crate::state::Shared;
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// The answer to "may `user` do what `spec` says?", as a SubjectAccessReviewStatus.
+fn access(
+    shared: &Shared,
+    user: &UserInfo,
+    spec: &Value,
+    res: &crate::resources::ResourceInfo,
+) -> Result<Value, ApiError> {
+    let (ra, nra) = (&spec["resourceAttributes"], &spec["nonResourceAttributes"]);
+    if ra.is_object() == nra.is_object() {
+        return Err(ApiError::invalid(
+            res,
+            "",
+            vec![FieldError::invalid(
+                "spec.resourceAttributes",
+                "null",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            )],
+        ));
+    }
+    let a = if ra.is_object() {
+        Attributes {
+            user,
+            verb: text(&ra["verb"]),
+            resource_request: true,
+            api_group: text(&ra["group"]),
+            resource: text(&ra["resource"]),
+            subresource: ra["subresource"].as_str().filter(|s| !s.is_empty()),
+            namespace: ra["namespace"].as_str().filter(|s| !s.is_empty()),
+            name: ra["name"].as_str().filter(|s| !s.is_empty()),
+            path: "",
+        }
+    } else {
+        Attributes {
+            user,
+            verb: text(&nra["verb"]),
+            resource_request: false,
+            api_group: "",
+            resource: "",
+            subresource: None,
+            namespace: None,
+            name: None,
+            path: text(&nra["path"]),
+        }
+    };
+    let (allowed, reason) = shared.authorizer.decide(shared, &a);
+    let mut status = json!({"allowed": allowed});
+    if !reason.is_empty() {
+        status["reason"] = json!(reason);
+    }
+    Ok(status)
+}
+
+/// The user a SubjectAccessReview asks about.
+fn subject(spec: &Value, res: &crate::resources::ResourceInfo) -> Result<UserInfo, ApiError> {
+    let groups: Vec<String> = spec["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(String::from))
+        .collect();
+    let name = text(&spec["user"]).to_string();
+    if name.is_empty() && groups.is_empty() {
+        return Err(ApiError::invalid(
+            res,
+            "",
+            vec![FieldError::invalid(
+                "spec.user",
+                "",
+                "at least one of user or group must be specified",
+            )],
+        ));
+    }
+    Ok(UserInfo {
+        name,
+        uid: text(&spec["uid"]).to_string(),
+        groups,
+    })
+}
+
+/// What `user` may do in `namespace`, as a SubjectRulesReviewStatus.
+fn rules(shared: &Shared, user: &UserInfo, namespace: Option<&str>) -> Value {
+    let mut resource_rules = Vec::new();
+    let mut non_resource_rules = Vec::new();
+    for r in shared.authorizer.rbac.rules_for(user, namespace) {
+        if let Some(urls) = r.non_resource_urls.filter(|u| !u.is_empty()) {
+            non_resource_rules.push(json!({"verbs": r.verbs, "nonResourceURLs": urls}));
+        } else {
+            let mut rule = json!({"verbs": r.verbs, "apiGroups": r.api_groups.unwrap_or_default(),
+                                  "resources": r.resources.unwrap_or_default()});
+            if let Some(names) = r.resource_names.filter(|n| !n.is_empty()) {
+                rule["resourceNames"] = json!(names);
+            }
+            resource_rules.push(rule);
+        }
+    }
+    let mut status = json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules,
+                            "incomplete": false});
+    // What the node authorizer allows a kubelet is not written as rules.
+    if user.node().is_some() {
+        status["incomplete"] = json!(true);
+        status["evaluationError"] = json!("node authorizer does not support user rule resolution");
+    }
+    status
+}
+
+fn user_info(user: &UserInfo) -> Value {
+    let mut info = Map::new();
+    info.insert("username".into(), json!(user.name));
+    if !user.uid.is_empty() {
+        info.insert("uid".into(), json!(user.uid));
+    }
+    info.insert("groups".into(), json!(user.groups));
+    Value::Object(info)
+}
+
+pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let mut obj = decode_object(headers, &read_body(body).await?)?;
+    check_type(c.res, &obj)?;
+    let spec = obj["spec"].clone();
+    let status = match c.res.kind {
+        "SelfSubjectAccessReview" => access(c.shared, c.user, &spec, c.res)?,
+        "SubjectAccessReview" => access(c.shared, &subject(&spec, c.res)?, &spec, c.res)?,
+        "LocalSubjectAccessReview" => {
+            let ns = spec["resourceAttributes"]["namespace"].as_str();
+            if ns != c.ns {
+                return Err(ApiError::BadRequest(format!(
+                    "spec.resourceAttributes.namespace must match namespace: {}",
+                    c.ns.unwrap_or_default()
+                )));
+            }
+            access(c.shared, &subject(&spec, c.res)?, &spec, c.res)?
+        }
+        "SelfSubjectRulesReview" => {
+            let ns = spec["namespace"].as_str().filter(|n| !n.is_empty());
+            rules(c.shared, c.user, ns)
+        }
+        "SelfSubjectReview" => json!({"userInfo": user_info(c.user)}),
+        _ => return Err(ApiError::NoRoute),
+    };
+    obj["apiVersion"] = json!(c.res.api_version());
+    obj["kind"] = json!(c.res.kind);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["creationTimestamp"] = Value::Null;
+    obj["status"] = status;
+    Ok(respond(StatusCode::CREATED, &obj, Output::Json, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::AUTHENTICATED;
+
+    #[test]
+    fn a_subject_needs_a_user_or_a_group() {
+        let res = crate::resources::find("authorization.k8s.io", "subjectaccessreviews").unwrap();
+        assert!(subject(&json!({}), res).is_err());
+        let u = subject(&json!({"groups": ["devs"]}), res).unwrap();
+        assert_eq!(u.groups, vec!["devs".to_string()]);
+        assert!(
+            !u.in_group(AUTHENTICATED),
+            "a review asks about exactly these groups"
+        );
+    }
+}

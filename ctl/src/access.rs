@@ -1,0 +1,324 @@
+//! Who may do what, from the CLI: `create role|clusterrole|rolebinding|
+//! clusterrolebinding|serviceaccount` (the objects kubectl's generators make), and
+//! `auth can-i` / `auth whoami` through the review APIs.
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::Ctx;
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+#[derive(Args, Debug)]
+pub struct RoleArgs {
+    pub name: String,
+    /// Verbs the rule allows (repeat or comma-separate).
+    #[arg(long = "verb", value_delimiter = ',', required = true)]
+    pub verbs: Vec<String>,
+    /// Resources (`pods`, `deployments.apps`, `pods/log`).
+    #[arg(long = "resource", value_delimiter = ',')]
+    pub resources: Vec<String>,
+    #[arg(long = "resource-name", value_delimiter = ',')]
+    pub resource_names: Vec<String>,
+    /// Non-resource URLs (`/healthz`, `/logs/*`), for cluster roles only.
+    #[arg(long = "non-resource-url", value_delimiter = ',')]
+    pub non_resource_urls: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BindingArgs {
+    pub name: String,
+    #[arg(long)]
+    pub role: Option<String>,
+    #[arg(long)]
+    pub clusterrole: Option<String>,
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// NAMESPACE:NAME
+    #[arg(long = "serviceaccount")]
+    pub service_accounts: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCmd {
+    /// Whether you may VERB a RESOURCE (TYPE, TYPE/NAME or a /path): prints yes or no.
+    CanI {
+        verb: Option<String>,
+        resource: Option<String>,
+        /// Everything you may do in the namespace.
+        #[arg(long)]
+        list: bool,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(long)]
+        subresource: Option<String>,
+    },
+    /// Who the server takes you for.
+    Whoami {
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+}
+
+/// A resource argument as a rule names it: its group and plural (`pods/log` keeps the
+/// subresource), through discovery.
+async fn rule_resource(ctx: &mut Ctx, name: &str) -> Result<(String, String)> {
+    if name == "*" {
+        return Ok(("*".into(), "*".into()));
+    }
+    let (base, sub) = match name.split_once('/') {
+        Some((b, s)) => (b, Some(s)),
+        None => (name, None),
+    };
+    let r = ctx.resource(base).await?;
+    let plural = match sub {
+        Some(s) => format!("{}/{s}", r.plural),
+        None => r.plural,
+    };
+    Ok((r.group, plural))
+}
+
+pub async fn role(ctx: &mut Ctx, args: &RoleArgs, cluster: bool) -> Result<Value> {
+    let mut rules = Vec::new();
+    // One rule per group, as kubectl's generator makes them.
+    let mut by_group: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &args.resources {
+        let (group, plural) = rule_resource(ctx, r).await?;
+        match by_group.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, list)) => list.push(plural),
+            None => by_group.push((group, vec![plural])),
+        }
+    }
+    for (group, resources) in by_group {
+        let mut rule = json!({"verbs": args.verbs, "apiGroups": [group], "resources": resources});
+        if !args.resource_names.is_empty() {
+            rule["resourceNames"] = json!(args.resource_names);
+        }
+        rules.push(rule);
+    }
+    if !args.non_resource_urls.is_empty() {
+        if !cluster {
+            bail!("--non-resource-url is only for cluster roles");
+        }
+        rules.push(json!({"verbs": args.verbs, "nonResourceURLs": args.non_resource_urls}));
+    }
+    if rules.is_empty() {
+        bail!("at least one resource or non-resource URL must be specified");
+    }
+    let kind = if cluster { "ClusterRole" } else { "Role" };
+    Ok(json!({"apiVersion": format!("{RBAC}/v1"), "kind": kind,
+              "metadata": {"name": args.name}, "rules": rules}))
+}
+
+pub fn binding(args: &BindingArgs, cluster: bool) -> Result<Value> {
+    let role_ref = match (&args.role, &args.clusterrole) {
+        (Some(r), None) if !cluster => json!({"apiGroup": RBAC, "kind": "Role", "name": r}),
+        (None, Some(r)) => json!({"apiGroup": RBAC, "kind": "ClusterRole", "name": r}),
+        _ if cluster => bail!("exactly one of --clusterrole must be specified"),
+        _ => bail!("exactly one of clusterrole or role must be specified"),
+    };
+    let mut subjects: Vec<Value> = Vec::new();
+    for u in &args.users {
+        subjects.push(json!({"apiGroup": RBAC, "kind": "User", "name": u}));
+    }
+    for g in &args.groups {
+        subjects.push(json!({"apiGroup": RBAC, "kind": "Group", "name": g}));
+    }
+    for sa in &args.service_accounts {
+        let Some((ns, name)) = sa.split_once(':') else {
+            bail!("serviceaccount must be <namespace>:<name>");
+        };
+        subjects.push(json!({"kind": "ServiceAccount", "namespace": ns, "name": name}));
+    }
+    let kind = if cluster {
+        "ClusterRoleBinding"
+    } else {
+        "RoleBinding"
+    };
+    Ok(json!({"apiVersion": format!("{RBAC}/v1"), "kind": kind,
+              "metadata": {"name": args.name}, "roleRef": role_ref, "subjects": subjects}))
+}
+
+async fn review(ctx: &Ctx, group: &str, plural: &str, body: Value) -> Result<Value> {
+    let url = format!("/apis/{group}/v1/{plural}");
+    ctx.send(
+        "POST",
+        &url,
+        Some("application/json"),
+        None,
+        serde_json::to_vec(&body)?,
+    )
+    .await
+}
+
+/// `auth can-i`: the answer, printed as kubectl prints it; false means "no".
+pub async fn can_i(ctx: &mut Ctx, cmd: &AuthCmd) -> Result<bool> {
+    let AuthCmd::CanI {
+        verb,
+        resource,
+        list,
+        all_namespaces,
+        subresource,
+    } = cmd
+    else {
+        unreachable!("called for can-i only");
+    };
+    if *list {
+        let ns = ctx.namespace.clone();
+        let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                          "spec": {"namespace": ns}});
+        let out = review(ctx, "authorization.k8s.io", "selfsubjectrulesreviews", body).await?;
+        print_rules(&out["status"]);
+        return Ok(true);
+    }
+    let (Some(verb), Some(resource)) = (verb, resource) else {
+        bail!("you must specify two arguments: verb resource or verb resource/resourceName");
+    };
+    let spec = if resource.starts_with('/') {
+        json!({"nonResourceAttributes": {"verb": verb, "path": resource}})
+    } else {
+        let (kind, name) = match resource.split_once('/') {
+            Some((k, n)) => (k, Some(n)),
+            None => (resource.as_str(), None),
+        };
+        let (group, plural) = rule_resource(ctx, kind).await?;
+        let mut attrs = json!({"verb": verb, "group": group, "resource": plural});
+        if !all_namespaces {
+            attrs["namespace"] = json!(ctx.namespace);
+        }
+        if let Some(n) = name {
+            attrs["name"] = json!(n);
+        }
+        if let Some(s) = subresource {
+            attrs["subresource"] = json!(s);
+        }
+        json!({"resourceAttributes": attrs})
+    };
+    let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": spec});
+    let out = review(
+        ctx,
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        body,
+    )
+    .await?;
+    let allowed = out["status"]["allowed"].as_bool().unwrap_or(false);
+    println!("{}", if allowed { "yes" } else { "no" });
+    Ok(allowed)
+}
+
+fn bracketed(v: &Value) -> String {
+    let items: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!("[{}]", items.join(" "))
+}
+
+/// kubectl's `can-i --list` table.
+fn print_rules(status: &Value) {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for r in status["resourceRules"].as_array().into_iter().flatten() {
+        let groups: Vec<&str> = r["apiGroups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for res in r["resources"].as_array().into_iter().flatten() {
+            for g in &groups {
+                let name = match (res.as_str().unwrap_or_default(), *g) {
+                    (res, "") => res.to_string(),
+                    (res, g) => format!("{res}.{g}"),
+                };
+                rows.push([
+                    name,
+                    "[]".into(),
+                    bracketed(&r["resourceNames"]),
+                    bracketed(&r["verbs"]),
+                ]);
+            }
+        }
+    }
+    for r in status["nonResourceRules"].as_array().into_iter().flatten() {
+        rows.push([
+            String::new(),
+            bracketed(&r["nonResourceURLs"]),
+            "[]".into(),
+            bracketed(&r["verbs"]),
+        ]);
+    }
+    rows.sort();
+    let header = [
+        "Resources".to_string(),
+        "Non-Resource URLs".into(),
+        "Resource Names".into(),
+        "Verbs".into(),
+    ];
+    let mut all = vec![header];
+    all.extend(rows);
+    let width: Vec<usize> = (0..4)
+        .map(|i| all.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in all {
+        let line: Vec<String> = (0..4)
+            .map(|i| format!("{:w$}", r[i], w = width[i]))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+pub async fn whoami(ctx: &Ctx, output: Option<&str>) -> Result<()> {
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let out = review(ctx, "authentication.k8s.io", "selfsubjectreviews", body).await?;
+    match output {
+        Some("json") => println!("{}", serde_json::to_string_pretty(&out)?),
+        Some("yaml") => print!("{}", crate::print::yaml(&out)),
+        Some(other) => {
+            bail!("unable to match a printer suitable for the output format \"{other}\"")
+        }
+        None => {
+            let info = &out["status"]["userInfo"];
+            println!("ATTRIBUTE   VALUE");
+            println!(
+                "Username    {}",
+                info["username"].as_str().unwrap_or_default()
+            );
+            if let Some(uid) = info["uid"].as_str() {
+                println!("UID         {uid}");
+            }
+            println!("Groups      {}", bracketed(&info["groups"]));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_are_made_as_kubectl_makes_them() {
+        let args = BindingArgs {
+            name: "b".into(),
+            role: Some("reader".into()),
+            clusterrole: None,
+            users: vec!["jane".into()],
+            groups: vec![],
+            service_accounts: vec!["dev:bot".into()],
+        };
+        let b = binding(&args, false).unwrap();
+        assert_eq!(b["roleRef"]["kind"], "Role");
+        assert_eq!(b["subjects"][1]["namespace"], "dev");
+        assert!(
+            binding(&args, true).is_err(),
+            "a cluster binding binds a cluster role"
+        );
+    }
+}
