@@ -53,7 +53,8 @@ proptest! {
 
     #[test]
     fn admission_of_arbitrary_objects_never_panics(body in arb_json()) {
-        for res in resources::RESOURCES {
+        // Reviews are answered, never decoded into stored objects.
+        for res in resources::RESOURCES.iter().filter(|r| !r.is_review()) {
             let mut obj = body.clone();
             match tinykube_apiserver::registry::prepare::prepare_create(res, &mut obj, Some("default")) {
                 Ok(()) => {

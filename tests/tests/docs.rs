@@ -106,3 +106,62 @@ fn readme_runs_as_written() {
     );
     assert!(top.contains("worker-2"), "{top}");
 }
+
+/// docs/access.md: a user from the cluster CA, refused, let in by a Role and a
+/// RoleBinding, and unable to grant what she does not hold.
+#[test]
+fn access_page_runs_as_written() {
+    let w = walk_after(
+        "tinykube up --workers 0 >/dev/null\n",
+        "docs/access.md",
+        false,
+    );
+    let admin = w.block(0);
+    assert!(
+        admin.contains("kubernetes-admin") && admin.contains("system:masters"),
+        "{admin}"
+    );
+    let jane = w.block(1);
+    assert!(
+        jane.contains("Username    jane") && jane.contains("[devs system:authenticated]"),
+        "{jane}"
+    );
+    let refused = w.block(2);
+    assert!(
+        refused.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{refused}"
+    );
+    assert!(refused.lines().any(|l| l.trim() == "no"), "{refused}");
+    let granted = w.block(3);
+    assert!(granted.lines().any(|l| l.trim() == "yes"), "{granted}");
+    assert!(
+        granted.contains("secrets is forbidden: User \"jane\""),
+        "{granted}"
+    );
+    assert!(
+        granted.contains("in the namespace \"kube-system\""),
+        "{granted}"
+    );
+    let escalation = w.block(4);
+    assert!(
+        escalation.contains("rolebinding.rbac.authorization.k8s.io/bob-reads-pods created"),
+        "{escalation}"
+    );
+    assert!(
+        escalation.contains("is attempting to grant RBAC permissions not currently held"),
+        "{escalation}"
+    );
+    let roles = w.block(5);
+    for r in [
+        "admin",
+        "edit",
+        "view",
+        "cluster-admin",
+        "system:kube-scheduler",
+    ] {
+        assert!(
+            roles.lines().any(|l| l.starts_with(&format!("{r} "))),
+            "{r}: {roles}"
+        );
+    }
+}
