@@ -100,6 +100,13 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
     resource(shared, &info, &user, parts, body).await
 }
 
+fn method_not_allowed(method: &Method, info: &RequestInfo) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "the server does not allow this method on the requested resource ({method} {})",
+        info.path
+    ))
+}
+
 /// The served resource a request names, or 404.
 fn resolve(info: &RequestInfo) -> Result<&'static ResourceInfo, ApiError> {
     let res = resources::find(&info.api_group, &info.resource)
@@ -132,26 +139,6 @@ async fn resource(
     };
     let name = info.url_name();
     let sub = info.subresource();
-    if res.is_review() {
-        if info.verb != "create" || name.is_some() {
-            return Err(ApiError::MethodNotAllowed(format!(
-                "the server does not allow this method on the requested resource ({} {})",
-                parts.method, info.path
-            )));
-        }
-        let call = Call {
-            shared,
-            info,
-            user,
-            res,
-            ns,
-            name,
-            sub,
-            output: Output::Json,
-            include: IncludeObject::None,
-        };
-        return reviews::create(&call, &parts.headers, body).await;
-    }
     // The verbs each method may have here.
     let allowed = match (&parts.method, name, info.verb.as_str()) {
         (&Method::GET, ..) => true,
@@ -162,10 +149,7 @@ async fn resource(
         _ => false,
     };
     if !allowed {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource ({} {})",
-            parts.method, info.path
-        )));
+        return Err(method_not_allowed(&parts.method, info));
     }
     if res.namespaced && ns.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {
         return Err(ApiError::NoRoute);
@@ -181,6 +165,12 @@ async fn resource(
         output: crate::request::negotiate::negotiate(&parts.headers)?,
         include: IncludeObject::parse(info.query.get("includeObject").map(String::as_str)),
     };
+    if res.is_review() {
+        if info.verb != "create" || name.is_some() {
+            return Err(method_not_allowed(&parts.method, info));
+        }
+        return reviews::create(&call, &parts.headers, body).await;
+    }
     match info.verb.as_str() {
         "watch" => watch::serve_watch(&call),
         "list" => read::list(&call),
