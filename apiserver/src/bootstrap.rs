@@ -14,8 +14,21 @@ use crate::authz::rbac;
 use crate::registry::decode::{self, FieldValidation};
 use crate::registry::{Registry, WriteOptions, prepare};
 use crate::resources;
-use crate::server::{MasterConfig, MasterError};
 use crate::store::WriteOp;
+
+/// A bootstrap object that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to create the bootstrap object {what}: {detail}")]
+pub struct BootstrapError {
+    pub what: String,
+    pub detail: String,
+}
+
+/// The pod network the nodes are told about (`kube-system/tinykube-network`).
+pub struct Network<'a> {
+    pub cluster_cidr: &'a str,
+    pub backend: &'a str,
+}
 
 /// Creates what a fresh cluster has: the system namespaces, their default service
 /// accounts, the `kubernetes` Service with its endpoints, the `kube-dns` Service, and
@@ -24,13 +37,13 @@ pub async fn bootstrap(
     reg: &Registry,
     advertise: IpAddr,
     port: u16,
-    cfg: &MasterConfig,
-) -> Result<(), MasterError> {
+    network: &Network<'_>,
+) -> Result<(), BootstrapError> {
     let opts = WriteOptions {
         dry_run: false,
         validation: FieldValidation::Ignore,
     };
-    let fail = |what: &str, e: crate::error::ApiError| MasterError::Bootstrap {
+    let fail = |what: &str, e: crate::error::ApiError| BootstrapError {
         what: what.into(),
         detail: e.to_string(),
     };
@@ -101,7 +114,7 @@ pub async fn bootstrap(
         .map_err(|e| fail("endpointslice kubernetes", e))?;
     // Follows the master's flags, which may change between starts.
     let configmaps = resources::find("", "configmaps").expect("registered");
-    let conf = json!({"Network": cfg.cluster_cidr, "Backend": {"Type": cfg.network_backend}});
+    let conf = json!({"Network": network.cluster_cidr, "Backend": {"Type": network.backend}});
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": NETWORK_CONFIGMAP, "namespace": "kube-system",
@@ -117,7 +130,7 @@ pub async fn bootstrap(
 
 /// The default roles and bindings: made when missing, brought back to their rules and
 /// subjects when changed (unless their autoupdate annotation says "false").
-async fn rbac_defaults(reg: &Registry) -> Result<(), MasterError> {
+async fn rbac_defaults(reg: &Registry) -> Result<(), BootstrapError> {
     let roles = resources::find(rbac::index::GROUP, "clusterroles").expect("served");
     let bindings = resources::find(rbac::index::GROUP, "clusterrolebindings").expect("served");
     let all = rbac::bootstrap::cluster_roles()
@@ -133,7 +146,7 @@ async fn rbac_defaults(reg: &Registry) -> Result<(), MasterError> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let fail = |e: crate::error::ApiError| MasterError::Bootstrap {
+        let fail = |e: crate::error::ApiError| BootstrapError {
             what: format!("{} {name}", res.qualified()),
             detail: e.to_string(),
         };

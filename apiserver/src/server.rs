@@ -45,8 +45,8 @@ pub enum MasterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to create the bootstrap object {what}: {detail}")]
-    Bootstrap { what: String, detail: String },
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
 }
 
 #[derive(Debug, Clone)]
@@ -203,12 +203,16 @@ impl Master {
             namespace_cleanup: cleanup_tx,
         });
         restore_allocations(&reg)?;
-        crate::bootstrap::bootstrap(&reg, advertise, addr.port(), &cfg).await?;
+        let network = crate::bootstrap::Network {
+            cluster_cidr: &cfg.cluster_cidr,
+            backend: &cfg.network_backend,
+        };
+        crate::bootstrap::bootstrap(&reg, advertise, addr.port(), &network).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             registry: reg.clone(),
             tokens: tokens.clone(),
-            authorizer: Authorizer::default(),
+            authorizer: Arc::new(Authorizer::new(reg.clone())),
             admission: Admission {
                 default_toleration_seconds: cfg.default_toleration_seconds,
             },
@@ -342,7 +346,7 @@ fn restore_allocations(reg: &Registry) -> Result<(), MasterError> {
     let services = resources::find("", "services").expect("registered");
     let list = reg
         .list(services, None, &ListOptions::default())
-        .map_err(|e| MasterError::Bootstrap {
+        .map_err(|e| crate::bootstrap::BootstrapError {
             what: "service allocations".into(),
             detail: e.to_string(),
         })?;

@@ -412,3 +412,50 @@ async fn ctl_grants_and_checks_access() {
     assert!(ok && out.trim() == "yes", "{out}{err}");
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_cannot_be_widened_by_replace_or_patch() {
+    let m = TestMaster::start().await;
+    let admin = m.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let jane = user_kubeconfig(&m, dir.path(), "jane", "devs");
+    admin.ok(&[
+        "create",
+        "role",
+        "roles-editor",
+        "--verb=get,update,patch",
+        "--resource=roles",
+    ]);
+    admin.ok(&["create", "role", "small", "--verb=get", "--resource=pods"]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "jane-edits-roles",
+        "--role=roles-editor",
+        "--user=jane",
+    ]);
+    let ready = eventually(Duration::from_secs(10), async || {
+        jane.run(&["get", "role", "small"]).ok.then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+    let patch = r#"{"rules":[{"verbs":["*"],"apiGroups":["*"],"resources":["*"]}]}"#;
+    let err = jane.fails(&["patch", "role", "small", "--type=merge", "-p", patch]);
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    let mut role: serde_json::Value =
+        serde_json::from_str(&jane.ok(&["get", "role", "small", "-o", "json"])).unwrap();
+    role["rules"] = serde_json::json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]);
+    let r = jane.run_stdin(&["replace", "-f", "-"], &role.to_string());
+    assert!(!r.ok, "{}", r.stdout);
+    let err = r.stderr;
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    let rules = admin.ok(&["get", "role", "small", "-o", "jsonpath={.rules[0].verbs}"]);
+    assert_eq!(rules, "[\"get\"]");
+    m.shutdown().await;
+}

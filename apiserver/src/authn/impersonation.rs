@@ -10,9 +10,8 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 
 use super::{AUTHENTICATED, UserInfo};
-use crate::authz::Attributes;
+use crate::authz::{Attributes, Authorizer};
 use crate::error::ApiError;
-use crate::state::Shared;
 
 const USER: &str = "impersonate-user";
 const GROUP: &str = "impersonate-group";
@@ -44,7 +43,7 @@ fn requested(headers: &HeaderMap) -> Result<Option<(String, Vec<String>, String)
 
 /// Checks that `by` may impersonate what is asked for and returns the user to act as.
 pub fn impersonate(
-    shared: &Shared,
+    authorizer: &Authorizer,
     by: &UserInfo,
     headers: &HeaderMap,
 ) -> Result<Option<UserInfo>, ApiError> {
@@ -63,7 +62,7 @@ pub fn impersonate(
             name: Some(n),
             path: "",
         };
-        shared.authorizer.authorize(shared, &a)
+        authorizer.authorize(&a)
     };
     // A service account is impersonated through its own resource, as in Kubernetes.
     match name
@@ -96,11 +95,15 @@ pub fn impersonate(
 }
 
 /// The impersonation layer, after authentication.
-pub async fn layer(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+pub async fn layer(
+    State(authorizer): State<Arc<Authorizer>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(by) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
         return ApiError::Unauthorized.into_response();
     };
-    match impersonate(&shared, &by, req.headers()) {
+    match impersonate(&authorizer, &by, req.headers()) {
         Ok(Some(user)) => {
             req.extensions_mut().insert(Arc::new(user));
         }

@@ -17,7 +17,6 @@ use tinykube_api::pki::{Identity, JoinToken};
 
 use crate::error::ApiError;
 use crate::request::RequestInfo;
-use crate::state::Shared;
 
 /// The group whose members may do anything (kube-apiserver's privileged group).
 pub const MASTERS: &str = "system:masters";
@@ -133,16 +132,13 @@ pub struct Peer {
 
 /// The authentication layer: puts the request's `UserInfo` in its extensions, or
 /// answers 401.
-pub async fn layer(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+pub async fn layer(State(tokens): State<Tokens>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<Peer>();
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = match shared
-        .tokens
-        .authenticate(peer.and_then(|p| p.identity.as_ref()), header)
-    {
+    let user = match tokens.authenticate(peer.and_then(|p| p.identity.as_ref()), header) {
         Ok(Some(user)) => user,
         Ok(None) if anonymous_may_reach(req.extensions().get::<Arc<RequestInfo>>()) => {
             UserInfo::anonymous()

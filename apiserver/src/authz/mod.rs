@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::authn::{MASTERS, UserInfo};
 use crate::error::ApiError;
+use crate::registry::Registry;
 use crate::request::RequestInfo;
-use crate::state::Shared;
 
 /// What a request wants to do, in Kubernetes' authorization terms
 /// (`authorizer.AttributesRecord`).
@@ -74,20 +74,27 @@ pub enum Decision {
 }
 
 /// The chain of authorizers: the node authorizer, then RBAC.
-#[derive(Default)]
 pub struct Authorizer {
     pub node: node::NodeAuthorizer,
     pub rbac: rbac::RbacAuthorizer,
 }
 
 impl Authorizer {
+    /// The authorizers over `registry` (the node authorizer reads pods from it).
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self {
+            node: node::NodeAuthorizer::new(registry),
+            rbac: rbac::RbacAuthorizer::default(),
+        }
+    }
+
     /// Whether `a` is allowed, and the authorizers' reasons when it is not.
-    pub fn decide(&self, shared: &Shared, a: &Attributes<'_>) -> (bool, String) {
+    pub fn decide(&self, a: &Attributes<'_>) -> (bool, String) {
         if a.user.in_group(MASTERS) {
             return (true, String::new());
         }
         let mut reasons = Vec::new();
-        for decision in [self.node.decide(shared, a), self.rbac.decide(a)] {
+        for decision in [self.node.decide(a), self.rbac.decide(a)] {
             match decision {
                 Decision::Allow => return (true, String::new()),
                 Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
@@ -98,8 +105,8 @@ impl Authorizer {
     }
 
     /// `decide`, with a refusal as kube-apiserver's 403.
-    pub fn authorize(&self, shared: &Shared, a: &Attributes<'_>) -> Result<(), ApiError> {
-        match self.decide(shared, a) {
+    pub fn authorize(&self, a: &Attributes<'_>) -> Result<(), ApiError> {
+        match self.decide(a) {
             (true, _) => Ok(()),
             (false, reason) => Err(forbidden(a, &reason)),
         }
@@ -145,17 +152,18 @@ pub fn forbidden(a: &Attributes<'_>, reason: &str) -> ApiError {
 }
 
 /// The authorization layer, after authentication and impersonation.
-pub async fn layer(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+pub async fn layer(
+    State(authorizer): State<Arc<Authorizer>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let (Some(user), Some(info)) = (
         req.extensions().get::<Arc<UserInfo>>(),
         req.extensions().get::<Arc<RequestInfo>>(),
     ) else {
         return ApiError::Unauthorized.into_response();
     };
-    if let Err(e) = shared
-        .authorizer
-        .authorize(&shared, &Attributes::of(user, info))
-    {
+    if let Err(e) = authorizer.authorize(&Attributes::of(user, info)) {
         return e.into_response();
     }
     next.run(req).await

@@ -6,21 +6,29 @@
 //! NodeRestriction checks on create), pods' status, events, and the Leases of the
 //! LoadBalancer pool addresses nodes announce. Which pods: NodeRestriction.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{Attributes, Decision};
 use crate::registry::ListOptions;
+use crate::registry::Registry;
 use crate::resources;
-use crate::state::Shared;
 
 /// Asks for the node's serving certificate for the kubelet API.
 pub const KUBELET_CERTIFICATE_PATH: &str = "/tinykube/v1/kubelet-certificate";
 
-#[derive(Default)]
-pub struct NodeAuthorizer;
+pub struct NodeAuthorizer {
+    /// Where the node's pods are read (the authorizer's graph).
+    registry: Arc<Registry>,
+}
 
 impl NodeAuthorizer {
-    pub fn decide(&self, shared: &Shared, a: &Attributes<'_>) -> Decision {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    pub fn decide(&self, a: &Attributes<'_>) -> Decision {
         let Some(node) = a.user.node() else {
             return Decision::NoOpinion(String::new());
         };
@@ -32,7 +40,7 @@ impl NodeAuthorizer {
             ("", kind @ ("secrets" | "configmaps")) => {
                 match (a.verb, a.namespace, a.name, a.subresource) {
                     ("get", Some(ns), Some(name), None)
-                        if may_read(shared, node, kind, ns, name) =>
+                        if may_read(&self.registry, node, kind, ns, name) =>
                     {
                         Decision::Allow
                     }
@@ -82,7 +90,7 @@ fn allow(yes: bool) -> Decision {
 /// volume, a projected source, an env reference, envFrom, an image pull secret): what
 /// Kubernetes' node authorizer lets a kubelet read. The network settings every node
 /// reads are readable too.
-fn may_read(shared: &Shared, node: &str, kind: &str, ns: &str, name: &str) -> bool {
+fn may_read(registry: &Registry, node: &str, kind: &str, ns: &str, name: &str) -> bool {
     if kind == "configmaps"
         && ns == "kube-system"
         && name == tinykube_api::constants::NETWORK_CONFIGMAP
@@ -95,8 +103,7 @@ fn may_read(shared: &Shared, node: &str, kind: &str, ns: &str, name: &str) -> bo
     let Ok(opts) = ListOptions::from_query(&q) else {
         return false;
     };
-    let Ok(list) = shared
-        .registry
+    let Ok(list) = registry
         .list_raw(pods, Some(ns), &opts)
         .and_then(|l| l.into_value())
     else {
@@ -161,8 +168,16 @@ mod tests {
 
     /// The rules that need no stored objects (secrets and configmaps do).
     fn decide(a: &Attributes<'_>) -> Decision {
-        let (shared, _dir) = crate::state::tests::shared();
-        NodeAuthorizer.decide(&shared, a)
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::store::SledStore::open(&dir.path().join("db"), Default::default())
+            .expect("a store");
+        let (cleanup, _) = tokio::sync::mpsc::unbounded_channel();
+        let registry = Registry {
+            store: Arc::new(store),
+            alloc: Default::default(),
+            namespace_cleanup: cleanup,
+        };
+        NodeAuthorizer::new(Arc::new(registry)).decide(a)
     }
 
     #[test]

@@ -3,14 +3,16 @@
 
 use serde_json::{Value, json};
 
+use crate::certificates::pki::Pki;
 use crate::error::ApiError;
+use crate::registry::Registry;
 use crate::resources;
-use crate::state::Shared;
 
 /// Signs a joining node's certificate request: `{"nodeName", "csr"}` in,
 /// `{"certificate", "ca"}` out.
 pub fn join(
-    shared: &Shared,
+    registry: &Registry,
+    pki: &Pki,
     req: &Value,
     from: Option<std::net::IpAddr>,
 ) -> Result<Value, ApiError> {
@@ -24,23 +26,23 @@ pub fn join(
             "nodeName {name:?} is not a valid node name: {c}"
         )));
     }
-    name_is_free(shared, name, from)?;
+    name_is_free(registry, name, from)?;
     let csr = req["csr"].as_str().unwrap_or_default();
-    let cert = shared.pki.sign_node_request(name, csr).map_err(|e| {
+    let cert = pki.sign_node_request(name, csr).map_err(|e| {
         ApiError::BadRequest(format!(
             "csr is not a certificate request: {}",
             crate::error::error_chain(&e)
         ))
     })?;
     tracing::info!(node = name, "node joined: client certificate issued");
-    Ok(json!({"certificate": cert, "ca": shared.pki.ca_pem}))
+    Ok(json!({"certificate": cert, "ca": pki.ca_pem}))
 }
 
 /// A node name already registered belongs to the machine at its address: another
 /// machine holding the join token cannot take it over (k3s guards the same with node
 /// passwords). The master's own processes (loopback) are trusted.
 fn name_is_free(
-    shared: &Shared,
+    registry: &Registry,
     name: &str,
     from: Option<std::net::IpAddr>,
 ) -> Result<(), ApiError> {
@@ -48,7 +50,7 @@ fn name_is_free(
         return Ok(());
     };
     let nodes = resources::find("", "nodes").expect("nodes are served");
-    let Ok(node) = shared.registry.get(nodes, None, name) else {
+    let Ok(node) = registry.get(nodes, None, name) else {
         return Ok(());
     };
     let addresses: Vec<String> = node.object["status"]["addresses"]

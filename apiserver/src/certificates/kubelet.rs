@@ -3,14 +3,15 @@
 
 use serde_json::{Value, json};
 
+use crate::certificates::pki::Pki;
 use crate::error::ApiError;
+use crate::registry::Registry;
 use crate::resources;
-use crate::state::Shared;
 
 /// Issues a serving certificate for node `node`, for its name and addresses.
-pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError> {
+pub fn issue_certificate(registry: &Registry, pki: &Pki, node: &str) -> Result<Value, ApiError> {
     let nodes = resources::find("", "nodes").expect("nodes are served");
-    let stored = shared.registry.get(nodes, None, node)?;
+    let stored = registry.get(nodes, None, node)?;
     let mut sans = vec![node.to_string()];
     for a in stored.object["status"]["addresses"]
         .as_array()
@@ -23,9 +24,8 @@ pub fn issue_certificate(shared: &Shared, node: &str) -> Result<Value, ApiError>
             sans.push(ip.to_string());
         }
     }
-    let (cert, key) = shared
-        .pki
+    let (cert, key) = pki
         .issue(&format!("system:node:{node}"), &sans)
         .map_err(|e| ApiError::Internal(crate::error::error_chain(&e)))?;
-    Ok(json!({"certificate": cert, "key": key, "ca": shared.pki.ca_pem}))
+    Ok(json!({"certificate": cert, "key": key, "ca": pki.ca_pem}))
 }

@@ -51,14 +51,23 @@ pub async fn serve(
         ("post", _) if info.path == JOIN_PATH => {
             let req = decode_object(&parts.headers, &read_body(body).await?)?;
             let from = parts.extensions.get::<Peer>().and_then(|p| p.addr);
-            ok(certificates::join::join(shared, &req, from)?)
+            ok(certificates::join::join(
+                &shared.registry,
+                &shared.pki,
+                &req,
+                from,
+            )?)
         }
         ("post", _) if info.path == KUBELET_CERTIFICATE_PATH => {
             let user = parts.extensions.get::<Arc<UserInfo>>();
             let node = user.and_then(|u| u.node()).ok_or_else(|| {
                 ApiError::Forbidden("only a node can get a kubelet serving certificate".into())
             })?;
-            ok(certificates::kubelet::issue_certificate(shared, node)?)
+            ok(certificates::kubelet::issue_certificate(
+                &shared.registry,
+                &shared.pki,
+                node,
+            )?)
         }
         _ => not_found(),
     }

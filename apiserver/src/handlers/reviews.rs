@@ -65,7 +65,7 @@ fn access(
             path: text(&nra["path"]),
         }
     };
-    let (allowed, reason) = shared.authorizer.decide(shared, &a);
+    let (allowed, reason) = shared.authorizer.decide(&a);
     let mut status = json!({"allowed": allowed});
     if !reason.is_empty() {
         status["reason"] = json!(reason);

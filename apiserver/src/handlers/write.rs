@@ -51,7 +51,7 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
         }
         (None, _, None) => {
             c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
-            escalation::check(c.shared, c.user, c.res, c.ns, &obj)?;
+            escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &obj)?;
             let w = reg.create(c.res, c.ns, obj, write_options(c)?).await?;
             Ok(written(c, StatusCode::CREATED, w))
         }
@@ -64,6 +64,7 @@ pub async fn update(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
     let name = c.name.ok_or(ApiError::NoRoute)?;
     let reg = &c.shared.registry;
     c.shared.admission.change(reg, c.user, c.info, c.res)?;
+    escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &obj)?;
     if c.sub == Some("scale") {
         let ns = c.ns.ok_or(ApiError::NoRoute)?;
         let scale = reg
@@ -91,7 +92,7 @@ pub async fn patch(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Resp
         // What the patch would make, checked before it is written.
         let current = reg.get(c.res, c.ns, name)?.object;
         let patched = patch::apply(kind, &current, &bytes, c.res.kind)?;
-        escalation::check(c.shared, c.user, c.res, c.ns, &patched)?;
+        escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &patched)?;
     }
     if c.sub == Some("scale") {
         let ns = c.ns.ok_or(ApiError::NoRoute)?;

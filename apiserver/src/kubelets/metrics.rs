@@ -5,7 +5,7 @@
 //! few seconds, so nothing runs while nobody asks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -23,10 +23,6 @@ pub const VERSION: &str = "v1beta1";
 const FRESH: Duration = Duration::from_secs(5);
 /// How long one kubelet may take to answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The last summary of each node, and when it was read.
-#[derive(Default)]
-pub struct Cache(Mutex<HashMap<String, (Instant, Arc<Value>)>>);
 
 /// The discovery document of the group version.
 pub fn resource_list() -> Value {

@@ -14,12 +14,12 @@ use crate::{authn, authz, handlers};
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
         .fallback(handlers::serve)
-        .layer(from_fn_with_state(shared.clone(), authz::layer))
+        .layer(from_fn_with_state(shared.authorizer.clone(), authz::layer))
         .layer(from_fn_with_state(
-            shared.clone(),
+            shared.authorizer.clone(),
             authn::impersonation::layer,
         ))
-        .layer(from_fn_with_state(shared.clone(), authn::layer))
+        .layer(from_fn_with_state(shared.tokens.clone(), authn::layer))
         .layer(from_fn(super::info::layer))
         .with_state(shared)
 }

@@ -9,14 +9,13 @@ use serde_json::Value;
 pub use super::index::GROUP;
 use super::rule;
 use crate::authn::{MASTERS, UserInfo};
-use crate::authz::Attributes;
+use crate::authz::{Attributes, Authorizer};
 use crate::error::ApiError;
 use crate::resources::ResourceInfo;
-use crate::state::Shared;
 
 /// Whether `user` may `verb` the RBAC resource `resource` named `name` in `namespace`.
 fn may(
-    shared: &Shared,
+    authorizer: &Authorizer,
     user: &UserInfo,
     verb: &str,
     resource: &str,
@@ -34,7 +33,7 @@ fn may(
         name: Some(name),
         path: "",
     };
-    shared.authorizer.authorize(shared, &a).is_ok()
+    authorizer.authorize(&a).is_ok()
 }
 
 fn refused(res: &ResourceInfo, name: &str, user: &UserInfo, missing: &[rule::Atom]) -> ApiError {
@@ -51,7 +50,7 @@ fn refused(res: &ResourceInfo, name: &str, user: &UserInfo, missing: &[rule::Ato
 
 /// Checks a write of the RBAC object `obj` (of `res`, in `namespace`) by `user`.
 pub fn check(
-    shared: &Shared,
+    authorizer: &Authorizer,
     user: &UserInfo,
     res: &ResourceInfo,
     namespace: Option<&str>,
@@ -64,7 +63,7 @@ pub fn check(
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     let wanted: Vec<PolicyRule> = match res.plural {
         "roles" | "clusterroles" => {
-            if may(shared, user, "escalate", res.plural, ns, name) {
+            if may(authorizer, user, "escalate", res.plural, ns, name) {
                 return Ok(());
             }
             serde_json::from_value(obj["rules"].clone()).unwrap_or_default()
@@ -79,16 +78,13 @@ pub fn check(
             } else {
                 "clusterroles"
             };
-            if may(shared, user, "bind", plural, ns, &role.name) {
+            if may(authorizer, user, "bind", plural, ns, &role.name) {
                 return Ok(());
             }
-            let rules = shared
-                .authorizer
-                .rbac
-                .with_index(|ix| match role.kind.as_str() {
-                    "Role" => ns.and_then(|ns| ix.role(ns, &role.name)),
-                    _ => ix.cluster_role(&role.name),
-                });
+            let rules = authorizer.rbac.with_index(|ix| match role.kind.as_str() {
+                "Role" => ns.and_then(|ns| ix.role(ns, &role.name)),
+                _ => ix.cluster_role(&role.name),
+            });
             match rules {
                 Some(r) => r.as_ref().clone(),
                 None => {
@@ -104,7 +100,7 @@ pub fn check(
         }
         _ => return Ok(()),
     };
-    let held = shared.authorizer.rbac.rules_for(user, ns);
+    let held = authorizer.rbac.rules_for(user, ns);
     let missing = rule::uncovered(&held, &wanted);
     if missing.is_empty() {
         Ok(())
