@@ -50,6 +50,15 @@ impl Binding {
 /// A role's rules.
 pub type Rules = Arc<Vec<PolicyRule>>;
 
+/// A binding names a role that does not exist (the reason RBAC gives for it).
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}.{GROUP} \"{name}\" not found")]
+pub struct RoleNotFound {
+    /// `role` or `clusterrole`.
+    pub kind: String,
+    pub name: String,
+}
+
 #[derive(Default)]
 struct Subjects {
     users: HashMap<String, Vec<Arc<Binding>>>,
@@ -218,18 +227,15 @@ impl Index {
     }
 
     /// The rules a binding's role holds, or why there are none.
-    pub fn rules_of(&self, b: &Binding) -> Result<Rules, String> {
+    pub fn rules_of(&self, b: &Binding) -> Result<Rules, RoleNotFound> {
         let found = match (b.role_kind.as_str(), &b.namespace) {
             ("Role", Some(ns)) => self.roles.get(ns).and_then(|m| m.get(&b.role_name)),
             ("ClusterRole", _) => self.cluster_roles.get(&b.role_name),
             _ => None,
         };
-        found.cloned().ok_or_else(|| {
-            format!(
-                "{}.{GROUP} \"{}\" not found",
-                b.role_kind.to_lowercase(),
-                b.role_name
-            )
+        found.cloned().ok_or_else(|| RoleNotFound {
+            kind: b.role_kind.to_lowercase(),
+            name: b.role_name.clone(),
         })
     }
 
@@ -250,7 +256,7 @@ impl Index {
         &self,
         user: &UserInfo,
         namespace: Option<&str>,
-        mut f: impl FnMut(&Binding, Result<Rules, String>) -> bool,
+        mut f: impl FnMut(&Binding, Result<Rules, RoleNotFound>) -> bool,
     ) {
         for b in self.cluster_subjects.of(user) {
             if f(b, self.rules_of(b)) {
@@ -331,7 +337,7 @@ mod tests {
         ix.apply("rbac.authorization.k8s.io/roles/dev/reader", None);
         let mut why = String::new();
         ix.walk(&jane, Some("dev"), |_, rules| {
-            why = rules.unwrap_err();
+            why = rules.unwrap_err().to_string();
             true
         });
         assert_eq!(why, "role.rbac.authorization.k8s.io \"reader\" not found");

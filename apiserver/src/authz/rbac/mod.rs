@@ -33,7 +33,7 @@ impl RbacAuthorizer {
         index.walk(a.user, a.namespace, |_, rules| {
             match rules {
                 Ok(rules) => allowed = rules.iter().any(|r| rule::allows(r, a)),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             }
             allowed
         });
