@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use serde_json::json;
-use tinykube_tests::{MasterProcess, client_for, free_port, median};
+use tinykube_tests::{MasterProcess, client_for, free_port, median, percentile};
 
 const CLIENTS: usize = 32;
 const GETS_PER_CLIENT: usize = 200;
@@ -26,15 +26,6 @@ async fn request(client: &kube::Client, method: &str, uri: &str, body: Vec<u8>) 
         .body(body)
         .unwrap();
     client.request_text(req).await.expect("request succeeds")
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// A kubeconfig for `user`, with a client certificate signed by the master's CA.
@@ -60,8 +51,8 @@ fn user_kubeconfig(data: &std::path::Path, user: &str) -> std::path::PathBuf {
     path
 }
 
-/// One round of GETs from every client; (p50, p99).
-async fn get_round(clients: &[kube::Client]) -> (Duration, Duration) {
+/// One round of GETs from every client; (p50, p99) in milliseconds.
+async fn get_round(clients: &[kube::Client]) -> (f64, f64) {
     let mut tasks = Vec::new();
     for client in clients {
         let client = client.clone();
@@ -76,7 +67,7 @@ async fn get_round(clients: &[kube::Client]) -> (Duration, Duration) {
                     vec![],
                 )
                 .await;
-                lat.push(t.elapsed());
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             lat
         }));
@@ -177,18 +168,14 @@ async fn main() {
     let (mut a50, mut a99, mut r50, mut r99) = (vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
         let (p50, p99) = get_round(&admins).await;
-        a50.push(ms(p50));
-        a99.push(ms(p99));
         let (q50, q99) = get_round(&readers).await;
-        r50.push(ms(q50));
-        r99.push(ms(q99));
         println!(
-            "round {round}: system:masters p50 {:.3} p99 {:.3} ms; RBAC user p50 {:.3} p99 {:.3} ms",
-            ms(p50),
-            ms(p99),
-            ms(q50),
-            ms(q99)
+            "round {round}: system:masters p50 {p50:.3} p99 {p99:.3} ms; RBAC user p50 {q50:.3} p99 {q99:.3} ms"
         );
+        a50.push(p50);
+        a99.push(p99);
+        r50.push(q50);
+        r99.push(q99);
     }
     let (a50, a99, r50, r99) = (median(a50), median(a99), median(r50), median(r99));
     println!(

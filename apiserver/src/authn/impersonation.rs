@@ -51,18 +51,14 @@ pub fn impersonate(
         return Ok(None);
     };
     let check = |group: &'static str, resource: &'static str, ns: Option<&str>, n: &str| {
-        let a = Attributes {
-            user: by,
-            verb: "impersonate",
-            resource_request: true,
-            api_group: group,
+        authorizer.authorize(&Attributes::resource(
+            by,
+            "impersonate",
+            group,
             resource,
-            subresource: None,
-            namespace: ns,
-            name: Some(n),
-            path: "",
-        };
-        authorizer.authorize(&a)
+            ns,
+            Some(n),
+        ))
     };
     // A service account is impersonated through its own resource, as in Kubernetes.
     match name

@@ -60,6 +60,38 @@ impl<'a> Attributes<'a> {
         }
     }
 
+    /// A request on `resource` in `api_group` (no subresource): what the checks made
+    /// inside the server (impersonation, escalation, reviews) ask.
+    pub fn resource(
+        user: &'a UserInfo,
+        verb: &'a str,
+        api_group: &'a str,
+        resource: &'a str,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Self {
+        Self {
+            user,
+            verb,
+            resource_request: true,
+            api_group,
+            resource,
+            subresource: None,
+            namespace,
+            name,
+            path: "",
+        }
+    }
+
+    /// A request on the non-resource `path`.
+    pub fn path(user: &'a UserInfo, verb: &'a str, path: &'a str) -> Self {
+        Self {
+            resource_request: false,
+            path,
+            ..Self::resource(user, verb, "", "", None, None)
+        }
+    }
+
     pub fn is_read(&self) -> bool {
         matches!(self.verb, "get" | "list" | "watch")
     }

@@ -145,6 +145,7 @@ mod tests {
     use super::*;
     use crate::authn::UserInfo;
 
+    use Attributes as A;
     fn attrs<'a>(
         user: &'a UserInfo,
         verb: &'a str,
@@ -153,17 +154,7 @@ mod tests {
         ns: Option<&'a str>,
         name: Option<&'a str>,
     ) -> Attributes<'a> {
-        Attributes {
-            user,
-            verb,
-            resource_request: true,
-            api_group: group,
-            resource,
-            subresource: None,
-            namespace: ns,
-            name,
-            path: "",
-        }
+        A::resource(user, verb, group, resource, ns, name)
     }
 
     /// The rules that need no stored objects (secrets and configmaps do).

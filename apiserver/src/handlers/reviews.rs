@@ -21,6 +21,10 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
+fn nonempty(v: &Value) -> Option<&str> {
+    v.as_str().filter(|s| !s.is_empty())
+}
+
 /// The answer to "may `user` do what `spec` says?", as a SubjectAccessReviewStatus.
 fn access(
     shared: &Shared,
@@ -42,28 +46,18 @@ fn access(
     }
     let a = if ra.is_object() {
         Attributes {
-            user,
-            verb: text(&ra["verb"]),
-            resource_request: true,
-            api_group: text(&ra["group"]),
-            resource: text(&ra["resource"]),
-            subresource: ra["subresource"].as_str().filter(|s| !s.is_empty()),
-            namespace: ra["namespace"].as_str().filter(|s| !s.is_empty()),
-            name: ra["name"].as_str().filter(|s| !s.is_empty()),
-            path: "",
+            subresource: nonempty(&ra["subresource"]),
+            ..Attributes::resource(
+                user,
+                text(&ra["verb"]),
+                text(&ra["group"]),
+                text(&ra["resource"]),
+                nonempty(&ra["namespace"]),
+                nonempty(&ra["name"]),
+            )
         }
     } else {
-        Attributes {
-            user,
-            verb: text(&nra["verb"]),
-            resource_request: false,
-            api_group: "",
-            resource: "",
-            subresource: None,
-            namespace: None,
-            name: None,
-            path: text(&nra["path"]),
-        }
+        Attributes::path(user, text(&nra["verb"]), text(&nra["path"]))
     };
     let (allowed, reason) = shared.authorizer.decide(&a);
     let mut status = json!({"allowed": allowed});

@@ -22,17 +22,7 @@ fn may(
     namespace: Option<&str>,
     name: &str,
 ) -> bool {
-    let a = Attributes {
-        user,
-        verb,
-        resource_request: true,
-        api_group: GROUP,
-        resource,
-        subresource: None,
-        namespace,
-        name: Some(name),
-        path: "",
-    };
+    let a = Attributes::resource(user, verb, GROUP, resource, namespace, Some(name));
     authorizer.authorize(&a).is_ok()
 }
 

@@ -30,23 +30,6 @@ pub struct Binding {
     pub groups: Vec<String>,
 }
 
-impl Binding {
-    /// `RoleBinding/ns/name` or `ClusterRoleBinding/name`, as explanations print it.
-    pub fn describe(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("RoleBinding {ns}/{}", self.name),
-            None => format!("ClusterRoleBinding {}", self.name),
-        }
-    }
-
-    pub fn describe_role(&self) -> String {
-        match (&self.namespace, self.role_kind.as_str()) {
-            (Some(ns), "Role") => format!("Role {ns}/{}", self.role_name),
-            _ => format!("ClusterRole {}", self.role_name),
-        }
-    }
-}
-
 /// A role's rules.
 pub type Rules = Arc<Vec<PolicyRule>>;
 
@@ -271,16 +254,6 @@ impl Index {
                 return;
             }
         }
-    }
-
-    /// Every binding in `namespace` (or cluster-wide), for explanations that look at
-    /// bindings which do not name the user.
-    pub fn bindings_in(&self, namespace: Option<&str>) -> Vec<Arc<Binding>> {
-        let mut out: Vec<Arc<Binding>> = self.cluster_bindings.values().cloned().collect();
-        if let Some(m) = namespace.and_then(|ns| self.bindings.get(ns)) {
-            out.extend(m.values().cloned());
-        }
-        out
     }
 }
 

@@ -188,15 +188,8 @@ mod tests {
         name: Option<&'a str>,
     ) -> Attributes<'a> {
         Attributes {
-            user,
-            verb,
-            resource_request: true,
-            api_group: group,
-            resource,
             subresource: sub,
-            namespace: Some("default"),
-            name,
-            path: "",
+            ..Attributes::resource(user, verb, group, resource, Some("default"), name)
         }
     }
 
@@ -242,11 +235,7 @@ mod tests {
         ));
         let mut urls = rule(&["get"], &[], &[], &[]);
         urls.non_resource_urls = Some(vec!["/healthz".into(), "/apis/*".into()]);
-        let path = |p: &'static str| Attributes {
-            resource_request: false,
-            path: p,
-            ..req(&u, "get", "", "", None, None)
-        };
+        let path = |p: &'static str| Attributes::path(&u, "get", p);
         assert!(allows(&urls, &path("/healthz")));
         assert!(allows(&urls, &path("/apis/apps/v1")));
         assert!(!allows(&urls, &path("/api")));
