@@ -50,6 +50,10 @@ pub struct MasterArgs {
     /// kind and k3s do). `tinykube up` sets it when the cluster has workers.
     #[arg(long)]
     taint_master: bool,
+    /// The longest client certificate the cluster signs, nodes' own included; nodes
+    /// renew theirs between 70% and 80% of it (kube-controller-manager's flag).
+    #[arg(long, default_value = "8760h", value_parser = tinykube_api::format::parse_go_duration)]
+    cluster_signing_duration: Duration,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -63,6 +67,7 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     cfg.advertise = args.advertise_address;
     cfg.default_toleration_seconds = args.default_toleration_seconds;
     cfg.lb_pool = args.lb_pool;
+    cfg.cluster_signing_duration = args.cluster_signing_duration;
     let controllers = (!args.disable_controllers).then(|| tinykube_controllers::Config {
         node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period),
         cluster_cidr: args.cluster_cidr,

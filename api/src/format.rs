@@ -1,5 +1,44 @@
 //! Formatting helpers that must match Kubernetes' own output byte for byte.
 
+/// A duration flag that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid duration {0:?}: use Go's form, e.g. 8760h, 90m, 1h30m, 45s")]
+pub struct DurationError(pub String);
+
+/// Go's `time.ParseDuration` for the units flags use (`h`, `m`, `s`, `ms`), as
+/// Kubernetes' components read `--cluster-signing-duration=8760h0m0s`.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, DurationError> {
+    let bad = || DurationError(s.to_string());
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// Kubernetes' `duration.HumanDuration`, used for every AGE column.
 pub fn human_duration(seconds: i64) -> String {
     if seconds < -1 {
@@ -77,6 +116,20 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_parse_as_go_reads_them() {
+        assert_eq!(
+            parse_go_duration("8760h0m0s").unwrap().as_secs(),
+            8760 * 3600
+        );
+        assert_eq!(parse_go_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_go_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_go_duration("0").unwrap().as_secs(), 0);
+        for bad in ["", "90", "1d", "h", "1h-2m"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn human_duration_matches_kubernetes_examples() {

@@ -129,6 +129,20 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
+/// When a DER certificate stops being valid, in seconds since the epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// When a DER certificate starts being valid, in seconds since the epoch.
+pub fn not_before(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_before.timestamp())
+}
+
 /// A certificate request for node `name` (CN `system:node:<name>`, O `system:nodes`),
 /// and its private key; both PEM. The key never leaves the node.
 pub fn node_csr(name: &str) -> Result<(String, String), rcgen::Error> {

@@ -281,6 +281,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
         &[]
     ),
     res!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+        &[],
+        &["status", "approval"]
+    ),
+    res!(
         "authorization.k8s.io",
         "v1",
         "SelfSubjectAccessReview",

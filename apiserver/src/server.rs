@@ -20,6 +20,7 @@ use crate::authn::{MASTERS, Peer, Tokens, random_token};
 use crate::authz::Authorizer;
 use crate::authz::rbac::bootstrap::{CONTROLLER_MANAGER, SCHEDULER};
 use crate::certificates::pki::{Pki, TlsError, write_private};
+use crate::certificates::signer::Signer;
 use crate::error::error_chain;
 use crate::registry::allocator::{Allocator, Held};
 use crate::registry::{self, ListOptions, Registry};
@@ -65,6 +66,9 @@ pub struct MasterConfig {
     pub network_backend: String,
     /// The LoadBalancer address pool, if any (`loadBalancerIP` must be in it).
     pub lb_pool: Option<tinykube_api::lbpool::LbPool>,
+    /// The longest client certificate the signer issues, nodes' included
+    /// (kube-controller-manager's `--cluster-signing-duration`).
+    pub cluster_signing_duration: Duration,
 }
 
 impl MasterConfig {
@@ -79,6 +83,7 @@ impl MasterConfig {
             cluster_cidr: tinykube_api::constants::CLUSTER_CIDR.to_string(),
             network_backend: "udp".to_string(),
             lb_pool: None,
+            cluster_signing_duration: crate::certificates::signer::DEFAULT_DURATION,
         }
     }
 }
@@ -220,11 +225,18 @@ impl Master {
             bookmark_interval: cfg.bookmark_interval,
             kubelet_tls: pki.client_connector()?,
             pki: Arc::new(pki),
+            signer: Signer {
+                duration: cfg.cluster_signing_duration,
+            },
             usage: Default::default(),
         });
         let tls = shared.pki.server_config()?;
         let rbac = shared.authorizer.rbac.clone();
         let from = rbac.load(reg.store.as_ref())?;
+        shared
+            .signer
+            .settle_all(&reg, &shared.authorizer, &shared.pki)
+            .await;
         let follow = tokio::spawn(rbac.follow(reg.store.clone(), from, cancel.clone()));
         let cleanup = tokio::spawn(registry::namespace::run_namespace_cleanup(
             reg.clone(),
@@ -311,13 +323,14 @@ async fn serve(
                     Err(_) => return,
                 };
             // Who the client certificate (verified against the cluster CA) names.
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first());
             let identity = Peer {
-                identity: stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| tinykube_api::pki::identity(c)),
+                identity: cert.and_then(|c| tinykube_api::pki::identity(c)),
+                not_after: cert.and_then(|c| tinykube_api::pki::not_after(c)),
                 addr: Some(peer.ip().to_canonical()),
             };
             let service = TowerToHyperService::new(

@@ -9,6 +9,7 @@ use crate::admission::Admission;
 use crate::authn::Tokens;
 use crate::authz::Authorizer;
 use crate::certificates::pki::Pki;
+use crate::certificates::signer::Signer;
 use crate::registry::Registry;
 
 pub struct Shared {
@@ -19,6 +20,8 @@ pub struct Shared {
     pub advertise: String,
     pub bookmark_interval: Duration,
     pub pki: Arc<Pki>,
+    /// Approves kubelets' certificate requests and signs approved ones.
+    pub signer: Signer,
     /// TLS to kubelets, trusting the cluster CA only.
     pub kubelet_tls: tokio_rustls::TlsConnector,
     /// The kubelets' resource usage summaries, kept a few seconds for the metrics API.

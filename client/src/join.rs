@@ -112,11 +112,15 @@ pub async fn join(
         &ca,
         User::certificate(cert, &key),
     );
-    write_private(&path, &kc.to_yaml())?;
+    write_private(&path, &kc.to_yaml()).map_err(|source| JoinError::Write {
+        path: path.clone(),
+        source,
+    })?;
     Ok((path, ca))
 }
 
-/// Whether the kubeconfig at `path` is this node's, for this server and CA.
+/// Whether the kubeconfig at `path` is this node's, for this server and CA, and still
+/// valid.
 fn holds_credentials(path: &Path, server: &str, node: &str, ca: &str) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
@@ -132,18 +136,18 @@ fn holds_credentials(path: &Path, server: &str, node: &str, ca: &str) -> bool {
                     ca,
                 ))
     });
-    let named = kc
+    let Some(der) = kc
         .users
         .first()
         .and_then(|u| u.user.certificate_pem())
-        .and_then(|pem| {
-            rustls_pemfile::certs(&mut pem.as_bytes())
-                .next()?
-                .ok()
-                .and_then(|der| pki::identity(&der))
-        })
-        .is_some_and(|id| id.node() == Some(node));
-    same_cluster && named
+        .and_then(|pem| rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok())
+    else {
+        return false;
+    };
+    let named = pki::identity(&der).is_some_and(|id| id.node() == Some(node));
+    // An expired certificate (the node was off past its renewal) means joining again.
+    let valid = pki::not_after(&der).is_some_and(|t| t > jiff::Timestamp::now().as_second());
+    same_cluster && named && valid
 }
 
 /// The cluster CA: from `ca_file`, from an earlier join, or fetched and checked.
@@ -207,7 +211,10 @@ async fn cluster_ca(
     // The CA is the right one; now the server must prove it holds a certificate from it.
     let chain = seen.chain.lock().expect("not poisoned").clone();
     verify_chain(server, &resp.body, &chain)?;
-    write_private(&saved, &resp.body)?;
+    write_private(&saved, &resp.body).map_err(|source| JoinError::Write {
+        path: saved.clone(),
+        source,
+    })?;
     Ok(resp.body)
 }
 
@@ -249,21 +256,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), JoinError> {
+/// Writes a file only its owner may read, whole or not at all (a renewal rewrites
+/// the kubeconfig a running node reads).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let fail = |source| JoinError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let tmp = path.with_extension("new");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
-    f.write_all(contents.as_bytes()).map_err(fail)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `https://host:port` split, with 6443 as the default port.

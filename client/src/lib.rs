@@ -6,6 +6,7 @@ pub mod config;
 pub mod informer;
 pub mod join;
 pub mod recorder;
+pub mod rotation;
 
 pub use config::{ClientError, from_kubeconfig};
 pub use informer::Informer;

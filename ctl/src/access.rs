@@ -1,6 +1,7 @@
 //! Who may do what, from the CLI: `create role|clusterrole|rolebinding|
 //! clusterrolebinding|serviceaccount` (the objects kubectl's generators make), and
-//! `auth can-i` / `auth whoami` through the review APIs.
+//! `auth can-i` / `auth whoami` through the review APIs, and `certificate approve|deny`
+//! through a request's `approval` subresource.
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -272,6 +273,81 @@ fn print_rules(status: &Value) {
             .collect();
         println!("{}", line.join("   ").trim_end());
     }
+}
+
+/// `certificate approve|deny`.
+#[derive(Subcommand, Debug)]
+pub enum CertificateCmd {
+    /// Approve certificate signing requests.
+    Approve {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Update the request even if it is already approved or denied.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Deny certificate signing requests.
+    Deny {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Approves or denies each request as kubectl does: its Approved (or Denied)
+/// condition through the `approval` subresource.
+pub async fn certificate(ctx: &mut Ctx, cmd: &CertificateCmd) -> Result<()> {
+    let (names, force, kind, reason, verb) = match cmd {
+        CertificateCmd::Approve { names, force } => {
+            (names, *force, "Approved", "KubectlApprove", "approve")
+        }
+        CertificateCmd::Deny { names, force } => (names, *force, "Denied", "KubectlDeny", "deny"),
+    };
+    let res = ctx.resource("certificatesigningrequests").await?;
+    for name in names {
+        let url = res.url(None, Some(name));
+        let mut csr = ctx.get_json(&url).await?;
+        let mut conditions = csr["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let decided = |t: &str| conditions.iter().any(|c| c["type"] == t);
+        let done = if kind == "Approved" {
+            "approved"
+        } else {
+            "denied"
+        };
+        if decided(kind) && !force {
+            println!("certificatesigningrequest.certificates.k8s.io/{name} {done}");
+            continue;
+        }
+        let other = if kind == "Approved" {
+            "Denied"
+        } else {
+            "Approved"
+        };
+        if decided(other) && !force {
+            bail!(
+                "certificatesigningrequest.certificates.k8s.io/{name} is already {}; use --force to {verb} it anyway",
+                other.to_lowercase()
+            );
+        }
+        conditions.retain(|c| c["type"] != kind);
+        conditions.push(json!({"type": kind, "status": "True", "reason": reason,
+            "message": format!("This CSR was {done} by tinykube ctl certificate {verb}.")}));
+        csr["status"]["conditions"] = json!(conditions);
+        ctx.send(
+            "PUT",
+            &format!("{url}/approval"),
+            Some("application/json"),
+            None,
+            serde_json::to_vec(&csr)?,
+        )
+        .await?;
+        println!("certificatesigningrequest.certificates.k8s.io/{name} {done}");
+    }
+    Ok(())
 }
 
 pub async fn whoami(ctx: &Ctx, output: Option<&str>) -> Result<()> {

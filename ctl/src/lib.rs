@@ -65,6 +65,11 @@ enum Cmd {
     },
     /// Show details of a resource.
     Describe { args: Vec<String> },
+    /// Approve or deny certificate signing requests.
+    Certificate {
+        #[command(subcommand)]
+        what: access::CertificateCmd,
+    },
     /// Inspect what you may do (can-i) and who you are (whoami).
     Auth {
         #[command(subcommand)]
@@ -388,6 +393,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             }
         },
         Cmd::Describe { args } => describe(&mut ctx, &args).await,
+        Cmd::Certificate { what } => access::certificate(&mut ctx, &what).await,
         Cmd::Auth { what } => match what {
             access::AuthCmd::Whoami { ref output } => access::whoami(&ctx, output.as_deref()).await,
             ref can_i => {

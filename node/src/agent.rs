@@ -115,8 +115,11 @@ pub enum AgentError {
     Other(String),
 }
 
-/// Joins (or finds the credentials of an earlier join) and makes the node's client.
-async fn client(cfg: AgentConfig) -> Result<kube::Client, AgentError> {
+/// Joins (or finds the credentials of an earlier join) and makes the node's client,
+/// with the renewal that keeps its certificate valid.
+async fn client(
+    cfg: AgentConfig,
+) -> Result<(kube::Client, tinykube_client::rotation::Rotation), AgentError> {
     let token =
         tinykube_api::pki::JoinToken::parse(&cfg.token).map_err(|e| AgentError::Join(e.into()))?;
     let (path, _) = tinykube_client::join::join(
@@ -127,7 +130,7 @@ async fn client(cfg: AgentConfig) -> Result<kube::Client, AgentError> {
         &cfg.data_dir,
     )
     .await?;
-    tinykube_client::from_kubeconfig(&path)
+    tinykube_client::rotation::node_client(&path)
         .await
         .map_err(|e| AgentError::Client {
             server: cfg.server.clone(),
@@ -189,7 +192,7 @@ pub fn address_conflict(
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-    let client = client(cfg.clone()).await?;
+    let (client, rotation) = client(cfg.clone()).await?;
     // The node's address, checked against the other nodes' before anything is set up.
     let ip = cfg
         .node_ip
@@ -222,7 +225,11 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             (rt, Some(own))
         }
     };
+    let renewing = cancel.child_token();
+    let renewal = tokio::spawn(rotation.run(client.clone(), renewing.clone()));
     let result = run_with(cfg, ip, client, runtime, cancel).await;
+    renewing.cancel();
+    let _ = renewal.await;
     if let Some(own) = own {
         own.stop().await;
     }

@@ -37,6 +37,7 @@ pub struct TestMasterBuilder {
     toleration_seconds: Option<i64>,
     data_dir: Option<tempfile::TempDir>,
     listen: Option<SocketAddr>,
+    signing_duration: Option<Duration>,
 }
 
 impl TestMasterBuilder {
@@ -61,6 +62,12 @@ impl TestMasterBuilder {
     /// The DefaultTolerationSeconds for not-ready/unreachable nodes.
     pub fn toleration_seconds(mut self, s: i64) -> Self {
         self.toleration_seconds = Some(s);
+        self
+    }
+
+    /// The longest certificate the signer issues (`--cluster-signing-duration`).
+    pub fn signing_duration(mut self, d: Duration) -> Self {
+        self.signing_duration = Some(d);
         self
     }
 
@@ -90,6 +97,9 @@ impl TestMasterBuilder {
         }
         if let Some(s) = self.toleration_seconds {
             cfg.default_toleration_seconds = s;
+        }
+        if let Some(d) = self.signing_duration {
+            cfg.cluster_signing_duration = d;
         }
         let master = Master::start(cfg).await.expect("master starts");
         let control_plane = match self.control_plane {
@@ -128,6 +138,7 @@ impl TestMaster {
             toleration_seconds: None,
             data_dir: None,
             listen: None,
+            signing_duration: None,
         }
     }
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tinykube_tests::{Kubectl, TestMaster, eventually};
 
-/// A key and a certificate for `user` in `group`, signed by the cluster CA with
-/// openssl, and a kubeconfig for them made with kubectl's own `config` commands.
+/// A user made as the official "Certificate Signing Requests" tutorial makes one: an
+/// openssl key and request, a CertificateSigningRequest applied with kubectl, approved
+/// with `kubectl certificate approve`, the certificate read from its status; then a
+/// kubeconfig for it made with kubectl's own `config` commands.
 fn user_kubeconfig(m: &TestMaster, dir: &Path, user: &str, group: &str) -> Kubectl {
     let run = |cmd: &mut std::process::Command| {
         let out = cmd.output().expect("the command runs");
@@ -20,38 +22,66 @@ fn user_kubeconfig(m: &TestMaster, dir: &Path, user: &str, group: &str) -> Kubec
         );
     };
     let f = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(dir.join("ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(std::process::Command::new("openssl").args(["genrsa", "-out", &f("user.key"), "2048"]));
     run(std::process::Command::new("openssl").args([
         "req",
         "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
+        "-key",
         &f("user.key"),
         "-out",
         &f("user.csr"),
         "-subj",
         &format!("/CN={user}/O={group}"),
     ]));
-    let tls = m.dir.path().join("tls");
+    let admin = m.kubectl();
+    let request = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(dir.join("user.csr")).unwrap(),
+    );
+    let csr = format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {user}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages:\n  - client auth\n"
+    );
+    assert_eq!(
+        admin.ok_stdin(&["apply", "-f", "-"], &csr).trim(),
+        format!("certificatesigningrequest.certificates.k8s.io/{user} created")
+    );
+    let pending = admin.ok(&["get", "csr", user]);
+    assert!(
+        pending.contains("kubernetes.io/kube-apiserver-client")
+            && pending.contains("kubernetes-admin")
+            && pending.contains("24h")
+            && pending.contains("Pending"),
+        "{pending}"
+    );
+    assert_eq!(
+        admin.ok(&["certificate", "approve", user]).trim(),
+        format!("certificatesigningrequest.certificates.k8s.io/{user} approved")
+    );
+    let issued = admin.ok(&["get", "csr", user]);
+    assert!(issued.contains("Approved,Issued"), "{issued}");
+    let cert = admin.ok(&["get", "csr", user, "-o", "jsonpath={.status.certificate}"]);
+    let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, cert.trim())
+        .expect("the certificate is base64");
+    std::fs::write(dir.join("user.crt"), &pem).unwrap();
+    // Signed for the day the request asked, by the cluster CA.
     run(std::process::Command::new("openssl").args([
-        "x509",
-        "-req",
-        "-in",
-        &f("user.csr"),
-        "-CA",
-        &tls.join("ca.crt").display().to_string(),
-        "-CAkey",
-        &tls.join("ca.key").display().to_string(),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &f("ext"),
-        "-out",
+        "verify",
+        "-CAfile",
+        &m.dir
+            .path()
+            .join("tls")
+            .join("ca.crt")
+            .display()
+            .to_string(),
         &f("user.crt"),
     ]));
+    let der = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    let left = tinykube_api::pki::not_after(&der).unwrap() - jiff::Timestamp::now().as_second();
+    assert!((86_000..=86_400).contains(&left), "{left}");
+
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(m.kubeconfig(), &kubeconfig).unwrap();
     let k = Kubectl {
@@ -75,6 +105,145 @@ fn user_kubeconfig(m: &TestMaster, dir: &Path, user: &str, group: &str) -> Kubec
     ]);
     k.ok(&["config", "use-context", user]);
     k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificate_requests_are_checked_approved_denied_and_signed() {
+    let m = TestMaster::start().await;
+    let admin = m.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let jane = user_kubeconfig(&m, dir.path(), "jane", "devs");
+    let csr = |name: &str, request: &str, usages: &str| {
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [{usages}]\n"
+        )
+    };
+    // A request that is not PEM is refused whole, with the field that is wrong.
+    let err = admin
+        .run_stdin(
+            &["create", "-f", "-"],
+            &csr("bad", "bm90IHBlbQ==", "client auth"),
+        )
+        .stderr;
+    assert!(
+        err.contains("The CertificateSigningRequest \"bad\" is invalid: spec.request: Invalid value: []byte{0x6e, 0x6f, 0x74, 0x20, 0x70, 0x65, 0x6d}: PEM block type must be CERTIFICATE REQUEST"),
+        "{err}"
+    );
+    let (status, body) = admin_post(&m, &csr("bad", "bm90IHBlbQ==", "client auth")).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["reason"], "Invalid");
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.request");
+
+    // Who asked is who sent it, whatever the body says; jane may ask but not approve.
+    let request = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(dir.path().join("user.csr")).unwrap(),
+    );
+    admin.ok(&[
+        "create",
+        "clusterrole",
+        "csr-creator",
+        "--verb=create,get",
+        "--resource=certificatesigningrequests",
+    ]);
+    admin.ok(&[
+        "create",
+        "clusterrolebinding",
+        "jane-asks",
+        "--clusterrole=csr-creator",
+        "--user=jane",
+    ]);
+    let mut body = csr("jane-again", &request, "client auth");
+    body.push_str("  username: kubernetes-admin\n  groups: [system:masters]\n");
+    let made = eventually(Duration::from_secs(10), async || {
+        jane.run_stdin(&["create", "-f", "-"], &body)
+            .ok
+            .then_some(())
+    })
+    .await;
+    assert!(made.is_some(), "jane could not create a request");
+    assert_eq!(
+        admin.ok(&[
+            "get",
+            "csr",
+            "jane-again",
+            "-o",
+            "jsonpath={.spec.username} {.spec.groups}"
+        ]),
+        "jane [\"devs\",\"system:authenticated\"]"
+    );
+    let err = jane.fails(&["certificate", "approve", "jane-again"]);
+    assert!(
+        err.contains("certificatesigningrequests.certificates.k8s.io \"jane-again\" is forbidden"),
+        "{err}"
+    );
+    admin.ok(&[
+        "create",
+        "clusterrolebinding",
+        "jane-approves",
+        "--clusterrole=system:certificates.k8s.io:kube-apiserver-client-approver",
+        "--user=jane",
+    ]);
+    admin.ok(&[
+        "create",
+        "clusterrole",
+        "csr-approval",
+        "--verb=update",
+        "--resource=certificatesigningrequests/approval",
+    ]);
+    admin.ok(&[
+        "create",
+        "clusterrolebinding",
+        "jane-approval",
+        "--clusterrole=csr-approval",
+        "--user=jane",
+    ]);
+    let approved = eventually(Duration::from_secs(10), async || {
+        jane.run(&["certificate", "deny", "jane-again"])
+            .ok
+            .then_some(())
+    })
+    .await;
+    assert!(
+        approved.is_some(),
+        "the approver role did not let jane decide"
+    );
+    let denied = admin.ok(&["get", "csr", "jane-again"]);
+    assert!(
+        denied.contains("Denied") && !denied.contains("Issued"),
+        "{denied}"
+    );
+
+    // A usage the signer does not give fails with its reason, and is never signed.
+    admin.ok_stdin(
+        &["create", "-f", "-"],
+        &csr("server", &request, "client auth, server auth"),
+    );
+    admin.ok(&["certificate", "approve", "server"]);
+    let failed = admin.ok(&[
+        "get",
+        "csr",
+        "server",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Failed\")].message}",
+    ]);
+    assert_eq!(failed, "invalid usage for client certificate: server auth");
+    m.shutdown().await;
+}
+
+/// POSTs a CertificateSigningRequest (YAML) as the admin: (status, body).
+async fn admin_post(m: &TestMaster, yaml: &str) -> (u16, serde_json::Value) {
+    let client = m.client().await;
+    let obj: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    let req = http::Request::post("/apis/certificates.k8s.io/v1/certificatesigningrequests")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&obj).unwrap())
+        .unwrap();
+    match client.request::<serde_json::Value>(req).await {
+        Ok(v) => (201, v),
+        Err(kube::Error::Api(s)) => (s.code, serde_json::to_value(&s).unwrap()),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -126,6 +126,18 @@ fn access_page_runs_as_written() {
         jane.contains("Username    jane") && jane.contains("[devs system:authenticated]"),
         "{jane}"
     );
+    // The tutorial's request: pending until approved, then signed.
+    let row = |condition: &str| {
+        jane.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&"jane")
+                && f.get(2) == Some(&"kubernetes.io/kube-apiserver-client")
+                && f.get(3) == Some(&"kubernetes-admin")
+                && f.get(4) == Some(&"24h")
+                && f.get(5) == Some(&condition)
+        })
+    };
+    assert!(row("Pending") && row("Approved,Issued"), "{jane}");
     let refused = w.block(2);
     assert!(
         refused.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),

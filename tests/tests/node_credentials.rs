@@ -343,3 +343,105 @@ async fn impostor(body: String) -> u16 {
     });
     port
 }
+
+/// The node's certificate: (PEM, not-after in seconds since the epoch).
+fn node_certificate(kubeconfig: &std::path::Path) -> (String, i64) {
+    let kc: tinykube_api::kubeconfig::Kubeconfig =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let pem = kc.users[0].user.certificate_pem().unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    (pem, tinykube_api::pki::not_after(&der).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_renews_its_certificate_before_it_expires() {
+    // Certificates of 30 s: the node renews between 21 and 24 s, through a request it
+    // makes for itself, approved automatically; its client works throughout, and the
+    // certificate it had before is refused once it has run out.
+    let lifetime = std::time::Duration::from_secs(30);
+    let m = TestMaster::builder()
+        .signing_duration(lifetime)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = JoinToken::parse(&m.join_token()).unwrap();
+    let (path, _) = join(&m.master.url, &token, "worker-1", None, dir.path())
+        .await
+        .unwrap();
+    let (first, first_expiry) = node_certificate(&path);
+    let left = first_expiry - jiff::Timestamp::now().as_second();
+    assert!(
+        (25..=30).contains(&left),
+        "the join's certificate lasts {left}s"
+    );
+    let old = dir.path().join("old.kubeconfig");
+    std::fs::copy(&path, &old).unwrap();
+
+    let (client, rotation) = tinykube_client::rotation::node_client(&path).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let renewal = tokio::spawn(rotation.run(client.clone(), cancel.clone()));
+    let nodes = "/api/v1/nodes/worker-1".to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(55);
+    let mut answered = 0;
+    while std::time::Instant::now() < deadline {
+        let (code, _) = send(&client, Method::GET, &nodes, Value::Null).await;
+        // 404: the node is not registered, but the request was authenticated.
+        if code != 404 {
+            let (_, csrs) = send(
+                &m.client().await,
+                Method::GET,
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                Value::Null,
+            )
+            .await;
+            panic!("the node's client got {code} after {answered} requests; requests: {csrs}");
+        }
+        answered += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    cancel.cancel();
+    renewal.await.unwrap();
+
+    let (now, expiry) = node_certificate(&path);
+    assert_ne!(now, first, "the kubeconfig holds a new certificate");
+    assert!(
+        expiry > first_expiry + 15,
+        "renewed: {first_expiry} -> {expiry}"
+    );
+    let admin = m.client().await;
+    let (_, list) = send(
+        &admin,
+        Method::GET,
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        Value::Null,
+    )
+    .await;
+    let renewals: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["spec"]["username"] == "system:node:worker-1")
+        .collect();
+    assert!(renewals.len() >= 2, "one request per renewal: {list}");
+    for c in &renewals {
+        assert_eq!(
+            c["spec"]["signerName"],
+            "kubernetes.io/kube-apiserver-client-kubelet"
+        );
+        assert_eq!(c["status"]["conditions"][0]["reason"], "AutoApproved");
+        assert!(c["status"]["certificate"].is_string());
+    }
+    // The first certificate ran out: nothing it opens is let in.
+    let stale = tinykube_tests::client_for(&old).await;
+    let refused = stale
+        .request_text(Request::get(nodes.as_str()).body(Vec::new()).unwrap())
+        .await;
+    assert!(
+        refused.is_err(),
+        "an expired certificate still authenticates"
+    );
+    m.shutdown().await;
+}

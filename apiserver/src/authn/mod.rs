@@ -127,6 +127,10 @@ pub fn random_token() -> String {
 #[derive(Clone, Default)]
 pub struct Peer {
     pub identity: Option<Identity>,
+    /// When the client certificate expires (seconds since the epoch): checked on
+    /// every request, as kube-apiserver's x509 authenticator does, so a long-lived
+    /// connection does not outlive its certificate.
+    pub not_after: Option<i64>,
     pub addr: Option<std::net::IpAddr>,
 }
 
@@ -138,6 +142,12 @@ pub async fn layer(State(tokens): State<Tokens>, mut req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    if peer
+        .and_then(|p| p.not_after)
+        .is_some_and(|t| t < jiff::Timestamp::now().as_second())
+    {
+        return ApiError::Unauthorized.into_response();
+    }
     let user = match tokens.authenticate(peer.and_then(|p| p.identity.as_ref()), header) {
         Ok(Some(user)) => user,
         Ok(None) if anonymous_may_reach(req.extensions().get::<Arc<RequestInfo>>()) => {

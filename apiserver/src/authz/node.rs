@@ -60,6 +60,11 @@ impl NodeAuthorizer {
                 (a.verb, a.subresource),
                 ("create" | "delete", None) | ("update" | "patch", Some("status"))
             )),
+            // A kubelet renews its client certificate through a request of its own
+            // (kube's node rules); whether it is approved is RBAC's to say.
+            ("certificates.k8s.io", "certificatesigningrequests") => {
+                allow(a.verb == "create" && a.subresource.is_none())
+            }
             ("", "events") | ("events.k8s.io", "events") => {
                 allow(matches!(a.verb, "create" | "update" | "patch"))
             }

@@ -15,6 +15,7 @@ pub fn join(
     pki: &Pki,
     req: &Value,
     from: Option<std::net::IpAddr>,
+    lifetime: std::time::Duration,
 ) -> Result<Value, ApiError> {
     let name = req["nodeName"].as_str().unwrap_or_default();
     let mut causes = tinykube_api::validation::dns1123_subdomain(name);
@@ -28,7 +29,7 @@ pub fn join(
     }
     name_is_free(registry, name, from)?;
     let csr = req["csr"].as_str().unwrap_or_default();
-    let cert = pki.sign_node_request(name, csr).map_err(|e| {
+    let cert = pki.sign_node_request(name, csr, lifetime).map_err(|e| {
         ApiError::BadRequest(format!(
             "csr is not a certificate request: {}",
             crate::error::error_chain(&e)

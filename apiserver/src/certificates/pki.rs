@@ -64,6 +64,14 @@ fn private_key(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, T
         .ok_or(TlsError::Pem("private key"))
 }
 
+/// How far before now a certificate's validity starts, for clocks that differ
+/// between machines: five minutes as kube's signer backdates, less for a short-lived
+/// certificate (a tenth of it), whose renewal point is reckoned from its start.
+pub fn backdate(lifetime: std::time::Duration) -> time::Duration {
+    let tenth = time::Duration::try_from(lifetime / 10).unwrap_or(time::Duration::MAX);
+    tenth.min(time::Duration::minutes(5))
+}
+
 /// The CA's parameters are fixed, so the issuer can be rebuilt from its key alone.
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -141,7 +149,7 @@ impl Pki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         // A little slack for clocks that differ between machines.
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - backdate(lifetime);
         params.not_after = now + lifetime;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
@@ -150,7 +158,12 @@ impl Pki {
 
     /// Signs a node's certificate request: whatever the request asks, the certificate
     /// says `system:node:<node>` in `system:nodes`, for client authentication only.
-    pub fn sign_node_request(&self, node: &str, csr_pem: &str) -> Result<String, TlsError> {
+    pub fn sign_node_request(
+        &self,
+        node: &str,
+        csr_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String, TlsError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(
@@ -162,8 +175,21 @@ impl Pki {
             .push(DnType::OrganizationName, tinykube_api::pki::NODES_GROUP);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - backdate(lifetime);
+        params.not_after = now + lifetime;
         csr.params = params;
         Ok(csr
+            .signed_by(&Issuer::new(ca_params(), &self.ca_key))?
+            .pem())
+    }
+
+    /// Signs a certificate request whose parameters the signer has set; the PEM.
+    pub fn sign_request(
+        &self,
+        req: rcgen::CertificateSigningRequestParams,
+    ) -> Result<String, rcgen::Error> {
+        Ok(req
             .signed_by(&Issuer::new(ca_params(), &self.ca_key))?
             .pem())
     }

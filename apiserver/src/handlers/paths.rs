@@ -56,6 +56,7 @@ pub async fn serve(
                 &shared.pki,
                 &req,
                 from,
+                shared.signer.duration,
             )?)
         }
         ("post", _) if info.path == KUBELET_CERTIFICATE_PATH => {

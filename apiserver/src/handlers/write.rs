@@ -7,11 +7,12 @@ use http::{HeaderMap, StatusCode, header};
 
 use super::Call;
 use super::delete::delete_options;
+use crate::authz::Attributes;
 use crate::authz::rbac::escalation;
 use crate::error::ApiError;
 use crate::registry::decode::FieldValidation;
 use crate::registry::patch::{self, PatchType};
-use crate::registry::{self, WriteOptions};
+use crate::registry::{self, WriteOptions, csr};
 use crate::request::negotiate::{Output, decode_object, present, read_body, respond};
 
 fn write_options(c: &Call<'_>) -> Result<WriteOptions, ApiError> {
@@ -20,6 +21,57 @@ fn write_options(c: &Call<'_>) -> Result<WriteOptions, ApiError> {
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
     })
+}
+
+fn is_csr(c: &Call<'_>) -> bool {
+    c.res.kind == "CertificateSigningRequest"
+}
+
+/// A certificate request just written is approved and signed if it can be, as
+/// kube-controller-manager's certificate controllers do on seeing it.
+async fn settle(c: &Call<'_>, name: &str) {
+    if is_csr(c) && !write_options(c).is_ok_and(|o| o.dry_run) {
+        let s = c.shared;
+        s.signer
+            .settle(&s.registry, &s.authorizer, &s.pki, name)
+            .await;
+    }
+}
+
+/// Approving (the `approval` subresource) and signing (`status`) take `approve` or
+/// `sign` on the request's signer, by its name or its domain's `*`, as kube-apiserver's
+/// CertificateApproval and CertificateSigning admission plugins check.
+fn may_approve_or_sign(c: &Call<'_>, name: &str) -> Result<(), ApiError> {
+    let verb = match c.sub {
+        Some("approval") if is_csr(c) => "approve",
+        Some("status") if is_csr(c) => "sign",
+        _ => return Ok(()),
+    };
+    let stored = c.shared.registry.get(c.res, None, name)?;
+    let signer = stored.object["spec"]["signerName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let wildcard = format!("{}/*", signer.split('/').next().unwrap_or_default());
+    let allowed = [signer.as_str(), wildcard.as_str()].iter().any(|n| {
+        c.shared
+            .authorizer
+            .decide(&Attributes::resource(
+                c.user,
+                verb,
+                "certificates.k8s.io",
+                "signers",
+                None,
+                Some(n),
+            ))
+            .0
+    });
+    if allowed {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: user not permitted to {verb} requests with signerName \"{signer}\""
+    )))
 }
 
 fn written(c: &Call<'_>, code: StatusCode, w: registry::Written) -> Response {
@@ -52,7 +104,14 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
         (None, _, None) => {
             c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
             escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &obj)?;
-            let w = reg.create(c.res, c.ns, obj, write_options(c)?).await?;
+            if is_csr(c) {
+                csr::requested_by(c.user, &mut obj);
+            }
+            let opts = write_options(c)?;
+            let w = reg.create(c.res, c.ns, obj, opts).await?;
+            if is_csr(c) && !opts.dry_run {
+                settle(c, registry::name_of(&w.object)).await;
+            }
             Ok(written(c, StatusCode::CREATED, w))
         }
         _ => Err(ApiError::NoRoute),
@@ -72,9 +131,11 @@ pub async fn update(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
             .await?;
         return Ok(respond(StatusCode::OK, &scale, c.output, &[]));
     }
+    may_approve_or_sign(c, name)?;
     let w = reg
         .update(c.res, c.ns, name, c.sub, obj, write_options(c)?)
         .await?;
+    settle(c, name).await;
     Ok(written(c, StatusCode::OK, w))
 }
 
@@ -103,8 +164,10 @@ pub async fn patch(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Resp
             .await?;
         return Ok(respond(StatusCode::OK, &out, c.output, &[]));
     }
+    may_approve_or_sign(c, name)?;
     let w = reg
         .patch(c.res, c.ns, name, c.sub, kind, &bytes, write_options(c)?)
         .await?;
+    settle(c, name).await;
     Ok(written(c, StatusCode::OK, w))
 }

@@ -4,6 +4,7 @@
 
 use k8s_openapi::Metadata;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
@@ -229,6 +230,11 @@ pub fn decode(
                 false,
             )
         }),
+        "CertificateSigningRequest" => {
+            typed::<CertificateSigningRequest>(res, input, old, fv, Subdomain, |c, old| {
+                super::csr::validate(c, old)
+            })
+        }
         other => Err(ApiError::Internal(format!("no decoding for kind {other}"))),
     }
 }

@@ -6,6 +6,7 @@
 //! `patch`, list options are in `list`, the namespace cleanup in `namespace`.
 
 pub mod allocator;
+pub mod csr;
 pub mod decode;
 pub mod defaults;
 mod list;
@@ -279,7 +280,17 @@ impl Registry {
         opts: WriteOptions,
     ) -> Result<Written, ApiError> {
         let merged = match sub {
-            Some("status") => prepare::status_update(res, body, &current.object, name)?,
+            Some("status") => {
+                let mut merged = prepare::status_update(res, body, &current.object, name)?;
+                if res.kind == "CertificateSigningRequest" {
+                    csr::status_update(&mut merged, &current.object);
+                }
+                merged
+            }
+            Some("approval") if res.kind == "CertificateSigningRequest" => {
+                prepare::check_type(res, body)?;
+                csr::approval_update(body, &current.object)
+            }
             None => {
                 prepare::prepare_update(res, body, &current.object, name)?;
                 body.clone()

@@ -12,6 +12,7 @@ use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::authentication::v1 as authn;
 use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::autoscaling::v1 as autoscaling;
+use k8s_pb::api::certificates::v1 as certificates;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::api::policy::v1 as policy;
 use k8s_pb::api::rbac::v1 as rbac;
@@ -388,6 +389,23 @@ to_json! {
     authz::SelfSubjectRulesReview { metadata: "metadata", spec: "spec" }
     authz::SelfSubjectRulesReviewSpec { namespace: "namespace" }
     authn::SelfSubjectReview { metadata: "metadata" }
+    certificates::CertificateSigningRequest { metadata: "metadata", spec: "spec", status: "status" }
+    certificates::CertificateSigningRequestSpec {
+        request: "request", signer_name: "signerName", expiration_seconds: "expirationSeconds",
+        usages: "usages", username: "username", uid: "uid", groups: "groups", extra: "extra",
+    }
+    certificates::CertificateSigningRequestStatus { conditions: "conditions", certificate: "certificate" }
+    certificates::CertificateSigningRequestCondition {
+        r#type: "type", status: "status", reason: "reason", message: "message",
+        last_update_time: "lastUpdateTime", last_transition_time: "lastTransitionTime",
+    }
+}
+
+/// `extra` is `map[string][]string` in JSON; protobuf wraps each list.
+impl ToJson for certificates::ExtraValue {
+    fn to_json(&self) -> Option<Value> {
+        self.items.to_json()
+    }
 }
 
 fn decode_as<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, String> {
@@ -440,6 +458,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => decode_as::<rbac::RoleBinding>(&raw),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             decode_as::<rbac::ClusterRoleBinding>(&raw)
+        }
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
+            decode_as::<certificates::CertificateSigningRequest>(&raw)
         }
         ("v1" | "meta.k8s.io/v1", "DeleteOptions") => decode_as::<meta::DeleteOptions>(&raw),
         _ => {

@@ -92,6 +92,13 @@ fn columns(kind: &str) -> Vec<Col> {
         "ServiceAccount" => &[Col("Secrets", "integer", 0), Col("Age", "string", 0)],
         "Lease" => &[Col("Holder", "string", 0), Col("Age", "string", 0)],
         "Role" | "ClusterRole" => &[Col("Created At", "date", 0)],
+        "CertificateSigningRequest" => &[
+            Col("Age", "date", 0),
+            Col("SignerName", "string", 0),
+            Col("Requestor", "string", 0),
+            Col("RequestedDuration", "string", 0),
+            Col("Condition", "string", 0),
+        ],
         "RoleBinding" | "ClusterRoleBinding" => &[
             Col("Role", "string", 0),
             Col("Age", "string", 0),
@@ -477,6 +484,17 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(created),
         ],
         "Role" | "ClusterRole" => vec![json!(s(&o["metadata"]["creationTimestamp"]))],
+        "CertificateSigningRequest" => vec![
+            json!(created),
+            json!(s(&o["spec"]["signerName"])),
+            json!(s(&o["spec"]["username"])),
+            json!(
+                o["spec"]["expirationSeconds"]
+                    .as_i64()
+                    .map_or_else(|| "<none>".to_string(), human_duration)
+            ),
+            json!(crate::registry::csr::condition_column(o)),
+        ],
         "RoleBinding" | "ClusterRoleBinding" => {
             let of = |kind: &str| -> String {
                 o["subjects"]

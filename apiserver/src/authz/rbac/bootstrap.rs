@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use super::index::GROUP;
-use crate::authn::{AUTHENTICATED, BOOTSTRAPPERS, MASTERS, UNAUTHENTICATED};
+use crate::authn::{AUTHENTICATED, BOOTSTRAPPERS, MASTERS, NODES, UNAUTHENTICATED};
 
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 /// The users this cluster's controllers and scheduler run as.
@@ -59,6 +59,17 @@ fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
            "metadata": meta(name, json!({})),
            "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
            "subjects": subjects})
+}
+
+/// `system:certificates.k8s.io:<signer>-approver`: `approve` on that one signer.
+fn signer_approver(signer: &str) -> Value {
+    let mut r = rule(&["approve"], &["certificates.k8s.io"], &["signers"]);
+    r["resourceNames"] = json!([format!("kubernetes.io/{signer}")]);
+    cluster_role(
+        &format!("system:certificates.k8s.io:{signer}-approver"),
+        json!({}),
+        vec![r],
+    )
 }
 
 fn to(role: &str) -> Value {
@@ -268,6 +279,29 @@ pub fn cluster_roles() -> Vec<Value> {
                 paths(&["post"], &[JOIN_PATH]),
             ],
         ),
+        // What the certificate approver checks a kubelet's client request against: a
+        // bootstrapper asking for a node, a node asking for itself.
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
+        // Who may approve requests to each signer (bound to nobody: grant them).
+        signer_approver("kube-apiserver-client"),
+        signer_approver("kube-apiserver-client-kubelet"),
         // What this cluster's controllers read and write (one identity for all of them).
         cluster_role(
             CONTROLLER_MANAGER,
@@ -396,6 +430,18 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("User", CONTROLLER_MANAGER)],
         ),
         binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),
+        // kubeadm's pair: the join token's holders get node client certificates
+        // approved, and nodes get their own renewed.
+        binding(
+            "tinykube:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", BOOTSTRAPPERS)],
+        ),
+        binding(
+            "tinykube:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", NODES)],
+        ),
     ]
 }
 
