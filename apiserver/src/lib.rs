@@ -24,6 +24,7 @@ pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod server;
+pub mod serviceaccount;
 pub mod state;
 pub mod store;
 

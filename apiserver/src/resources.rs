@@ -190,7 +190,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         true,
         &["sa"],
         &[],
-        &[]
+        &["token"]
     ),
     res!(
         "apps",
@@ -330,6 +330,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "SelfSubjectRulesReview",
         "selfsubjectrulesreviews",
         "selfsubjectrulesreview",
+        false,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
         false,
         &[],
         &[],

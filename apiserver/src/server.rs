@@ -25,6 +25,7 @@ use crate::error::error_chain;
 use crate::registry::allocator::{Allocator, Held};
 use crate::registry::{self, ListOptions, Registry};
 use crate::resources;
+use crate::serviceaccount::ServiceAccountTokens;
 use crate::state::Shared;
 use crate::store::{SledStore, SledStoreOptions, Store};
 
@@ -69,6 +70,8 @@ pub struct MasterConfig {
     /// The longest client certificate the signer issues, nodes' included
     /// (kube-controller-manager's `--cluster-signing-duration`).
     pub cluster_signing_duration: Duration,
+    /// No service-account token lasts longer (`--service-account-max-token-expiration`).
+    pub service_account_max_token_expiration: Option<Duration>,
 }
 
 impl MasterConfig {
@@ -84,6 +87,7 @@ impl MasterConfig {
             network_backend: "udp".to_string(),
             lb_pool: None,
             cluster_signing_duration: crate::certificates::signer::DEFAULT_DURATION,
+            service_account_max_token_expiration: None,
         }
     }
 }
@@ -186,8 +190,9 @@ impl Master {
         sans.dedup();
         let pki = Pki::ensure(&dir.join("tls"), &sans)?;
         let ca_pem = pki.ca_pem.clone();
-        let tokens = Tokens {
+        let mut tokens = Tokens {
             node: join_token(&dir.join("node-token"), &ca_pem)?.secret,
+            service_accounts: None,
         };
         let url = format!("https://{}", SocketAddr::new(advertise, addr.port()));
         // The admin is a certificate in system:masters, as kubeadm's admin.conf; the
@@ -208,6 +213,15 @@ impl Master {
             namespace_cleanup: cleanup_tx,
         });
         restore_allocations(&reg)?;
+        let service_accounts = Arc::new(
+            ServiceAccountTokens::new(
+                &Pki::service_account_key(&dir.join("tls"))?,
+                reg.clone(),
+                cfg.service_account_max_token_expiration,
+            )
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?,
+        );
+        tokens.service_accounts = Some(service_accounts.clone());
         let network = crate::bootstrap::Network {
             cluster_cidr: &cfg.cluster_cidr,
             backend: &cfg.network_backend,
@@ -225,6 +239,7 @@ impl Master {
             bookmark_interval: cfg.bookmark_interval,
             kubelet_tls: pki.client_connector()?,
             pki: Arc::new(pki),
+            service_accounts,
             signer: Signer {
                 duration: cfg.cluster_signing_duration,
             },

@@ -11,6 +11,7 @@ use crate::authz::Authorizer;
 use crate::certificates::pki::Pki;
 use crate::certificates::signer::Signer;
 use crate::registry::Registry;
+use crate::serviceaccount::ServiceAccountTokens;
 
 pub struct Shared {
     pub registry: Arc<Registry>,
@@ -20,6 +21,8 @@ pub struct Shared {
     pub advertise: String,
     pub bookmark_interval: Duration,
     pub pki: Arc<Pki>,
+    /// Signs and checks service-account tokens.
+    pub service_accounts: Arc<ServiceAccountTokens>,
     /// Approves kubelets' certificate requests and signs approved ones.
     pub signer: Signer,
     /// TLS to kubelets, trusting the cluster CA only.

@@ -275,6 +275,65 @@ fn print_rules(status: &Value) {
     }
 }
 
+/// `create token SA`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    pub name: String,
+    /// How long the token lasts (e.g. 10m, 1h); the server's default when absent.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// An audience of the token (repeatable); the API server's when absent.
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
+    #[arg(long)]
+    pub bound_object_kind: Option<String>,
+    #[arg(long)]
+    pub bound_object_name: Option<String>,
+    #[arg(long)]
+    pub bound_object_uid: Option<String>,
+}
+
+/// Prints a token for the service account, as `kubectl create token` does.
+pub async fn token(ctx: &mut Ctx, args: &TokenArgs) -> Result<()> {
+    let mut spec = json!({});
+    if !args.audiences.is_empty() {
+        spec["audiences"] = json!(args.audiences);
+    }
+    if let Some(d) = &args.duration {
+        let seconds = crate::parse_duration(d)?.as_secs();
+        if seconds == 0 {
+            bail!("--duration must be greater than 0");
+        }
+        spec["expirationSeconds"] = json!(seconds);
+    }
+    match (&args.bound_object_kind, &args.bound_object_name) {
+        (Some(kind), Some(name)) => {
+            let mut r = json!({"kind": kind, "apiVersion": "v1", "name": name});
+            if let Some(uid) = &args.bound_object_uid {
+                r["uid"] = json!(uid);
+            }
+            spec["boundObjectRef"] = r;
+        }
+        (None, None) => {}
+        _ => bail!("--bound-object-kind and --bound-object-name go together"),
+    }
+    let res = ctx.resource("serviceaccounts").await?;
+    let url = format!("{}/token", res.url(Some(&ctx.namespace), Some(&args.name)));
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let out = ctx
+        .send(
+            "POST",
+            &url,
+            Some("application/json"),
+            None,
+            serde_json::to_vec(&body)?,
+        )
+        .await?;
+    println!("{}", out["status"]["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
 /// `certificate approve|deny`.
 #[derive(Subcommand, Debug)]
 pub enum CertificateCmd {

@@ -274,6 +274,9 @@ enum CreateCmd {
     /// Create a service account.
     #[command(alias = "sa")]
     Serviceaccount { name: String },
+    /// Request a service account token (TokenRequest): --duration, --audience,
+    /// --bound-object-kind Pod|Secret|Node --bound-object-name NAME.
+    Token(access::TokenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -444,6 +447,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             Some(CreateCmd::Clusterrolebinding(b)) => {
                 create(&mut ctx, access::binding(&b, true)?).await
             }
+            Some(CreateCmd::Token(args)) => access::token(&mut ctx, &args).await,
             Some(CreateCmd::Serviceaccount { name }) => {
                 let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
                 create(&mut ctx, sa).await

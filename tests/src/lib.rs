@@ -38,6 +38,7 @@ pub struct TestMasterBuilder {
     data_dir: Option<tempfile::TempDir>,
     listen: Option<SocketAddr>,
     signing_duration: Option<Duration>,
+    max_token_expiration: Option<Duration>,
 }
 
 impl TestMasterBuilder {
@@ -71,6 +72,12 @@ impl TestMasterBuilder {
         self
     }
 
+    /// No service-account token lasts longer (`--service-account-max-token-expiration`).
+    pub fn max_token_expiration(mut self, d: Duration) -> Self {
+        self.max_token_expiration = Some(d);
+        self
+    }
+
     pub fn bookmark_interval(mut self, d: Duration) -> Self {
         self.bookmark_interval = Some(d);
         self
@@ -101,6 +108,7 @@ impl TestMasterBuilder {
         if let Some(d) = self.signing_duration {
             cfg.cluster_signing_duration = d;
         }
+        cfg.service_account_max_token_expiration = self.max_token_expiration;
         let master = Master::start(cfg).await.expect("master starts");
         let control_plane = match self.control_plane {
             Some(config) => {
@@ -139,6 +147,7 @@ impl TestMaster {
             data_dir: None,
             listen: None,
             signing_duration: None,
+            max_token_expiration: None,
         }
     }
 

@@ -17,6 +17,7 @@ use tinykube_api::pki::{Identity, JoinToken};
 
 use crate::error::ApiError;
 use crate::request::RequestInfo;
+use crate::serviceaccount::{self, ServiceAccountTokens};
 
 /// The group whose members may do anything (kube-apiserver's privileged group).
 pub const MASTERS: &str = "system:masters";
@@ -79,6 +80,8 @@ impl UserInfo {
 pub struct Tokens {
     /// The secret part of the join token.
     pub node: String,
+    /// Service-account tokens (JWTs), checked when a bearer token is one.
+    pub service_accounts: Option<Arc<ServiceAccountTokens>>,
 }
 
 /// Equal-time comparison, so a wrong token's timing says nothing about the right one.
@@ -107,12 +110,34 @@ impl Tokens {
             .strip_prefix("Bearer ")
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
+        if let Some(sa) = self
+            .service_accounts
+            .as_ref()
+            .filter(|_| serviceaccount::is_jwt(token))
+        {
+            return match sa.verify(token, &[]) {
+                Ok(claims) => Ok(Some(service_account_user(&claims))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "bearer token refused");
+                    Err(ApiError::Unauthorized)
+                }
+            };
+        }
         let join = JoinToken::parse(token).map_err(|_| ApiError::Unauthorized)?;
         if same(&join.secret, &self.node) {
             return Ok(Some(UserInfo::new(JOIN_USER, [BOOTSTRAPPERS.to_string()])));
         }
         Err(ApiError::Unauthorized)
     }
+}
+
+/// The user a good service-account token names: `system:serviceaccount:<ns>:<name>`
+/// in `system:serviceaccounts` and `system:serviceaccounts:<ns>`, with the account's uid.
+pub fn service_account_user(claims: &serviceaccount::Claims) -> UserInfo {
+    let (name, groups) = claims.user();
+    let mut user = UserInfo::new(name, groups);
+    user.uid = claims.kubernetes.serviceaccount.uid.clone();
+    user
 }
 
 pub fn random_token() -> String {
@@ -176,6 +201,7 @@ mod tests {
     fn certificates_and_tokens_identify_users() {
         let t = Tokens {
             node: "n".repeat(48),
+            service_accounts: None,
         };
         let bearer = |s: &str| format!("Bearer {s}");
         let admin = Identity {

@@ -118,6 +118,19 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The service-account signing key, `<dir>/sa.key`, made on first start.
+    pub fn service_account_key(dir: &Path) -> Result<KeyPair, TlsError> {
+        let path = dir.join("sa.key");
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => Ok(KeyPair::from_pem(&pem)?),
+            Err(_) => {
+                let key = KeyPair::generate()?;
+                write_private(&path, &key.serialize_pem())?;
+                Ok(key)
+            }
+        }
+    }
+
     /// Issues a certificate signed by the cluster CA; returns (cert PEM, key PEM).
     pub fn issue(&self, common_name: &str, sans: &[String]) -> Result<(String, String), TlsError> {
         let issuer = Issuer::new(ca_params(), &self.ca_key);

@@ -82,6 +82,8 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
             "binding" => json!({"name": format!("{}/binding", r.plural), "singularName": "", "namespaced": true,
                                  "kind": "Binding", "verbs": ["create"]}),
+            "token" => json!({"name": format!("{}/token", r.plural), "singularName": "", "namespaced": true,
+                               "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
             "eviction" => json!({"name": format!("{}/eviction", r.plural), "singularName": "", "namespaced": true,
                                   "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
             other => json!({"name": format!("{}/{other}", r.plural), "singularName": "", "namespaced": r.namespaced,

@@ -7,6 +7,7 @@ mod delete;
 mod paths;
 mod read;
 mod reviews;
+mod tokens;
 mod watch;
 mod write;
 
@@ -143,7 +144,7 @@ async fn resource(
     let allowed = match (&parts.method, name, info.verb.as_str()) {
         (&Method::GET, ..) => true,
         (&Method::POST, None, _) => sub.is_none(),
-        (&Method::POST, Some(_), _) => matches!(sub, Some("binding" | "eviction")),
+        (&Method::POST, Some(_), _) => matches!(sub, Some("binding" | "eviction" | "token")),
         (&Method::PUT | &Method::PATCH | &Method::DELETE, Some(_), _) => true,
         (&Method::DELETE, None, "deletecollection") => sub.is_none(),
         _ => false,

@@ -1,4 +1,5 @@
-//! The non-resource paths: health, version, the cluster CA, discovery and OpenAPI, and
+//! The non-resource paths: health, version, the cluster CA, discovery and OpenAPI, the
+//! service-account issuer's discovery (OpenID configuration and keys), and
 //! the two certificate requests of nodes (the join, a kubelet's serving certificate).
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::request::RequestInfo;
 use crate::request::negotiate::{decode_object, read_body};
+use crate::serviceaccount;
 use crate::state::Shared;
 
 pub async fn serve(
@@ -31,6 +33,12 @@ pub async fn serve(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
         }
         (_, ["version"]) => ok(discovery::version()),
+        ("get", [".well-known", "openid-configuration"]) => ok(
+            serviceaccount::discovery::configuration(&shared.service_accounts, &shared.advertise),
+        ),
+        ("get", ["openid", "v1", "jwks"]) => {
+            ok(serviceaccount::discovery::jwks(&shared.service_accounts))
+        }
         // The cluster CA is public: a joining node fetches it and checks it against the
         // hash in its token before it trusts anything this server says.
         ("get", ["cacerts"]) => Ok((

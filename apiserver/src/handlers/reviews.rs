@@ -1,7 +1,8 @@
 //! The reviews: questions asked by creating an object and answered in its status,
 //! never stored. SelfSubjectAccessReview (`kubectl auth can-i`), SubjectAccessReview
 //! and LocalSubjectAccessReview (may someone else?), SelfSubjectRulesReview
-//! (`kubectl auth can-i --list`), SelfSubjectReview (`kubectl auth whoami`).
+//! (`kubectl auth can-i --list`), SelfSubjectReview (`kubectl auth whoami`),
+//! TokenReview (is this token good, and whose is it?).
 
 use axum::body::Body;
 use axum::response::Response;
@@ -120,7 +121,7 @@ fn rules(shared: &Shared, user: &UserInfo, namespace: Option<&str>) -> Value {
     status
 }
 
-fn user_info(user: &UserInfo) -> Value {
+pub(super) fn user_info(user: &UserInfo) -> Value {
     let mut info = Map::new();
     info.insert("username".into(), json!(user.name));
     if !user.uid.is_empty() {
@@ -152,6 +153,7 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
             rules(c.shared, c.user, ns)
         }
         "SelfSubjectReview" => json!({"userInfo": user_info(c.user)}),
+        "TokenReview" => super::tokens::review(c.shared, &spec),
         _ => return Err(ApiError::NoRoute),
     };
     obj["apiVersion"] = json!(c.res.api_version());

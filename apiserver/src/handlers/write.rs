@@ -91,6 +91,10 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
             let status = reg.bind(ns, name, &obj).await?;
             Ok(respond(StatusCode::CREATED, &status, Output::Json, &[]))
         }
+        (Some("token"), Some(ns), Some(name)) => {
+            let answer = super::tokens::request(c, ns, name, obj)?;
+            Ok(respond(StatusCode::CREATED, &answer, Output::Json, &[]))
+        }
         (Some("eviction"), _, Some(name)) => {
             let opts = delete_options(&obj["deleteOptions"], &c.info.query)?;
             reg.delete(c.res, c.ns, name, &opts).await?;
@@ -105,7 +109,7 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
             c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
             escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &obj)?;
             if is_csr(c) {
-                csr::requested_by(c.user, &mut obj);
+                csr::requested_by(&c.user.name, &c.user.uid, &c.user.groups, &mut obj);
             }
             let opts = write_options(c)?;
             let w = reg.create(c.res, c.ns, obj, opts).await?;

@@ -8,8 +8,6 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use serde_json::{Value, json};
 use tinykube_api::validation::{FieldError, FieldErrorType};
 
-use crate::authn::UserInfo;
-
 /// Client certificates for kube-apiserver, approved by hand (users).
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// Kubelets' client certificates, approved automatically for nodes and bootstrappers.
@@ -48,16 +46,16 @@ const USAGES: [&str; 21] = [
 
 /// Sets who asked from the authenticated requester, as kube's CSR strategy does on
 /// create: a client cannot ask in someone else's name.
-pub fn requested_by(user: &UserInfo, obj: &mut Value) {
+pub fn requested_by(name: &str, uid: &str, groups: &[String], obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
-    spec.insert("username".into(), json!(user.name));
-    spec.insert("groups".into(), json!(user.groups));
-    if user.uid.is_empty() {
+    spec.insert("username".into(), json!(name));
+    spec.insert("groups".into(), json!(groups));
+    if uid.is_empty() {
         spec.remove("uid");
     } else {
-        spec.insert("uid".into(), json!(user.uid));
+        spec.insert("uid".into(), json!(uid));
     }
     spec.remove("extra");
 }

@@ -389,6 +389,13 @@ to_json! {
     authz::SelfSubjectRulesReview { metadata: "metadata", spec: "spec" }
     authz::SelfSubjectRulesReviewSpec { namespace: "namespace" }
     authn::SelfSubjectReview { metadata: "metadata" }
+    authn::TokenRequest { metadata: "metadata", spec: "spec" }
+    authn::TokenRequestSpec {
+        audiences: "audiences", expiration_seconds: "expirationSeconds", bound_object_ref: "boundObjectRef",
+    }
+    authn::BoundObjectReference { kind: "kind", api_version: "apiVersion", name: "name", u_id: "uid" }
+    authn::TokenReview { metadata: "metadata", spec: "spec" }
+    authn::TokenReviewSpec { token: "token", audiences: "audiences" }
     certificates::CertificateSigningRequest { metadata: "metadata", spec: "spec", status: "status" }
     certificates::CertificateSigningRequestSpec {
         request: "request", signer_name: "signerName", expiration_seconds: "expirationSeconds",
@@ -459,6 +466,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             decode_as::<rbac::ClusterRoleBinding>(&raw)
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => decode_as::<authn::TokenRequest>(&raw),
+        ("authentication.k8s.io/v1", "TokenReview") => decode_as::<authn::TokenReview>(&raw),
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
             decode_as::<certificates::CertificateSigningRequest>(&raw)
         }

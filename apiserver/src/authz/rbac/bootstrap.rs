@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::index::GROUP;
 use crate::authn::{AUTHENTICATED, BOOTSTRAPPERS, MASTERS, NODES, UNAUTHENTICATED};
+use crate::serviceaccount::discovery::{CONFIGURATION_PATH, JWKS_PATH};
 
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 /// The users this cluster's controllers and scheduler run as.
@@ -299,6 +300,20 @@ pub fn cluster_roles() -> Vec<Value> {
                 &["certificatesigningrequests/selfnodeclient"],
             )],
         ),
+        // Anything holding a service-account token may find the keys that check it.
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            json!({}),
+            vec![paths(
+                &["get"],
+                &[
+                    CONFIGURATION_PATH,
+                    &format!("{CONFIGURATION_PATH}/"),
+                    JWKS_PATH,
+                    &format!("{JWKS_PATH}/"),
+                ],
+            )],
+        ),
         // Who may approve requests to each signer (bound to nobody: grant them).
         signer_approver("kube-apiserver-client"),
         signer_approver("kube-apiserver-client-kubelet"),
@@ -430,6 +445,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("User", CONTROLLER_MANAGER)],
         ),
         binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &[("Group", crate::serviceaccount::ALL_GROUP)],
+        ),
         // kubeadm's pair: the join token's holders get node client certificates
         // approved, and nodes get their own renewed.
         binding(

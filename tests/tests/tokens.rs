@@ -1,0 +1,250 @@
+//! Service-account tokens through the real kubectl: `kubectl create token` signs one,
+//! it authenticates as the account (403 until a RoleBinding lets it in), TokenReview
+//! says whose it is, a token bound to a pod dies with the pod, and a malformed,
+//! expired, wrong-audience or wrong-issuer token gets 401 with a Status.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tinykube_tests::{Kubectl, TestMaster, eventually};
+
+/// A kubeconfig whose user is the bearer `token` (no client certificate).
+fn token_kubeconfig(m: &TestMaster, dir: &Path, token: &str) -> Kubectl {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::copy(m.kubeconfig(), &kubeconfig).unwrap();
+    let k = Kubectl {
+        kubeconfig,
+        home: dir.to_path_buf(),
+    };
+    k.ok(&[
+        "config",
+        "set-credentials",
+        "bot",
+        &format!("--token={token}"),
+    ]);
+    k.ok(&[
+        "config",
+        "set-context",
+        "bot",
+        "--cluster=tinykube",
+        "--user=bot",
+    ]);
+    k.ok(&["config", "use-context", "bot"]);
+    k
+}
+
+/// The claims of a JWT, unverified.
+fn claims(token: &str) -> Value {
+    let part = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// GET `path` with only `token`: (status, body).
+async fn with_token(m: &TestMaster, token: &str, path: &str) -> (u16, Value) {
+    let client = m.client_with_token(token).await;
+    let req = http::Request::get(path).body(Vec::new()).unwrap();
+    match client.request::<Value>(req).await {
+        Ok(v) => (200, v),
+        Err(kube::Error::Api(s)) => (s.code, serde_json::to_value(&s).unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn review(admin: &Kubectl, token: &str, audiences: &[&str]) -> Value {
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                      "spec": {"token": token, "audiences": audiences}});
+    let out = admin.ok_stdin(&["create", "-f", "-", "-o", "json"], &body.to_string());
+    serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_token_authenticates_until_its_pod_is_gone() {
+    let m = TestMaster::start().await;
+    let admin = m.kubectl();
+    admin.ok(&["create", "serviceaccount", "bot"]);
+    let token = admin.ok(&["create", "token", "bot", "--duration=1h"]);
+    let token = token.trim();
+    let c = claims(token);
+    assert_eq!(c["sub"], "system:serviceaccount:default:bot");
+    assert_eq!(c["iss"], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        c["aud"],
+        json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    let lifetime = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 3600);
+
+    // The account is someone, allowed nothing until bound.
+    let dir = tempfile::tempdir().unwrap();
+    let bot = token_kubeconfig(&m, dir.path(), token);
+    let whoami = bot.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("system:serviceaccount:default:bot")
+            && whoami.contains("system:serviceaccounts:default"),
+        "{whoami}"
+    );
+    let err = bot.fails(&["get", "pods"]);
+    assert!(
+        err.contains("pods is forbidden: User \"system:serviceaccount:default:bot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{err}"
+    );
+    admin.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "bot-reads",
+        "--role=pod-reader",
+        "--serviceaccount=default:bot",
+    ]);
+    let listed = eventually(Duration::from_secs(10), async || {
+        bot.run(&["get", "pods"]).ok.then_some(())
+    })
+    .await;
+    assert!(listed.is_some(), "the bound account could not list pods");
+    assert!(
+        bot.fails(&["get", "secrets"])
+            .contains("cannot list resource \"secrets\"")
+    );
+
+    // TokenReview: whose it is, and for which audience.
+    let status = review(&admin, token, &[]);
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:default:bot"
+    );
+    let other = review(&admin, token, &["vault"]);
+    assert_eq!(other["authenticated"], false, "{other}");
+    assert!(
+        other["error"].as_str().unwrap().contains("audiences"),
+        "{other}"
+    );
+
+    // Bound to a pod, the token dies with it.
+    admin.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  serviceAccountName: bot\n  containers:\n  - name: c\n    image: toolbox\n",
+    );
+    let bound = admin.ok(&[
+        "create",
+        "token",
+        "bot",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=p",
+    ]);
+    let bound = bound.trim();
+    let uid = admin.ok(&["get", "pod", "p", "-o", "jsonpath={.metadata.uid}"]);
+    let c = claims(bound);
+    assert_eq!(c["kubernetes.io"]["pod"], json!({"name": "p", "uid": uid}));
+    let status = review(&admin, bound, &[]);
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["p"])
+    );
+    admin.ok(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    let dead = eventually(Duration::from_secs(20), async || {
+        let s = review(&admin, bound, &[]);
+        (s["authenticated"] == false).then_some(s)
+    })
+    .await
+    .expect("the token outlived its pod");
+    assert!(
+        dead["error"].as_str().unwrap().contains("pod \"p\""),
+        "{dead}"
+    );
+    let (code, _) = with_token(&m, bound, "/api/v1/namespaces/default/pods").await;
+    assert_eq!(code, 401);
+
+    // Issuer discovery: the keys that check the tokens.
+    let (code, config) = with_token(&m, token, "/.well-known/openid-configuration").await;
+    assert_eq!(code, 200, "{config}");
+    assert_eq!(
+        config["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    let (_, jwks) = with_token(&m, token, "/openid/v1/jwks").await;
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(jwks["keys"][0]["kid"], header["kid"], "{jwks}");
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_bearer_tokens_get_401_with_a_status() {
+    let m = TestMaster::builder()
+        .max_token_expiration(Duration::from_secs(2))
+        .start()
+        .await;
+    let admin = m.kubectl();
+    admin.ok(&["create", "serviceaccount", "bot"]);
+    let unauthorized = |(code, body): (u16, Value)| {
+        assert_eq!(code, 401, "{body}");
+        assert_eq!(body["reason"], "Unauthorized", "{body}");
+        assert_eq!(body["message"], "Unauthorized", "{body}");
+        assert_eq!(body["status"], "Failure", "{body}");
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    unauthorized(with_token(&m, "eyJhbGciOiJFUzI1NiJ9.bm90LWpzb24.c2ln", pods).await);
+    unauthorized(with_token(&m, "not-a-token-at-all", pods).await);
+
+    // Wrong audience: signed here, for someone else.
+    let vault = admin.ok(&["create", "token", "bot", "--audience=vault"]);
+    unauthorized(with_token(&m, vault.trim(), pods).await);
+
+    // Expired: this cluster keeps tokens to two seconds.
+    let short = admin.ok(&["create", "token", "bot"]);
+    let c = claims(short.trim());
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    unauthorized(with_token(&m, short.trim(), pods).await);
+
+    // Wrong issuer: this cluster's own key, another issuer's name.
+    let key = std::fs::read_to_string(m.dir.path().join("tls").join("sa.key")).unwrap();
+    let der = rcgen::KeyPair::from_pem(&key).unwrap().serialize_der();
+    let mut forged = c.clone();
+    forged["iss"] = json!("https://elsewhere.example");
+    forged["exp"] = json!(jiff::Timestamp::now().as_second() + 600);
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let forged = jsonwebtoken::encode(
+        &header,
+        &forged,
+        &jsonwebtoken::EncodingKey::from_ec_der(&der),
+    )
+    .unwrap();
+    unauthorized(with_token(&m, &forged, pods).await);
+    let status = review(&admin, &forged, &[]);
+    assert!(
+        status["error"].as_str().unwrap().contains("issuer"),
+        "{status}"
+    );
+
+    // TokenRequest's own rules.
+    let err = admin.fails(&["create", "token", "bot", "--duration=1m"]);
+    assert!(
+        err.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = admin.fails(&["create", "token", "nobody"]);
+    assert!(
+        err.contains("serviceaccounts \"nobody\" not found"),
+        "{err}"
+    );
+    m.shutdown().await;
+}
