@@ -54,6 +54,9 @@ pub struct MasterArgs {
     /// renew theirs between 70% and 80% of it (kube-controller-manager's flag).
     #[arg(long, default_value = "8760h", value_parser = tinykube_api::format::parse_go_duration)]
     cluster_signing_duration: Duration,
+    /// No service-account token lasts longer than this (e.g. 1h); unlimited when absent.
+    #[arg(long, value_parser = tinykube_api::format::parse_go_duration)]
+    service_account_max_token_expiration: Option<Duration>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -68,6 +71,7 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     cfg.default_toleration_seconds = args.default_toleration_seconds;
     cfg.lb_pool = args.lb_pool;
     cfg.cluster_signing_duration = args.cluster_signing_duration;
+    cfg.service_account_max_token_expiration = args.service_account_max_token_expiration;
     let controllers = (!args.disable_controllers).then(|| tinykube_controllers::Config {
         node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period),
         cluster_cidr: args.cluster_cidr,

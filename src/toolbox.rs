@@ -394,6 +394,98 @@ pub enum ToolboxCommand {
     Exit { code: u8 },
     /// Allocate and touch MiB of memory, then sleep.
     Alloc { mib: usize },
+    /// Ask the API server from inside the pod, as its service account (kube-rs's
+    /// in-cluster config: the mounted token and CA, KUBERNETES_SERVICE_HOST): `api get
+    /// pods [-n NS]` prints the names, or the server's refusal and exits 1.
+    Api {
+        /// Only `get` (a list).
+        verb: String,
+        /// A core resource: pods, services, secrets, configmaps, ...
+        resource: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// How many times (0: until stopped), one line `ok N` or the error each time
+        /// after the first.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+}
+
+/// `api get RESOURCE`: lists through kube-rs with the in-cluster config.
+fn api(
+    verb: &str,
+    resource: &str,
+    namespace: Option<String>,
+    count: u64,
+    interval: Duration,
+) -> std::io::Result<ExitCode> {
+    if verb != "get" {
+        println!("error: only `api get RESOURCE` is supported");
+        return Ok(ExitCode::from(2));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut code = ExitCode::SUCCESS;
+        let mut i = 0;
+        while count == 0 || i < count {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            // The config is read afresh each time: the mounted token is renewed by the
+            // kubelet, and a long-lived client reloads it the same way (kube-rs and
+            // client-go re-read the file every minute).
+            let config = match kube::Config::incluster() {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("error: not in a pod with a service account: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let ns = namespace
+                .clone()
+                .unwrap_or_else(|| config.default_namespace.clone());
+            let client = match kube::Client::try_from(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let path = format!("/api/v1/namespaces/{ns}/{resource}");
+            let req = http::Request::get(&path)
+                .body(Vec::new())
+                .expect("a request");
+            match client.request::<serde_json::Value>(req).await {
+                Ok(list) => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    if i == 0 {
+                        for item in &items {
+                            let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                            println!("{}/{name}", resource.trim_end_matches('s'));
+                        }
+                    } else {
+                        println!("ok {}", items.len());
+                    }
+                    code = ExitCode::SUCCESS;
+                }
+                Err(kube::Error::Api(s)) => {
+                    println!("Error from server ({}): {}", s.reason, s.message);
+                    code = ExitCode::from(1);
+                }
+                Err(e) => {
+                    println!("error: {e}");
+                    code = ExitCode::from(1);
+                }
+            }
+            i += 1;
+        }
+        Ok(code)
+    })
 }
 
 /// Runs one toolbox program.
@@ -432,6 +524,21 @@ pub fn run(command: ToolboxCommand) -> std::io::Result<ExitCode> {
         ToolboxCommand::Sleep { seconds } => std::thread::sleep(Duration::from_secs(seconds)),
         ToolboxCommand::Exit { code } => return Ok(ExitCode::from(code)),
         ToolboxCommand::Alloc { mib } => alloc(mib),
+        ToolboxCommand::Api {
+            verb,
+            resource,
+            namespace,
+            count,
+            interval_ms,
+        } => {
+            return api(
+                &verb,
+                &resource,
+                namespace,
+                count,
+                Duration::from_millis(interval_ms),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use tinykube_api::constants::{
     CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP, SYSTEM_NAMESPACES,
 };
 
+use crate::admission::service_account::ROOT_CA_CONFIGMAP;
 use crate::authz::rbac;
 use crate::registry::decode::{self, FieldValidation};
 use crate::registry::{Registry, WriteOptions, prepare};
@@ -38,6 +39,7 @@ pub async fn bootstrap(
     advertise: IpAddr,
     port: u16,
     network: &Network<'_>,
+    ca_pem: &str,
 ) -> Result<(), BootstrapError> {
     let opts = WriteOptions {
         dry_run: false,
@@ -48,6 +50,26 @@ pub async fn bootstrap(
         detail: e.to_string(),
     };
     let nsres = resources::namespaces();
+    let configmaps = resources::find("", "configmaps").expect("registered");
+    // The cluster CA, which every namespace gets a copy of (the first copy, in
+    // kube-system, is made here, so kube-system is made before it).
+    if reg.get(nsres, None, "kube-system").is_err() {
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}});
+        match reg.create(nsres, None, body, opts).await {
+            Ok(_) | Err(crate::error::ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(fail("kube-system", e)),
+        }
+    }
+    let root_ca = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": "kube-system",
+                     "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+        "data": {"ca.crt": ca_pem},
+    });
+    upsert(reg, configmaps, root_ca)
+        .await
+        .map_err(|e| fail("configmap kube-system/kube-root-ca.crt", e))?;
     for ns in SYSTEM_NAMESPACES {
         if reg.get(nsres, None, ns).is_err() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -56,7 +78,13 @@ pub async fn bootstrap(
                 Err(e) => return Err(fail(ns, e)),
             }
         }
-        reg.ensure_default_service_account(ns).await;
+    }
+    if let Ok(list) = reg.list(nsres, None, &Default::default()) {
+        for ns in list["items"].as_array().into_iter().flatten() {
+            if let Some(name) = ns["metadata"]["name"].as_str() {
+                reg.populate_namespace(name).await;
+            }
+        }
     }
     let services = resources::find("", "services").expect("registered");
     if reg.get(services, Some("default"), "kubernetes").is_err() {
@@ -113,7 +141,6 @@ pub async fn bootstrap(
         .await
         .map_err(|e| fail("endpointslice kubernetes", e))?;
     // Follows the master's flags, which may change between starts.
-    let configmaps = resources::find("", "configmaps").expect("registered");
     let conf = json!({"Network": network.cluster_cidr, "Backend": {"Type": network.backend}});
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",

@@ -226,7 +226,7 @@ impl Master {
             cluster_cidr: &cfg.cluster_cidr,
             backend: &cfg.network_backend,
         };
-        crate::bootstrap::bootstrap(&reg, advertise, addr.port(), &network).await?;
+        crate::bootstrap::bootstrap(&reg, advertise, addr.port(), &network, &pki.ca_pem).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             registry: reg.clone(),

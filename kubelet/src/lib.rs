@@ -100,8 +100,10 @@ impl Kubelet {
             },
             registry: Default::default(),
             recorder: Recorder::new(client.clone(), "kubelet", Some(&cfg.node)),
+            tokens: Default::default(),
         });
         let pods = tokio::spawn(pods::run(ctx.clone(), cancel.clone()));
+        let tokens = tokio::spawn(pods::tokens::run(ctx.clone(), cancel.clone()));
         let tls = server::serving_tls(&client, &cfg.data_dir)
             .await
             .map_err(KubeletError::ServingCertificate)?;
@@ -128,7 +130,7 @@ impl Kubelet {
             }
         });
         Ok(Self {
-            tasks: vec![pods, logs],
+            tasks: vec![pods, tokens, logs],
             server,
         })
     }

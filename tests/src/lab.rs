@@ -66,6 +66,12 @@ impl TestLab {
         .await
     }
 
+    /// As `start`, with extra arguments for the master (`{net}` in them becomes the
+    /// lab's subnet without its last octet).
+    pub async fn start_with_master_args(workers: usize, master_args: &[&str]) -> Self {
+        Self::start_full_with(workers, &[], false, "udp", master_args, |_| {}).await
+    }
+
     async fn start_full(
         workers: usize,
         node_args: &[&str],

@@ -6,6 +6,7 @@
 
 pub mod default_tolerations;
 pub mod node_restriction;
+pub mod service_account;
 
 use serde_json::Value;
 
@@ -22,15 +23,21 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// A create of `obj`: DefaultTolerationSeconds (mutating), then NodeRestriction.
+    /// A create of `obj`: ServiceAccount and DefaultTolerationSeconds (mutating), then
+    /// NodeRestriction.
     pub fn create(
         &self,
+        registry: &Registry,
         user: &UserInfo,
         res: &ResourceInfo,
         namespace: Option<&str>,
         obj: &mut Value,
     ) -> Result<(), ApiError> {
         if res.group.is_empty() && res.plural == "pods" {
+            // A kubelet's own (mirror) pods run as no account.
+            if let (None, Some(ns)) = (user.node(), namespace) {
+                service_account::admit_pod(registry, ns, obj)?;
+            }
             default_tolerations::add_default_tolerations(obj, self.default_toleration_seconds);
         }
         if let Some(node) = user.node() {

@@ -60,6 +60,9 @@ impl NodeAuthorizer {
                 (a.verb, a.subresource),
                 ("create" | "delete", None) | ("update" | "patch", Some("status"))
             )),
+            // Tokens for its pods' service accounts (bound to the pod: checked when the
+            // request is served, as NodeRestriction does).
+            ("", "serviceaccounts") if a.subresource == Some("token") => allow(a.verb == "create"),
             // A kubelet renews its client certificate through a request of its own
             // (kube's node rules); whether it is approved is RBAC's to say.
             ("certificates.k8s.io", "certificatesigningrequests") => {

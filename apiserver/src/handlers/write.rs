@@ -106,7 +106,9 @@ pub async fn create(c: &Call<'_>, headers: &HeaderMap, body: Body) -> Result<Res
             ))
         }
         (None, _, None) => {
-            c.shared.admission.create(c.user, c.res, c.ns, &mut obj)?;
+            c.shared
+                .admission
+                .create(reg, c.user, c.res, c.ns, &mut obj)?;
             escalation::check(&c.shared.authorizer, c.user, c.res, c.ns, &obj)?;
             if is_csr(c) {
                 csr::requested_by(&c.user.name, &c.user.uid, &c.user.groups, &mut obj);

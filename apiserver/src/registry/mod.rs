@@ -220,15 +220,30 @@ impl Registry {
     }
 
     /// Every namespace gets a `default` ServiceAccount, as the serviceaccount controller
-    /// does in Kubernetes; pods name it by default.
-    pub async fn ensure_default_service_account(&self, ns: &str) {
+    /// does in Kubernetes (pods name it by default), and the cluster CA in the
+    /// `kube-root-ca.crt` ConfigMap, copied from kube-system, as the root-ca-cert-publisher
+    /// does (pods' token volumes hold it).
+    pub async fn populate_namespace(&self, ns: &str) {
         let sa = resources::find("", "serviceaccounts").expect("registered");
-        let key = sa.key(Some(ns), "default");
+        let obj = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
+        self.create_if_missing(sa, ns, "default", obj).await;
+        let cms = resources::find("", "configmaps").expect("registered");
+        let name = crate::admission::service_account::ROOT_CA_CONFIGMAP;
+        if let Ok(Some(ca)) = self.store.get(&cms.key(Some("kube-system"), name)) {
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns,
+                             "annotations": {"kubernetes.io/description": ca.object["metadata"]["annotations"]["kubernetes.io/description"]}},
+                "data": ca.object["data"]});
+            self.create_if_missing(cms, ns, name, obj).await;
+        }
+    }
+
+    async fn create_if_missing(&self, res: &ResourceInfo, ns: &str, name: &str, mut obj: Value) {
+        let key = res.key(Some(ns), name);
         if matches!(self.store.get(&key), Ok(Some(_))) {
             return;
         }
-        let mut obj = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
-        if prepare::prepare_create(sa, &mut obj, Some(ns)).is_ok() {
+        if prepare::prepare_create(res, &mut obj, Some(ns)).is_ok() {
             let _ = self.store.write(WriteOp::Create { key, object: obj }).await;
         }
     }

@@ -218,7 +218,7 @@ struct NamespaceStrategy;
 
 impl Strategy for NamespaceStrategy {
     fn created<'a>(&'a self, reg: &'a Registry, name: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(reg.ensure_default_service_account(name))
+        Box::pin(reg.populate_namespace(name))
     }
 
     fn may_delete(&self, name: &str) -> Result<(), ApiError> {

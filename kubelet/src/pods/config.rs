@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::api::Api;
 
+use super::tokens::{TokenFile, TokenFiles};
 use crate::runtime::image::ResolvedImage;
 use crate::runtime::spec::{Mount, cpu_quota, cpu_shares};
 
@@ -420,11 +421,137 @@ fn write_files(
     Ok(())
 }
 
+/// The files of a projected volume (service-account token, configMaps, secrets, the
+/// pod's own fields), written into `dir` file by file, so a container that has the
+/// directory mounted sees later renewals of the token.
+async fn project(
+    v: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    dir: &Path,
+    pod: &Pod,
+    sources: &mut Sources,
+    tokens: &TokenFiles,
+) -> Result<(), ConfigError> {
+    let mode = v.default_mode.map_or(0o644, |m| m as u32);
+    let io = |e: std::io::Error| {
+        ConfigError(format!(
+            "cannot write volume files in {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let put = |path: &str, data: &[u8], mode: u32| -> Result<(), ConfigError> {
+        if path.split('/').any(|p| p == "..") || path.starts_with('/') {
+            return Err(ConfigError(format!(
+                "volume path {path:?} must be relative and not contain '..'"
+            )));
+        }
+        let target = dir.join(path);
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(io)?;
+        }
+        super::tokens::write_atomically(&target, data, mode).map_err(io)
+    };
+    let meta = &pod.metadata;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    for s in v.sources.iter().flatten() {
+        if let Some(t) = &s.service_account_token {
+            let account = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default");
+            let file = TokenFile::new(
+                ns,
+                account,
+                meta.name.as_deref().unwrap_or_default(),
+                meta.uid.as_deref().unwrap_or_default(),
+                t.audience.clone().filter(|a| !a.is_empty()),
+                t.expiration_seconds.unwrap_or(3600),
+                mode,
+            );
+            if t.path.split('/').any(|p| p == "..") {
+                return Err(ConfigError(format!(
+                    "volume path {:?} must not contain '..'",
+                    t.path
+                )));
+            }
+            tokens
+                .write(&sources.client, &dir.join(&t.path), file)
+                .await?;
+        }
+        let keyed = |files: &BTreeMap<String, Vec<u8>>,
+                     items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>|
+         -> Vec<(String, Vec<u8>, u32)> {
+            match items {
+                Some(items) => items
+                    .iter()
+                    .filter_map(|i| {
+                        files
+                            .get(&i.key)
+                            .map(|d| (i.path.clone(), d.clone(), i.mode.map_or(mode, |m| m as u32)))
+                    })
+                    .collect(),
+                None => files
+                    .iter()
+                    .map(|(k, d)| (k.clone(), d.clone(), mode))
+                    .collect(),
+            }
+        };
+        if let Some(cm) = &s.config_map {
+            match sources.config_map_data(&cm.name).await? {
+                Some(d) => {
+                    for (p, data, m) in keyed(&d, cm.items.as_ref()) {
+                        put(&p, &data, m)?;
+                    }
+                }
+                None if cm.optional.unwrap_or(false) => {}
+                None => return Err(ConfigError(format!("configmap \"{}\" not found", cm.name))),
+            }
+        }
+        if let Some(sec) = &s.secret {
+            match sources.secret_data(&sec.name).await? {
+                Some(d) => {
+                    for (p, data, m) in keyed(&d, sec.items.as_ref()) {
+                        put(&p, &data, m)?;
+                    }
+                }
+                None if sec.optional.unwrap_or(false) => {}
+                None => return Err(ConfigError(format!("secret \"{}\" not found", sec.name))),
+            }
+        }
+        if let Some(d) = &s.downward_api {
+            for item in d.items.iter().flatten() {
+                let Some(f) = &item.field_ref else {
+                    continue;
+                };
+                let value = match f.field_path.as_str() {
+                    "metadata.namespace" => ns.to_string(),
+                    "metadata.name" => meta.name.clone().unwrap_or_default(),
+                    "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+                    other => {
+                        return Err(ConfigError(format!(
+                            "downwardAPI field {other:?} is not supported (metadata.name, metadata.namespace, metadata.uid are)"
+                        )));
+                    }
+                };
+                put(
+                    &item.path,
+                    value.as_bytes(),
+                    item.mode.map_or(mode, |m| m as u32),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Makes each volume of the pod ready on the node; returns where each one lives.
 pub async fn prepare_volumes(
+    pod: &Pod,
     volumes: &[Volume],
     pod_dir: &Path,
     sources: &mut Sources,
+    tokens: &TokenFiles,
 ) -> Result<HashMap<String, PathBuf>, ConfigError> {
     let mut out = HashMap::new();
     for v in volumes {
@@ -489,9 +616,12 @@ pub async fn prepare_volumes(
                 None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
             }
             dir
+        } else if let Some(p) = &v.projected {
+            project(p, &dir, pod, sources, tokens).await?;
+            dir
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
+                "volume {:?}: only emptyDir, hostPath, configMap, secret and projected volumes are supported",
                 v.name
             )));
         };

@@ -177,12 +177,12 @@ async fn build_spec(
         .as_ref()
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
-    let paths = config::prepare_volumes(&volumes, &dir, sources)
+    let paths = config::prepare_volumes(pod, &volumes, &dir, sources, &ctx.tokens)
         .await
         .map_err(|e| e.0)?;
     let read_only: Vec<String> = volumes
         .iter()
-        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .filter(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
         .map(|v| v.name.clone())
         .collect();
     let mut mounts = vec![

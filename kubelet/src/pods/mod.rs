@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod state;
 mod status;
 mod teardown;
+pub mod tokens;
 mod worker;
 
 pub use logs::{LOG_MAX_BYTES, log_path, rotate_logs};
@@ -75,6 +76,8 @@ pub struct PodContext {
     pub registry: PodRegistry,
     /// Events about pods, as the kubelet on this node.
     pub recorder: Recorder,
+    /// The service-account tokens in pods' volumes, renewed before they expire.
+    pub tokens: tokens::TokenFiles,
 }
 
 impl PodContext {
