@@ -163,7 +163,18 @@ fn access_page_runs_as_written() {
         escalation.contains("is attempting to grant RBAC permissions not currently held"),
         "{escalation}"
     );
-    let roles = w.block(5);
+    let asker = w.block(5);
+    assert!(asker.lines().any(|l| l.trim() == "pod/asker"), "{asker}");
+    assert!(
+        asker.contains("secrets is forbidden: User \"system:serviceaccount:default:lister\""),
+        "{asker}"
+    );
+    assert!(asker.lines().any(|l| l.trim() == "default"), "{asker}");
+    assert!(
+        asker.contains("\"iss\":\"https://kubernetes.default.svc.cluster.local\""),
+        "{asker}"
+    );
+    let roles = w.block(6);
     for r in [
         "admin",
         "edit",
