@@ -10,9 +10,9 @@ use tinykube_api::constants::{
     CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NETWORK_CONFIG_KEY, NETWORK_CONFIGMAP, SYSTEM_NAMESPACES,
 };
 
-use crate::admission::service_account::ROOT_CA_CONFIGMAP;
 use crate::authz::rbac;
 use crate::registry::decode::{self, FieldValidation};
+use crate::registry::namespace::ROOT_CA_CONFIGMAP;
 use crate::registry::{Registry, WriteOptions, prepare};
 use crate::resources;
 use crate::store::WriteOp;

@@ -9,11 +9,10 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::registry::Registry;
+use crate::registry::namespace::ROOT_CA_CONFIGMAP;
 use crate::resources;
 
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The ConfigMap with the cluster CA every namespace gets (kube's root-ca-cert-publisher).
-pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
 /// The token's lifetime the kubelet asks for (kube's 3607 seconds).
 pub const TOKEN_EXPIRATION: i64 = 3607;
 

@@ -1,6 +1,6 @@
 //! Service-account tokens over the API: the TokenRequest subresource
 //! (`POST .../serviceaccounts/<name>/token`, what `kubectl create token` and the
-//! kubelet call) and TokenReview's answer (is this token good, and whose?).
+//! kubelet call).
 
 use serde_json::{Value, json};
 use tinykube_api::validation::FieldError;
@@ -9,7 +9,7 @@ use super::Call;
 use crate::error::ApiError;
 use crate::registry::prepare::check_type;
 use crate::resources::{self, ResourceInfo};
-use crate::serviceaccount::{self, MAX_EXPIRATION, MIN_EXPIRATION, Ref, Request};
+use crate::serviceaccount::{MAX_EXPIRATION, MIN_EXPIRATION, Ref, Request};
 use crate::state::Shared;
 
 /// kube's default when a TokenRequest names no lifetime: an hour.
@@ -189,51 +189,4 @@ pub fn request(c: &Call<'_>, ns: &str, name: &str, mut obj: Value) -> Result<Val
     obj["status"] = json!({"token": token,
         "expirationTimestamp": tinykube_api::format::rfc3339(expiry)});
     Ok(obj)
-}
-
-/// A TokenReviewStatus: whether `spec.token` is good for `spec.audiences` (the API's
-/// when none), and whose it is.
-pub fn review(shared: &Shared, spec: &Value) -> Value {
-    let token = spec["token"].as_str().unwrap_or_default();
-    let audiences: Vec<String> = spec["audiences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
-    let sa = &shared.service_accounts;
-    let want = if audiences.is_empty() {
-        sa.audiences.clone()
-    } else {
-        audiences.clone()
-    };
-    if !serviceaccount::is_jwt(token) {
-        return json!({"authenticated": false, "user": {},
-                      "error": "[invalid bearer token, not a service account token]"});
-    }
-    match sa.verify(token, &want) {
-        Ok(claims) => {
-            let user = crate::authn::service_account_user(&claims);
-            let mut info = super::reviews::user_info(&user);
-            let mut extra = serde_json::Map::new();
-            if let Some(p) = &claims.kubernetes.pod {
-                extra.insert(
-                    "authentication.kubernetes.io/pod-name".into(),
-                    json!([p.name]),
-                );
-                extra.insert(
-                    "authentication.kubernetes.io/pod-uid".into(),
-                    json!([p.uid]),
-                );
-            }
-            extra.insert(
-                "authentication.kubernetes.io/credential-id".into(),
-                json!([format!("JTI={}", claims.jti)]),
-            );
-            info["extra"] = Value::Object(extra);
-            let granted: Vec<&String> = claims.aud.iter().filter(|a| want.contains(a)).collect();
-            json!({"authenticated": true, "user": info, "audiences": granted})
-        }
-        Err(e) => json!({"authenticated": false, "user": {}, "error": format!("[{e}]")}),
-    }
 }

@@ -228,7 +228,7 @@ impl Registry {
         let obj = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
         self.create_if_missing(sa, ns, "default", obj).await;
         let cms = resources::find("", "configmaps").expect("registered");
-        let name = crate::admission::service_account::ROOT_CA_CONFIGMAP;
+        let name = namespace::ROOT_CA_CONFIGMAP;
         if let Ok(Some(ca)) = self.store.get(&cms.key(Some("kube-system"), name)) {
             let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": name, "namespace": ns,

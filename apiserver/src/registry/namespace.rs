@@ -1,6 +1,9 @@
 //! The namespace controller's work, done by the API server itself: a terminating
 //! namespace's objects are deleted, then the namespace.
 
+/// The ConfigMap with the cluster CA every namespace gets (kube's root-ca-cert-publisher).
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
 use std::sync::Arc;
 
 use super::{DeleteOptions, ListOptions, Registry, name_of};

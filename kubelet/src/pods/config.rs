@@ -477,7 +477,8 @@ async fn project(
             }
             tokens
                 .write(&sources.client, &dir.join(&t.path), file)
-                .await?;
+                .await
+                .map_err(|e| ConfigError(e.0))?;
         }
         let keyed = |files: &BTreeMap<String, Vec<u8>>,
                      items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>|

@@ -14,7 +14,11 @@ use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
 
 use super::PodContext;
-use super::config::ConfigError;
+
+/// Why a token could not be had or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(pub String);
 
 /// What a token file holds a token for, and how long the current one lasts.
 #[derive(Debug, Clone)]
@@ -76,7 +80,7 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<
 }
 
 /// Asks for a token for `f`; returns it, setting when it was issued and expires.
-async fn request(client: &kube::Client, f: &mut TokenFile) -> Result<String, ConfigError> {
+async fn request(client: &kube::Client, f: &mut TokenFile) -> Result<String, TokenError> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &f.namespace);
     let req = TokenRequest {
         spec: TokenRequestSpec {
@@ -95,13 +99,13 @@ async fn request(client: &kube::Client, f: &mut TokenFile) -> Result<String, Con
         .create_token_request(&f.account, &PostParams::default(), &req)
         .await
         .map_err(|e| {
-            ConfigError(format!(
+            TokenError(format!(
                 "cannot get a token for service account {}/{}: {e}",
                 f.namespace, f.account
             ))
         })?;
     let status = got.status.ok_or_else(|| {
-        ConfigError(format!(
+        TokenError(format!(
             "the token request for {}/{} was answered without a token",
             f.namespace, f.account
         ))
@@ -119,10 +123,10 @@ impl TokenFiles {
         client: &kube::Client,
         path: &Path,
         mut f: TokenFile,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), TokenError> {
         let token = request(client, &mut f).await?;
         write_atomically(path, token.as_bytes(), f.mode)
-            .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| TokenError(format!("cannot write {}: {e}", path.display())))?;
         self.0
             .lock()
             .expect("not poisoned")
