@@ -9,6 +9,8 @@ use std::fmt;
 pub const NODES_GROUP: &str = "system:nodes";
 /// The prefix of a node's user name (`system:node:<name>`).
 pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The signer of kubelets' client certificates (what a node's renewal asks for).
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The user the API server presents to kubelets (kubeadm's name for that certificate).
 pub const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 

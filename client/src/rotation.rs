@@ -24,9 +24,6 @@ use tinykube_api::kubeconfig::{Kubeconfig, User};
 use tinykube_api::pki;
 use tokio_util::sync::CancellationToken;
 
-/// The signer of kubelets' client certificates.
-pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
     #[error("cannot read {path}: {message}")]
@@ -228,7 +225,7 @@ impl Rotation {
             "metadata": {"generateName": "csr-"},
             "spec": {
                 "request": base64::engine::general_purpose::STANDARD.encode(&request),
-                "signerName": KUBELET_CLIENT_SIGNER,
+                "signerName": pki::KUBELET_CLIENT_SIGNER,
                 "usages": ["digital signature", "client auth"],
             }
         }))

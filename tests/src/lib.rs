@@ -276,6 +276,31 @@ pub struct Run {
 }
 
 impl Kubectl {
+    /// A kubectl for `user` in a kubeconfig of its own under `dir` (this one's cluster
+    /// and CA), made with kubectl's own `config` commands: `set-credentials USER
+    /// CREDENTIALS...`, `set-context`, `use-context`.
+    pub fn as_user(&self, dir: &Path, user: &str, credentials: &[&str]) -> Kubectl {
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::copy(&self.kubeconfig, &kubeconfig).expect("the kubeconfig is copied");
+        let k = Kubectl {
+            kubeconfig,
+            home: dir.to_path_buf(),
+        };
+        let mut set = vec!["config", "set-credentials", user];
+        set.extend_from_slice(credentials);
+        k.ok(&set);
+        let as_user = format!("--user={user}");
+        k.ok(&[
+            "config",
+            "set-context",
+            user,
+            "--cluster=tinykube",
+            &as_user,
+        ]);
+        k.ok(&["config", "use-context", user]);
+        k
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.args(args)

@@ -82,29 +82,15 @@ fn user_kubeconfig(m: &TestMaster, dir: &Path, user: &str, group: &str) -> Kubec
     let left = tinykube_api::pki::not_after(&der).unwrap() - jiff::Timestamp::now().as_second();
     assert!((86_000..=86_400).contains(&left), "{left}");
 
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::copy(m.kubeconfig(), &kubeconfig).unwrap();
-    let k = Kubectl {
-        kubeconfig,
-        home: dir.to_path_buf(),
-    };
-    k.ok(&[
-        "config",
-        "set-credentials",
+    admin.as_user(
+        dir,
         user,
-        &format!("--client-certificate={}", f("user.crt")),
-        &format!("--client-key={}", f("user.key")),
-        "--embed-certs=true",
-    ]);
-    k.ok(&[
-        "config",
-        "set-context",
-        user,
-        "--cluster=tinykube",
-        &format!("--user={user}"),
-    ]);
-    k.ok(&["config", "use-context", user]);
-    k
+        &[
+            &format!("--client-certificate={}", f("user.crt")),
+            &format!("--client-key={}", f("user.key")),
+            "--embed-certs=true",
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

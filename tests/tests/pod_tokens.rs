@@ -164,7 +164,7 @@ async fn a_pod_acts_as_its_service_account_with_a_token_the_kubelet_renews() {
     .await
     .expect("the kubelet did not renew the token");
     assert!(
-        renewed["iat"].as_i64() < first["exp"].as_i64(),
+        renewed["iat"].as_i64().unwrap() < first["exp"].as_i64().unwrap(),
         "renewed after it expired"
     );
     let expired_at = first["exp"].as_i64().unwrap();

@@ -12,27 +12,8 @@ use tinykube_tests::{Kubectl, TestMaster, eventually};
 
 /// A kubeconfig whose user is the bearer `token` (no client certificate).
 fn token_kubeconfig(m: &TestMaster, dir: &Path, token: &str) -> Kubectl {
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::copy(m.kubeconfig(), &kubeconfig).unwrap();
-    let k = Kubectl {
-        kubeconfig,
-        home: dir.to_path_buf(),
-    };
-    k.ok(&[
-        "config",
-        "set-credentials",
-        "bot",
-        &format!("--token={token}"),
-    ]);
-    k.ok(&[
-        "config",
-        "set-context",
-        "bot",
-        "--cluster=tinykube",
-        "--user=bot",
-    ]);
-    k.ok(&["config", "use-context", "bot"]);
-    k
+    m.kubectl()
+        .as_user(dir, "bot", &[&format!("--token={token}")])
 }
 
 /// The claims of a JWT, unverified.

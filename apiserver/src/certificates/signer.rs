@@ -124,7 +124,7 @@ pub fn sign(pki: &Pki, obj: &Value, max: Duration) -> Result<String, Refusal> {
     let pem = base64::engine::general_purpose::STANDARD
         .decode(obj["spec"]["request"].as_str().unwrap_or_default())
         .map_err(|e| rule(format!("spec.request is not base64: {e}")))?;
-    let der = csr::request_der(&pem).map_err(rule)?;
+    let der = csr::request_der(&pem).map_err(|e| rule(e.to_string()))?;
     check(obj, &subject(&der)?)?;
     let mut req = CertificateSigningRequestParams::from_der(&der.into())?;
     let lifetime = obj["spec"]["expirationSeconds"]
@@ -201,76 +201,78 @@ pub struct Signer {
     pub duration: Duration,
 }
 
+/// `obj` with one more condition, True.
+fn with_condition(obj: &Value, kind: &str, reason: &str, message: &str) -> Value {
+    let mut next = obj.clone();
+    let mut conditions = next["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conditions.push(json!({"type": kind, "status": "True", "reason": reason, "message": message}));
+    next["status"]["conditions"] = json!(conditions);
+    next
+}
+
 impl Signer {
+    /// The next write that brings `obj` forward, if any: its approval (a recognizer
+    /// allows it), then its certificate (or the Failed condition saying why not).
+    fn next_step(
+        &self,
+        authz: &Authorizer,
+        pki: &Pki,
+        obj: &Value,
+    ) -> Option<(&'static str, Value)> {
+        if !csr::has_condition(obj, APPROVED) {
+            if csr::has_condition(obj, DENIED) {
+                return None;
+            }
+            let message = auto_approval(authz, obj)?;
+            return Some((
+                "approval",
+                with_condition(obj, APPROVED, "AutoApproved", message),
+            ));
+        }
+        let issued = obj["status"]["certificate"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty());
+        let ours = csr::SIGNERS.contains(&obj["spec"]["signerName"].as_str().unwrap_or_default());
+        if csr::has_condition(obj, FAILED) || issued || !ours {
+            return None;
+        }
+        let next = match sign(pki, obj, self.duration) {
+            Ok(pem) => {
+                let mut next = obj.clone();
+                next["status"]["certificate"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(pem));
+                next
+            }
+            Err(why) => with_condition(obj, FAILED, "SignerValidationFailure", &why.to_string()),
+        };
+        Some(("status", next))
+    }
+
     /// Brings the request `name` forward: approves it if a recognizer allows, then
     /// signs it once approved. Failures to write are logged; the next write of the
     /// request (or the next start) tries again.
     pub async fn settle(&self, reg: &Registry, authz: &Authorizer, pki: &Pki, name: &str) {
+        // At most two steps: the approval, then the certificate.
         for _ in 0..2 {
             let Ok(stored) = reg.get(csrs(), None, name) else {
                 return;
             };
-            let obj = stored.object;
-            let step = if !csr::has_condition(&obj, APPROVED) {
-                if csr::has_condition(&obj, DENIED) {
-                    return;
-                }
-                let Some(message) = auto_approval(authz, &obj) else {
-                    return;
-                };
-                let mut next = obj.clone();
-                let mut conditions = next["status"]["conditions"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                conditions.push(json!({"type": APPROVED, "status": "True",
-                    "reason": "AutoApproved", "message": message}));
-                next["status"]["conditions"] = json!(conditions);
-                ("approval", next)
-            } else if csr::has_condition(&obj, FAILED)
-                || obj["status"]["certificate"]
-                    .as_str()
-                    .is_some_and(|c| !c.is_empty())
-                || !csr::SIGNERS.contains(&obj["spec"]["signerName"].as_str().unwrap_or_default())
-            {
+            let Some((sub, body)) = self.next_step(authz, pki, &stored.object) else {
                 return;
-            } else {
-                let mut next = obj.clone();
-                match sign(pki, &obj, self.duration) {
-                    Ok(pem) => {
-                        next["status"]["certificate"] =
-                            json!(base64::engine::general_purpose::STANDARD.encode(pem));
-                        tracing::info!(csr = name, "certificate signed");
-                    }
-                    Err(why) => {
-                        let mut conditions = next["status"]["conditions"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default();
-                        conditions.push(json!({"type": FAILED, "status": "True",
-                            "reason": "SignerValidationFailure", "message": why.to_string()}));
-                        next["status"]["conditions"] = json!(conditions);
-                    }
-                }
-                ("status", next)
             };
-            let (sub, body) = step;
-            if let Err(e) = reg
-                .update(
-                    csrs(),
-                    None,
-                    name,
-                    Some(sub),
-                    body,
-                    WriteOptions {
-                        dry_run: false,
-                        validation: crate::registry::decode::FieldValidation::Ignore,
-                    },
-                )
-                .await
-            {
-                tracing::warn!(csr = name, error = %e, "cannot settle the certificate request");
-                return;
+            let opts = WriteOptions {
+                dry_run: false,
+                validation: crate::registry::decode::FieldValidation::Ignore,
+            };
+            match reg.update(csrs(), None, name, Some(sub), body, opts).await {
+                Ok(_) => tracing::info!(csr = name, step = sub, "certificate request settled"),
+                Err(e) => {
+                    tracing::warn!(csr = name, error = %e, "cannot settle the certificate request");
+                    return;
+                }
             }
         }
     }

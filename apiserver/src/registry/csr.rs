@@ -11,7 +11,7 @@ use tinykube_api::validation::{FieldError, FieldErrorType};
 /// Client certificates for kube-apiserver, approved by hand (users).
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// Kubelets' client certificates, approved automatically for nodes and bootstrappers.
-pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub use tinykube_api::pki::KUBELET_CLIENT_SIGNER;
 /// The signers this cluster signs for; requests to others wait for their own signer.
 pub const SIGNERS: [&str; 2] = [CLIENT_SIGNER, KUBELET_CLIENT_SIGNER];
 
@@ -66,18 +66,28 @@ fn go_bytes(b: &[u8]) -> String {
     format!("[]byte{{{}}}", items.join(", "))
 }
 
-/// The DER of a PEM certificate request, or why it is not one.
-pub fn request_der(pem: &[u8]) -> Result<Vec<u8>, String> {
-    const NOT_A_REQUEST: &str = "PEM block type must be CERTIFICATE REQUEST";
+/// Why `spec.request` is not a usable certificate request (kube-apiserver's words).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("PEM block type must be CERTIFICATE REQUEST")]
+    NotPem,
+    #[error("asn1: {0}")]
+    Der(String),
+    #[error("x509: signature verification failure")]
+    Signature,
+}
+
+/// The DER of a PEM certificate request whose signature holds.
+pub fn request_der(pem: &[u8]) -> Result<Vec<u8>, RequestError> {
     let der = match rustls_pemfile::read_one(&mut &pem[..]) {
         Ok(Some(rustls_pemfile::Item::Csr(der))) => der.as_ref().to_vec(),
-        _ => return Err(NOT_A_REQUEST.into()),
+        _ => return Err(RequestError::NotPem),
     };
     use x509_parser::prelude::FromDer;
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-        .map_err(|e| format!("asn1: {e}"))?;
+        .map_err(|e| RequestError::Der(e.to_string()))?;
     req.verify_signature()
-        .map_err(|_| "x509: signature verification failure".to_string())?;
+        .map_err(|_| RequestError::Signature)?;
     Ok(der)
 }
 
@@ -105,7 +115,7 @@ pub fn validate(
             kind: FieldErrorType::Invalid,
             field: "spec.request".into(),
             value: Some(go_bytes(&spec.request.0)),
-            detail: why,
+            detail: why.to_string(),
         });
     }
     if spec.signer_name.is_empty() {

@@ -377,6 +377,26 @@ pub fn resources(c: &Container) -> (Option<i64>, Option<u64>, Option<i64>) {
     )
 }
 
+/// The files a configMap or secret becomes: its keys, or the `items` chosen, each
+/// with its path and mode.
+fn keyed<'a>(
+    files: &'a BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    mode: u32,
+) -> Vec<(String, &'a Vec<u8>, u32)> {
+    match items {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| {
+                files
+                    .get(&i.key)
+                    .map(|v| (i.path.clone(), v, i.mode.map_or(mode, |m| m as u32)))
+            })
+            .collect(),
+        None => files.iter().map(|(k, v)| (k.clone(), v, mode)).collect(),
+    }
+}
+
 fn write_files(
     dir: &Path,
     files: &BTreeMap<String, Vec<u8>>,
@@ -394,18 +414,7 @@ fn write_files(
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::create_dir_all(dir).map_err(io)?;
-    let pairs: Vec<(String, &Vec<u8>, u32)> = match items {
-        Some(items) => items
-            .iter()
-            .filter_map(|i| {
-                files
-                    .get(&i.key)
-                    .map(|v| (i.path.clone(), v, i.mode.map_or(mode, |m| m as u32)))
-            })
-            .collect(),
-        None => files.iter().map(|(k, v)| (k.clone(), v, mode)).collect(),
-    };
-    for (path, data, mode) in pairs {
+    for (path, data, mode) in keyed(files, items, mode) {
         if path.split('/').any(|p| p == "..") {
             return Err(ConfigError(format!(
                 "volume path {path:?} must not contain '..'"
@@ -480,29 +489,11 @@ async fn project(
                 .await
                 .map_err(|e| ConfigError(e.0))?;
         }
-        let keyed = |files: &BTreeMap<String, Vec<u8>>,
-                     items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>|
-         -> Vec<(String, Vec<u8>, u32)> {
-            match items {
-                Some(items) => items
-                    .iter()
-                    .filter_map(|i| {
-                        files
-                            .get(&i.key)
-                            .map(|d| (i.path.clone(), d.clone(), i.mode.map_or(mode, |m| m as u32)))
-                    })
-                    .collect(),
-                None => files
-                    .iter()
-                    .map(|(k, d)| (k.clone(), d.clone(), mode))
-                    .collect(),
-            }
-        };
         if let Some(cm) = &s.config_map {
             match sources.config_map_data(&cm.name).await? {
                 Some(d) => {
-                    for (p, data, m) in keyed(&d, cm.items.as_ref()) {
-                        put(&p, &data, m)?;
+                    for (p, data, m) in keyed(&d, cm.items.as_ref(), mode) {
+                        put(&p, data, m)?;
                     }
                 }
                 None if cm.optional.unwrap_or(false) => {}
@@ -512,8 +503,8 @@ async fn project(
         if let Some(sec) = &s.secret {
             match sources.secret_data(&sec.name).await? {
                 Some(d) => {
-                    for (p, data, m) in keyed(&d, sec.items.as_ref()) {
-                        put(&p, &data, m)?;
+                    for (p, data, m) in keyed(&d, sec.items.as_ref(), mode) {
+                        put(&p, data, m)?;
                     }
                 }
                 None if sec.optional.unwrap_or(false) => {}
