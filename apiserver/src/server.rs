@@ -258,11 +258,20 @@ impl Master {
             cleanup_rx,
         ));
         registry::namespace::resume_cleanup(&reg);
+        let legacy_tokens = tokio::spawn(
+            crate::serviceaccount::legacy::LegacyTokens {
+                registry: reg.clone(),
+                tokens: shared.service_accounts.clone(),
+                ca_pem: shared.pki.ca_pem.clone(),
+            }
+            .run(cancel.clone()),
+        );
         let serve_cancel = cancel.clone();
         let task = tokio::spawn(async move {
             serve(listener, tls, shared, serve_cancel).await;
             cleanup.abort();
             let _ = follow.await;
+            let _ = legacy_tokens.await;
         });
         tracing::info!(%url, kubeconfig = %kubeconfig.display(), "API server listening");
         Ok(Self {

@@ -155,6 +155,192 @@ async fn review(ctx: &Ctx, group: &str, plural: &str, body: Value) -> Result<Val
     .await
 }
 
+/// The attributes of "may someone VERB RESOURCE?" (TYPE, TYPE/NAME or a /path) in the
+/// context's namespace (or every one), as a SubjectAccessReview's spec.
+async fn access_spec(
+    ctx: &mut Ctx,
+    verb: &str,
+    resource: &str,
+    subresource: Option<&str>,
+    all_namespaces: bool,
+) -> Result<Value> {
+    if resource.starts_with('/') {
+        return Ok(json!({"nonResourceAttributes": {"verb": verb, "path": resource}}));
+    }
+    let (kind, name) = match resource.split_once('/') {
+        Some((k, n)) => (k, Some(n)),
+        None => (resource, None),
+    };
+    let (group, plural) = rule_resource(ctx, kind).await?;
+    let mut attrs = json!({"verb": verb, "group": group, "resource": plural});
+    if !all_namespaces {
+        attrs["namespace"] = json!(ctx.namespace);
+    }
+    if let Some(n) = name {
+        attrs["name"] = json!(n);
+    }
+    if let Some(s) = subresource {
+        attrs["subresource"] = json!(s);
+    }
+    Ok(json!({"resourceAttributes": attrs}))
+}
+
+/// Who `inspect access` asks about: `sa:NS:NAME` is that service account (with the
+/// groups its token gives), `system:node:NAME` a kubelet, anything else a user; each
+/// authenticated, with `extra` groups besides.
+pub fn subject(who: &str, extra: &[String]) -> Result<(String, Vec<String>)> {
+    let mut groups = Vec::new();
+    let user = if let Some(rest) = who.strip_prefix("sa:") {
+        let Some((ns, name)) = rest
+            .split_once(':')
+            .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+        else {
+            bail!("a service account is sa:NAMESPACE:NAME, not {who:?}");
+        };
+        groups.push("system:serviceaccounts".to_string());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+        format!("system:serviceaccount:{ns}:{name}")
+    } else {
+        if who.is_empty() {
+            bail!("the user to inspect must not be empty");
+        }
+        if who.starts_with("system:node:") {
+            groups.push("system:nodes".to_string());
+        }
+        who.to_string()
+    };
+    groups.extend(extra.iter().cloned());
+    groups.push("system:authenticated".to_string());
+    Ok((user, groups))
+}
+
+/// `inspect access`: the server's explanation of its decision on the request.
+pub async fn inspect(
+    ctx: &mut Ctx,
+    who: &str,
+    extra_groups: &[String],
+    verb: &str,
+    resource: &str,
+    subresource: Option<&str>,
+) -> Result<Value> {
+    let (user, groups) = subject(who, extra_groups)?;
+    let mut spec = access_spec(ctx, verb, resource, subresource, false).await?;
+    spec["user"] = json!(user);
+    spec["groups"] = json!(groups);
+    let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                      "spec": spec.clone()});
+    let mut out = ctx
+        .send(
+            "POST",
+            "/tinykube/v1/access",
+            Some("application/json"),
+            None,
+            serde_json::to_vec(&body)?,
+        )
+        .await?;
+    out["spec"] = spec;
+    Ok(out)
+}
+
+/// The request an explanation is about, in words: `list pods in namespace "dev"`.
+fn request_words(spec: &Value) -> String {
+    let ra = &spec["resourceAttributes"];
+    if !ra.is_object() {
+        let nra = &spec["nonResourceAttributes"];
+        return format!(
+            "{} the path {}",
+            nra["verb"].as_str().unwrap_or_default(),
+            nra["path"]
+        );
+    }
+    let mut what = ra["resource"].as_str().unwrap_or_default().to_string();
+    if let Some(g) = ra["group"].as_str().filter(|g| !g.is_empty()) {
+        what = format!("{what}.{g}");
+    }
+    if let Some(s) = ra["subresource"].as_str() {
+        what = format!("{what}/{s}");
+    }
+    if let Some(n) = ra["name"].as_str() {
+        what = format!("{what} {n:?}");
+    }
+    let scope = match ra["namespace"].as_str() {
+        Some(ns) => format!("in namespace {ns:?}"),
+        None => "at the cluster scope".to_string(),
+    };
+    format!("{} {what} {scope}", ra["verb"].as_str().unwrap_or_default())
+}
+
+/// An explanation as text: the answer, who decided, and the rule that granted it or
+/// the closest ones with what did not match.
+pub fn explanation_text(v: &Value) -> String {
+    use std::fmt::Write;
+    let spec = &v["spec"];
+    let allowed = v["allowed"].as_bool().unwrap_or(false);
+    let mut out = format!(
+        "{} {} {}: {}\n",
+        spec["user"].as_str().unwrap_or_default(),
+        if allowed { "may" } else { "may not" },
+        request_words(spec),
+        if allowed { "yes" } else { "no" }
+    );
+    let groups: Vec<&str> = spec["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let _ = writeln!(out, "  as groups: {}", groups.join(", "));
+    match (allowed, v["decidedBy"].as_str()) {
+        (true, Some("RBAC")) => {
+            let g = &v["grantedBy"];
+            let _ = writeln!(
+                out,
+                "  allowed by {}",
+                g["source"].as_str().unwrap_or_default()
+            );
+            let _ = writeln!(
+                out,
+                "  the rule: {}",
+                g["rule"].as_str().unwrap_or_default()
+            );
+        }
+        (true, by) => {
+            let _ = writeln!(
+                out,
+                "  decided by {}: {}",
+                by.unwrap_or("?"),
+                v["reason"].as_str().unwrap_or_default()
+            );
+        }
+        (false, _) => {
+            let _ = writeln!(out, "  no authorizer allowed it (Node, then RBAC)");
+            if let Some(r) = v["reason"].as_str().filter(|r| !r.is_empty()) {
+                let _ = writeln!(out, "  reason: {r}");
+            }
+            let misses = v["nearMisses"].as_array().cloned().unwrap_or_default();
+            if misses.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  no binding names this subject or its groups with a rule of this kind"
+                );
+            } else {
+                let _ = writeln!(out, "  the closest rules, and what did not match:");
+            }
+            for m in &misses {
+                let _ = writeln!(out, "  - {}", m["source"].as_str().unwrap_or_default());
+                let _ = writeln!(out, "      rule {}", m["rule"].as_str().unwrap_or_default());
+                for why in m["mismatches"].as_array().into_iter().flatten() {
+                    let _ = writeln!(out, "      {}", why.as_str().unwrap_or_default());
+                }
+            }
+        }
+    }
+    for b in v["brokenBindings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  broken binding: {}", b.as_str().unwrap_or_default());
+    }
+    out
+}
+
 /// `auth can-i`: the answer, printed as kubectl prints it; false means "no".
 pub async fn can_i(ctx: &mut Ctx, cmd: &AuthCmd) -> Result<bool> {
     let AuthCmd::CanI {
@@ -178,26 +364,7 @@ pub async fn can_i(ctx: &mut Ctx, cmd: &AuthCmd) -> Result<bool> {
     let (Some(verb), Some(resource)) = (verb, resource) else {
         bail!("you must specify two arguments: verb resource or verb resource/resourceName");
     };
-    let spec = if resource.starts_with('/') {
-        json!({"nonResourceAttributes": {"verb": verb, "path": resource}})
-    } else {
-        let (kind, name) = match resource.split_once('/') {
-            Some((k, n)) => (k, Some(n)),
-            None => (resource.as_str(), None),
-        };
-        let (group, plural) = rule_resource(ctx, kind).await?;
-        let mut attrs = json!({"verb": verb, "group": group, "resource": plural});
-        if !all_namespaces {
-            attrs["namespace"] = json!(ctx.namespace);
-        }
-        if let Some(n) = name {
-            attrs["name"] = json!(n);
-        }
-        if let Some(s) = subresource {
-            attrs["subresource"] = json!(s);
-        }
-        json!({"resourceAttributes": attrs})
-    };
+    let spec = access_spec(ctx, verb, resource, subresource.as_deref(), *all_namespaces).await?;
     let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                       "spec": spec});
     let out = review(

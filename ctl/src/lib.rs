@@ -223,6 +223,21 @@ enum InspectCmd {
         #[arg(short = 'o', long)]
         output: Option<String>,
     },
+    /// Why USER (or sa:NAMESPACE:NAME) may or may not VERB RESOURCE (TYPE, TYPE/NAME or
+    /// a /path): the binding, role and rule that grant it, or the closest rules and why
+    /// they did not match.
+    Access {
+        who: String,
+        verb: String,
+        resource: String,
+        /// A group the user is in besides system:authenticated (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        subresource: Option<String>,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -385,6 +400,25 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             InspectCmd::Pod { name, output } => {
                 let v = inspect::pod(&mut ctx, &name).await?;
                 inspect::output(&v, output.as_deref(), inspect::pod_text)
+            }
+            InspectCmd::Access {
+                who,
+                verb,
+                resource,
+                groups,
+                subresource,
+                output,
+            } => {
+                let v = access::inspect(
+                    &mut ctx,
+                    &who,
+                    &groups,
+                    &verb,
+                    &resource,
+                    subresource.as_deref(),
+                )
+                .await?;
+                inspect::output(&v, output.as_deref(), access::explanation_text)
             }
             InspectCmd::Node { name, output } => {
                 let v = inspect::node(&mut ctx, &name).await?;

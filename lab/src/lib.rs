@@ -462,7 +462,8 @@ impl Lab {
         }
         write_state(&cfg.data_dir, &state)?;
 
-        // Every node Ready.
+        // Every node Ready, and without the taint the node controller put on it while it
+        // was not (so the first pods spread over every worker, not only the first one up).
         let nodes: Api<Node> = Api::all(client);
         let want = state.nodes.len();
         let mut last = usize::MAX;
@@ -485,6 +486,17 @@ impl Lab {
                                 .and_then(|s| s.conditions.as_ref())
                                 .is_some_and(|c| {
                                     c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                        })
+                        .filter(|n| {
+                            !n.spec
+                                .as_ref()
+                                .and_then(|s| s.taints.as_ref())
+                                .is_some_and(|t| {
+                                    t.iter().any(|t| {
+                                        t.key == "node.kubernetes.io/not-ready"
+                                            || t.key == "node.kubernetes.io/unreachable"
+                                    })
                                 })
                         })
                         .count()

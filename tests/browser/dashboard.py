@@ -104,7 +104,9 @@ def main():
     out = {}
     try:
         targets = None
-        for _ in range(200):
+        # Chromium's first start can take long on a loaded two-core machine.
+        deadline = time.time() + 60
+        while time.time() < deadline:
             try:
                 with urllib.request.urlopen("http://127.0.0.1:%d/json/list" % port, timeout=2) as r:
                     targets = [t for t in json.load(r) if t.get("type") == "page"]

@@ -343,7 +343,6 @@ impl Kubectl {
         r.stdout
     }
 
-    /// Runs kubectl and fails the test unless it fails; returns stderr.
     /// Runs kubectl expecting it to fail (exit non-zero); returns its standard output
     /// (`auth can-i` prints "no" there).
     pub fn fails_out(&self, args: &[&str]) -> String {
@@ -352,6 +351,7 @@ impl Kubectl {
         r.stdout
     }
 
+    /// Runs kubectl and fails the test unless it fails; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let r = self.run(args);
         assert!(

@@ -565,6 +565,83 @@ async fn ctl_grants_and_checks_access() {
     );
     let (ok, out, err) = ctl(admin, &["auth", "can-i", "list", "pods", "--as", "jane"]);
     assert!(ok && out.trim() == "yes", "{out}{err}");
+
+    let inspect = |args: &[&str]| ctl(admin, &[&["inspect", "access"], args].concat());
+    // inspect access: the grant with its binding, role and rule...
+    let (ok, out, err) = inspect(&["jane", "list", "pods"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("jane may list pods in namespace \"default\": yes\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "allowed by RoleBinding \"jane-reads/default\" of Role \"pod-reader\" to User \"jane\""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"the rule: {APIGroups:[""], Resources:["pods"], Verbs:["get" "list"]}"#),
+        "{out}"
+    );
+    // ... and, refused, the closest rules with what missed: the verb, the namespace,
+    // the group (the same answers as the authorizer's, from the same index).
+    let (ok, out, err) = inspect(&["jane", "delete", "pods"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("jane may not delete pods in namespace \"default\": no"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"verb "delete" is not in the rule's verbs ["get" "list"]"#),
+        "{out}"
+    );
+    let (_, out, _) = inspect(&["jane", "list", "pods", "-n", "kube-system"]);
+    assert!(
+        out.contains(
+            r#"the RoleBinding grants in namespace "default", the request is in "kube-system""#
+        ),
+        "{out}"
+    );
+    let (_, out, _) = inspect(&["jane", "list", "deployments.apps", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(v["decidedBy"], "RBAC");
+    // A group's grant names the group; a service account is its own subject.
+    let (_, out, _) = inspect(&["sa:default:default", "create", "selfsubjectreviews"]);
+    assert!(
+        out.contains(r#"allowed by ClusterRoleBinding "system:basic-user" of ClusterRole "system:basic-user" to Group "system:authenticated""#),
+        "{out}"
+    );
+    let (_, out, _) = inspect(&["sa:default:default", "list", "secrets"]);
+    assert!(
+        out.starts_with("system:serviceaccount:default:default may not list secrets"),
+        "{out}"
+    );
+    // The decision agrees with the review kubectl asks.
+    let sar = m.kubectl().fails_out(&[
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "--as",
+        "system:serviceaccount:default:default",
+    ]);
+    assert_eq!(sar.trim(), "no");
+    // Bad input: one readable line, non-zero.
+    let (ok, _, err) = inspect(&["sa:default", "list", "pods"]);
+    assert!(!ok);
+    assert!(
+        err.contains("a service account is sa:NAMESPACE:NAME"),
+        "{err}"
+    );
+    // Only those allowed the path may see another's rights.
+    let (ok, _, err) = ctl(&jane, &["inspect", "access", "jane", "list", "pods"]);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"forbidden: User "jane" cannot post path "/tinykube/v1/access""#),
+        "{err}"
+    );
     m.shutdown().await;
 }
 

@@ -229,3 +229,100 @@ async fn bad_bearer_tokens_get_401_with_a_status() {
     );
     m.shutdown().await;
 }
+
+/// The Secret older tutorials make: filled by the controller with a token that never
+/// expires, good while the Secret holds it, gone with the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_token_secret_is_filled_and_dies_with_its_account() {
+    let m = TestMaster::start().await;
+    let admin = m.kubectl();
+    admin.ok(&["create", "serviceaccount", "old"]);
+    let secret = |name: &str, account: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\nmetadata:\n  name: {name}\n  annotations:\n    kubernetes.io/service-account.name: {account}\n"
+        )
+    };
+    admin.ok_stdin(&["apply", "-f", "-"], &secret("old-token", "old"));
+    let token = eventually(Duration::from_secs(10), async || {
+        let t = admin.ok(&["get", "secret", "old-token", "-o", "jsonpath={.data.token}"]);
+        (!t.is_empty()).then_some(t)
+    })
+    .await
+    .expect("the controller fills the token");
+    let token = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .unwrap(),
+    )
+    .unwrap();
+    let c = claims(&token);
+    assert_eq!(c["iss"], "kubernetes/serviceaccount", "{c}");
+    assert_eq!(c["kubernetes.io/serviceaccount/secret.name"], "old-token");
+    assert!(c.get("exp").is_none(), "a legacy token never expires: {c}");
+    let uid = admin.ok(&["get", "sa", "old", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(c["kubernetes.io/serviceaccount/service-account.uid"], uid);
+    let held = admin.ok(&["get", "secret", "old-token", "-o", "json"]);
+    let held: Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(
+        held["metadata"]["annotations"]["kubernetes.io/service-account.uid"],
+        uid
+    );
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(held["data"]["ca.crt"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(ca, m.master.ca_pem.as_bytes(), "the cluster CA");
+    assert_eq!(held["data"]["namespace"], "ZGVmYXVsdA==");
+
+    // It authenticates as the account.
+    let dir = tempfile::tempdir().unwrap();
+    let old = token_kubeconfig(&m, dir.path(), &token);
+    let whoami = old.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("system:serviceaccount:default:old"),
+        "{whoami}"
+    );
+    let status = review(&admin, &token, &[]);
+    assert_eq!(status["authenticated"], true, "{status}");
+
+    // A token Secret must name an account; one naming no account is deleted.
+    let r = admin.run_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\nmetadata:\n  name: nobody\n",
+    );
+    let err = r.stderr;
+    assert!(!r.ok, "a token Secret without its account is refused");
+    assert!(
+        err.contains("metadata.annotations[kubernetes.io/service-account.name]: Required value"),
+        "{err}"
+    );
+    admin.ok_stdin(&["apply", "-f", "-"], &secret("ghost-token", "ghost"));
+    let gone = eventually(Duration::from_secs(10), async || {
+        let r = admin.run(&["get", "secret", "ghost-token"]);
+        (!r.ok && r.stderr.contains("NotFound")).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "a Secret naming no account is deleted");
+
+    // Deleting the account deletes its Secret, and the token stops working.
+    admin.ok(&["delete", "serviceaccount", "old"]);
+    let gone = eventually(Duration::from_secs(10), async || {
+        let r = admin.run(&["get", "secret", "old-token"]);
+        (!r.ok && r.stderr.contains("NotFound")).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the account's token Secret is deleted with it"
+    );
+    let dead = eventually(Duration::from_secs(20), async || {
+        let s = review(&admin, &token, &[]);
+        (s["authenticated"] == false).then_some(s)
+    })
+    .await
+    .expect("the token outlived its account");
+    assert!(
+        dead["error"].as_str().unwrap().contains("not found"),
+        "{dead}"
+    );
+    m.shutdown().await;
+}

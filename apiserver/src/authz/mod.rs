@@ -4,6 +4,7 @@
 //! `system:masters` are allowed everything before any authorizer is asked, as in
 //! Kubernetes.
 
+pub mod explain;
 pub mod node;
 pub mod rbac;
 

@@ -1,6 +1,7 @@
 //! The non-resource paths: health, version, the cluster CA, discovery and OpenAPI, the
 //! service-account issuer's discovery (OpenID configuration and keys), and
-//! the two certificate requests of nodes (the join, a kubelet's serving certificate).
+//! the two certificate requests of nodes (the join, a kubelet's serving certificate),
+//! and the explanation of an access decision.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use http::{StatusCode, header};
 
 use super::ok;
 use crate::authn::{Peer, UserInfo};
+use crate::authz::explain::ACCESS_PATH;
 use crate::authz::{node::KUBELET_CERTIFICATE_PATH, rbac::bootstrap::JOIN_PATH};
 use crate::certificates;
 use crate::discovery;
@@ -66,6 +68,9 @@ pub async fn serve(
                 from,
                 shared.signer.duration,
             )?)
+        }
+        ("post", _) if info.path == ACCESS_PATH => {
+            ok(super::reviews::explain(shared, &parts.headers, body).await?)
         }
         ("post", _) if info.path == KUBELET_CERTIFICATE_PATH => {
             let user = parts.extensions.get::<Arc<UserInfo>>();

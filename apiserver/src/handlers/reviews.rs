@@ -12,7 +12,7 @@ use tinykube_api::validation::FieldError;
 
 use super::Call;
 use crate::authn::UserInfo;
-use crate::authz::Attributes;
+use crate::authz::{Attributes, Decision};
 use crate::error::ApiError;
 use crate::registry::prepare::check_type;
 use crate::request::negotiate::{Output, decode_object, read_body, respond};
@@ -26,13 +26,12 @@ fn nonempty(v: &Value) -> Option<&str> {
     v.as_str().filter(|s| !s.is_empty())
 }
 
-/// The answer to "may `user` do what `spec` says?", as a SubjectAccessReviewStatus.
-fn access(
-    shared: &Shared,
-    user: &UserInfo,
-    spec: &Value,
+/// What `spec` (a SubjectAccessReviewSpec) asks `user` may do.
+fn attributes<'a>(
+    user: &'a UserInfo,
+    spec: &'a Value,
     res: &crate::resources::ResourceInfo,
-) -> Result<Value, ApiError> {
+) -> Result<Attributes<'a>, ApiError> {
     let (ra, nra) = (&spec["resourceAttributes"], &spec["nonResourceAttributes"]);
     if ra.is_object() == nra.is_object() {
         return Err(ApiError::invalid(
@@ -45,7 +44,7 @@ fn access(
             )],
         ));
     }
-    let a = if ra.is_object() {
+    Ok(if ra.is_object() {
         Attributes {
             subresource: nonempty(&ra["subresource"]),
             ..Attributes::resource(
@@ -59,13 +58,49 @@ fn access(
         }
     } else {
         Attributes::path(user, text(&nra["verb"]), text(&nra["path"]))
-    };
-    let (allowed, reason) = shared.authorizer.decide(&a);
+    })
+}
+
+/// The answer to "may `user` do what `spec` says?", as a SubjectAccessReviewStatus:
+/// kube-apiserver's reason is RBAC's source when RBAC allowed it, the authorizers'
+/// reasons when none did.
+fn access(
+    shared: &Shared,
+    user: &UserInfo,
+    spec: &Value,
+    res: &crate::resources::ResourceInfo,
+) -> Result<Value, ApiError> {
+    let a = attributes(user, spec, res)?;
+    let (allowed, mut reason) = shared.authorizer.decide(&a);
+    if allowed && !user.in_group(crate::authn::MASTERS) {
+        reason = match shared.authorizer.rbac.allowed_by(&a) {
+            Some((source, _)) if shared.authorizer.node.decide(&a) != Decision::Allow => {
+                format!("RBAC: allowed by {source}")
+            }
+            _ => String::new(),
+        };
+    }
     let mut status = json!({"allowed": allowed});
     if !reason.is_empty() {
         status["reason"] = json!(reason);
     }
     Ok(status)
+}
+
+/// `POST /tinykube/v1/access` with a SubjectAccessReview: the decision explained (the
+/// authorizer, the granting binding and rule, or the closest rules and why they missed),
+/// for `tinykube ctl inspect access`.
+pub async fn explain(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let res = crate::resources::find("authorization.k8s.io", "subjectaccessreviews")
+        .ok_or(ApiError::NoRoute)?;
+    let obj = decode_object(headers, &read_body(body).await?)?;
+    check_type(res, &obj)?;
+    let user = subject(&obj["spec"], res)?;
+    let a = attributes(&user, &obj["spec"], res)?;
+    Ok(
+        serde_json::to_value(crate::authz::explain::explain(&shared.authorizer, &a))
+            .unwrap_or_default(),
+    )
 }
 
 /// The user a SubjectAccessReview asks about.
@@ -166,10 +201,12 @@ fn token_review(shared: &Shared, spec: &Value) -> Value {
                     json!([p.uid]),
                 );
             }
-            extra.insert(
-                "authentication.kubernetes.io/credential-id".into(),
-                json!([format!("JTI={}", claims.jti)]),
-            );
+            if !claims.jti.is_empty() {
+                extra.insert(
+                    "authentication.kubernetes.io/credential-id".into(),
+                    json!([format!("JTI={}", claims.jti)]),
+                );
+            }
             info["extra"] = Value::Object(extra);
             let granted: Vec<&String> = claims.aud.iter().filter(|a| want.contains(a)).collect();
             json!({"authenticated": true, "user": info, "audiences": granted})

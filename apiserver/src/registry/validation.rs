@@ -571,6 +571,20 @@ pub fn secret(s: &Secret) -> Vec<FieldError> {
         "stringData",
         &mut errs,
     );
+    // A token Secret names its account (kube's ValidateSecret).
+    let annotation = crate::serviceaccount::legacy::NAME_ANNOTATION;
+    if s.type_.as_deref() == Some(crate::serviceaccount::legacy::SECRET_TYPE)
+        && s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotation))
+            .is_none_or(|n| n.is_empty())
+    {
+        errs.push(FieldError::required(
+            format!("metadata.annotations[{annotation}]"),
+            "",
+        ));
+    }
     errs
 }
 

@@ -7,6 +7,7 @@
 //! pay for a signature check.
 
 pub mod discovery;
+pub mod legacy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -246,20 +247,24 @@ impl ServiceAccountTokens {
     fn check(&self, token: &str) -> Result<Claims, TokenError> {
         let mut v = Validation::new(Algorithm::ES256);
         v.validate_aud = false;
+        // Legacy tokens never expire; a bound token's expiry is checked below.
+        v.validate_exp = false;
         v.leeway = 0;
-        v.set_required_spec_claims(&["exp", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Value>(token, &self.decoding, &v).map_err(|e| match e
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid(e.to_string()),
-        })?;
+        v.set_required_spec_claims(&["iss", "sub"]);
+        let data = jsonwebtoken::decode::<Value>(token, &self.decoding, &v)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
         let iss = data.claims["iss"].as_str().unwrap_or_default();
+        if iss == legacy::ISSUER {
+            return self.check_legacy(token, &data.claims);
+        }
         if iss != self.issuer {
             return Err(TokenError::Issuer(iss.to_string()));
         }
         let claims: Claims = serde_json::from_value(data.claims)
             .map_err(|e| TokenError::Invalid(format!("malformed claims: {e}")))?;
+        if claims.exp <= jiff::Timestamp::now().as_second() {
+            return Err(TokenError::Expired);
+        }
         self.still_bound(&claims)?;
         Ok(claims)
     }

@@ -42,6 +42,37 @@ pub struct RoleNotFound {
     pub name: String,
 }
 
+impl Binding {
+    /// The binding, its role and the subject that names `user`, as Kubernetes' RBAC
+    /// describes the source of a decision: `RoleBinding "read/dev" of Role "reader" to
+    /// User "jane"` (a RoleBinding as NAME/NAMESPACE, a service account as NAME/NAMESPACE).
+    pub fn describe(&self, user: &UserInfo) -> String {
+        let subject = if self.users.contains(&user.name) {
+            match user
+                .name
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|rest| rest.split_once(':'))
+            {
+                Some((ns, name)) => format!("ServiceAccount \"{name}/{ns}\""),
+                None => format!("User {:?}", user.name),
+            }
+        } else {
+            let group = user.groups.iter().find(|g| self.groups.contains(g));
+            format!("Group {:?}", group.map(String::as_str).unwrap_or_default())
+        };
+        match &self.namespace {
+            Some(ns) => format!(
+                "RoleBinding \"{}/{ns}\" of {} {:?} to {subject}",
+                self.name, self.role_kind, self.role_name
+            ),
+            None => format!(
+                "ClusterRoleBinding {:?} of {} {:?} to {subject}",
+                self.name, self.role_kind, self.role_name
+            ),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Subjects {
     users: HashMap<String, Vec<Arc<Binding>>>,
@@ -257,6 +288,27 @@ impl Index {
     }
 }
 
+impl Index {
+    /// Calls `f` with every binding that names `user` or one of its groups, cluster-wide
+    /// and in every namespace (what an explanation looks through for near misses).
+    pub fn walk_everywhere(
+        &self,
+        user: &UserInfo,
+        mut f: impl FnMut(&Binding, Result<Rules, RoleNotFound>),
+    ) {
+        for b in self.cluster_subjects.of(user) {
+            f(b, self.rules_of(b));
+        }
+        let mut namespaces: Vec<&String> = self.namespace_subjects.keys().collect();
+        namespaces.sort();
+        for ns in namespaces {
+            for b in self.namespace_subjects[ns].of(user) {
+                f(b, self.rules_of(b));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +352,18 @@ mod tests {
         assert_eq!(count(&ix, &dev, "dev"), 1);
         assert_eq!(count(&ix, &bot, "dev"), 1);
         assert_eq!(count(&ix, &jane, "prod"), 0);
+        let mut sources = Vec::new();
+        for u in [&jane, &dev, &bot] {
+            ix.walk_everywhere(u, |b, _| sources.push(b.describe(u)));
+        }
+        assert_eq!(
+            sources,
+            [
+                r#"RoleBinding "b/dev" of Role "reader" to User "jane""#,
+                r#"RoleBinding "b/dev" of Role "reader" to Group "devs""#,
+                r#"RoleBinding "b/dev" of Role "reader" to ServiceAccount "bot/dev""#,
+            ]
+        );
         ix.apply("rbac.authorization.k8s.io/rolebindings/dev/b", None);
         assert_eq!(count(&ix, &jane, "dev"), 0);
         // A binding to a role that does not exist says so.

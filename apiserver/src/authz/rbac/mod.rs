@@ -46,6 +46,23 @@ impl RbacAuthorizer {
         }
     }
 
+    /// Which binding's rule allows `a`, as kube-apiserver's RBAC authorizer gives its
+    /// reason (`RBAC: allowed by ...`): the granting binding and its rule, or none.
+    pub fn allowed_by(&self, a: &Attributes<'_>) -> Option<(String, PolicyRule)> {
+        let index = self.index.read().expect("rbac index lock");
+        let mut found = None;
+        index.walk(a.user, a.namespace, |b, rules| {
+            if let Some(r) = rules
+                .ok()
+                .and_then(|rules| rules.iter().find(|r| rule::allows(r, a)).cloned())
+            {
+                found = Some((b.describe(a.user), r));
+            }
+            found.is_some()
+        });
+        found
+    }
+
     /// Every rule that applies to `user` in `namespace` (cluster-wide ones included):
     /// what SelfSubjectRulesReview lists and what escalation checks compare against.
     pub fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Vec<PolicyRule> {

@@ -58,6 +58,95 @@ pub fn allows(rule: &PolicyRule, a: &Attributes<'_>) -> bool {
         && (names.is_empty() || a.name.is_some_and(|n| names.iter().any(|x| x == n)))
 }
 
+/// A list as Go's `%q` prints a string slice: `["get" "list"]`.
+fn quoted(list: &[String]) -> String {
+    let items: Vec<String> = list.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(" "))
+}
+
+/// A rule as Kubernetes prints one (`CompactString`): `{APIGroups:[""],
+/// Resources:["pods"], Verbs:["get" "list"]}`.
+pub fn compact(rule: &PolicyRule) -> String {
+    let mut parts = Vec::new();
+    for (name, list) in [
+        ("APIGroups", &rule.api_groups),
+        ("Resources", &rule.resources),
+        ("ResourceNames", &rule.resource_names),
+        ("NonResourceURLs", &rule.non_resource_urls),
+    ] {
+        if !opt(list).is_empty() {
+            parts.push(format!("{name}:{}", quoted(opt(list))));
+        }
+    }
+    parts.push(format!("Verbs:{}", quoted(&rule.verbs)));
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Whether `rule` is about what `a` asks for at all: resources for a resource request,
+/// paths for a path. A rule of the other sort is never a near miss.
+pub fn same_sort(rule: &PolicyRule, a: &Attributes<'_>) -> bool {
+    if a.resource_request {
+        !opt(&rule.resources).is_empty()
+    } else {
+        !opt(&rule.non_resource_urls).is_empty()
+    }
+}
+
+/// Why `rule` does not allow `a`, one reason per part that does not match (none:
+/// it allows it, as `allows` says).
+pub fn mismatches(rule: &PolicyRule, a: &Attributes<'_>) -> Vec<String> {
+    let mut why = Vec::new();
+    if !has(&rule.verbs, a.verb) {
+        why.push(format!(
+            "verb {:?} is not in the rule's verbs {}",
+            a.verb,
+            quoted(&rule.verbs)
+        ));
+    }
+    if !a.resource_request {
+        if !url_matches(rule, a.path) {
+            why.push(format!(
+                "path {:?} is not in the rule's nonResourceURLs {}",
+                a.path,
+                quoted(opt(&rule.non_resource_urls))
+            ));
+        }
+        return why;
+    }
+    if !has(opt(&rule.api_groups), a.api_group) {
+        why.push(format!(
+            "API group {:?} is not in the rule's apiGroups {}",
+            a.api_group,
+            quoted(opt(&rule.api_groups))
+        ));
+    }
+    if !resource_matches(rule, a.resource, a.subresource) {
+        let wanted = match a.subresource {
+            Some(s) => format!("{}/{s}", a.resource),
+            None => a.resource.to_string(),
+        };
+        why.push(format!(
+            "resource {wanted:?} is not in the rule's resources {}",
+            quoted(opt(&rule.resources))
+        ));
+    }
+    let names = opt(&rule.resource_names);
+    if !names.is_empty() {
+        match a.name {
+            None => why.push(format!(
+                "the rule names objects ({}) and the request names none: a list, watch or create is never allowed by resourceNames",
+                quoted(names)
+            )),
+            Some(n) if !names.iter().any(|x| x == n) => why.push(format!(
+                "name {n:?} is not in the rule's resourceNames {}",
+                quoted(names)
+            )),
+            Some(_) => {}
+        }
+    }
+    why
+}
+
 /// One rule broken into its smallest parts: a verb on one group's resource (and one
 /// name), or a verb on one path.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +328,42 @@ mod tests {
         assert!(allows(&urls, &path("/healthz")));
         assert!(allows(&urls, &path("/apis/apps/v1")));
         assert!(!allows(&urls, &path("/api")));
+    }
+
+    #[test]
+    fn mismatches_say_which_part_did_not_match() {
+        let u = UserInfo::new("jane", []);
+        let pods = rule(&["get", "list"], &[""], &["pods"], &[]);
+        assert_eq!(
+            compact(&pods),
+            r#"{APIGroups:[""], Resources:["pods"], Verbs:["get" "list"]}"#
+        );
+        let cases = [
+            req(&u, "list", "", "pods", None, None),
+            req(&u, "delete", "", "pods", None, None),
+            req(&u, "get", "apps", "deployments", None, None),
+            req(&u, "get", "", "pods", Some("log"), Some("p")),
+        ];
+        for a in &cases {
+            assert_eq!(allows(&pods, a), mismatches(&pods, a).is_empty(), "{a:?}");
+        }
+        assert_eq!(
+            mismatches(&pods, &cases[1]),
+            vec![r#"verb "delete" is not in the rule's verbs ["get" "list"]"#.to_string()]
+        );
+        let why = mismatches(&pods, &cases[2]);
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why[0].starts_with(r#"API group "apps""#), "{why:?}");
+        assert!(why[1].contains(r#"resource "deployments""#), "{why:?}");
+        assert!(mismatches(&pods, &cases[3])[0].contains(r#""pods/log""#));
+        let named = rule(&["get", "list"], &[""], &["configmaps"], &["app"]);
+        let list = req(&u, "list", "", "configmaps", None, None);
+        assert!(mismatches(&named, &list)[0].contains("names none"));
+        let mut urls = rule(&["get"], &[], &[], &[]);
+        urls.non_resource_urls = Some(vec!["/healthz".into()]);
+        let metrics = Attributes::path(&u, "get", "/metrics");
+        assert!(same_sort(&urls, &metrics) && !same_sort(&pods, &metrics));
+        assert_eq!(mismatches(&urls, &metrics).len(), 1);
     }
 
     #[test]
