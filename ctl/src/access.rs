@@ -321,7 +321,7 @@ pub fn explanation_text(v: &Value) -> String {
             if misses.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  no binding names this subject or its groups with a rule of this kind"
+                    "  none of the subject's rules comes close (the same verb, or what it is about)"
                 );
             } else {
                 let _ = writeln!(out, "  the closest rules, and what did not match:");

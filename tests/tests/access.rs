@@ -491,6 +491,89 @@ async fn the_default_roles_aggregate_and_bind() {
         ),
         "{err}"
     );
+
+    // kubectl auth reconcile: creates what is missing, adds missing rules and
+    // subjects, and keeps extra ones unless asked to remove them.
+    let policy = |verbs: &str, subjects: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: deployer\n  namespace: team\nrules:\n- apiGroups: [apps]\n  resources: [deployments]\n  verbs: [{verbs}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: deployers\n  namespace: team\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: deployer\nsubjects: [{subjects}]\n"
+        )
+    };
+    let jane_subject = "{kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}";
+    let out = admin.ok_stdin(
+        &["auth", "reconcile", "-f", "-"],
+        &policy("get", jane_subject),
+    );
+    assert!(
+        out.contains("role.rbac.authorization.k8s.io/deployer reconciled")
+            && out.contains("rolebinding.rbac.authorization.k8s.io/deployers reconciled"),
+        "{out}"
+    );
+    let bob_subject = "{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}";
+    admin.ok_stdin(
+        &["auth", "reconcile", "-f", "-"],
+        &policy("create", bob_subject),
+    );
+    let verbs = admin.ok(&[
+        "get",
+        "role",
+        "deployer",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.rules[*].verbs}",
+    ]);
+    assert!(
+        verbs.contains("get") && verbs.contains("create"),
+        "rules are added: {verbs}"
+    );
+    let users = admin.ok(&[
+        "get",
+        "rolebinding",
+        "deployers",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.subjects[*].name}",
+    ]);
+    assert_eq!(users, "jane bob", "subjects are added");
+    admin.ok_stdin(
+        &[
+            "auth",
+            "reconcile",
+            "-f",
+            "-",
+            "--remove-extra-permissions",
+            "--remove-extra-subjects",
+        ],
+        &policy("create", bob_subject),
+    );
+    let verbs = admin.ok(&[
+        "get",
+        "role",
+        "deployer",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.rules[*].verbs}",
+    ]);
+    assert_eq!(verbs, r#"["create"]"#, "extra rules removed");
+    let users = admin.ok(&[
+        "get",
+        "rolebinding",
+        "deployers",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.subjects[*].name}",
+    ]);
+    assert_eq!(users, "bob", "extra subjects removed");
+    assert!(
+        jane.ok(&["auth", "can-i", "get", "deployments", "-n", "team"])
+            .trim()
+            == "yes",
+        "view still lets jane get deployments"
+    );
     m.shutdown().await;
 }
 

@@ -163,7 +163,26 @@ fn access_page_runs_as_written() {
         escalation.contains("is attempting to grant RBAC permissions not currently held"),
         "{escalation}"
     );
-    let asker = w.block(5);
+    let why = w.block(5);
+    assert!(
+        why.contains(r#"allowed by RoleBinding "jane-reads-pods/default" of Role "pod-reader" to User "jane""#),
+        "{why}"
+    );
+    assert!(
+        why.contains(r#"verb "delete" is not in the rule's verbs ["get" "list" "watch"]"#),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            r#"the RoleBinding grants in namespace "default", the request is in "kube-system""#
+        ),
+        "{why}"
+    );
+    assert!(
+        why.contains("system:serviceaccount:default:default may not list pods"),
+        "{why}"
+    );
+    let asker = w.block(6);
     assert!(asker.lines().any(|l| l.trim() == "pod/asker"), "{asker}");
     assert!(
         asker.contains("secrets is forbidden: User \"system:serviceaccount:default:lister\""),
@@ -174,7 +193,13 @@ fn access_page_runs_as_written() {
         asker.contains("\"iss\":\"https://kubernetes.default.svc.cluster.local\""),
         "{asker}"
     );
-    let roles = w.block(6);
+    let legacy = w.block(7);
+    assert!(legacy.contains("secret/lister-token created"), "{legacy}");
+    assert!(
+        legacy.contains(r#"{"iss":"kubernetes/serviceaccount""#),
+        "{legacy}"
+    );
+    let roles = w.block(8);
     for r in [
         "admin",
         "edit",

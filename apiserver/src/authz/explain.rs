@@ -16,7 +16,7 @@ use crate::authn::MASTERS;
 pub const ACCESS_PATH: &str = "/tinykube/v1/access";
 
 /// How many near misses an explanation lists.
-const NEAR_MISSES: usize = 5;
+const NEAR_MISSES: usize = 3;
 
 /// A rule of one of the subject's bindings, and why it does or does not apply.
 #[derive(Debug, Serialize)]
@@ -79,10 +79,17 @@ fn near_misses(index: &Index, a: &Attributes<'_>, broken: &mut Vec<String>) -> V
             return;
         }
         for r in rules.iter().filter(|r| rule::same_sort(r, a)) {
+            let missed = rule::mismatches(r, a);
+            // A rule wrong in everything it says (the verb and what it is about) is
+            // not close: a resource rule missing verb, group and resource, a path
+            // rule missing verb and path.
+            if missed.len() >= if a.resource_request { 3 } else { 2 } {
+                continue;
+            }
             let mut why: Vec<String> = namespace_mismatch(b.namespace.as_deref(), a)
                 .into_iter()
                 .collect();
-            why.extend(rule::mismatches(r, a));
+            why.extend(missed);
             if !why.is_empty() {
                 out.push(RuleMatch {
                     source: b.describe(a.user),
@@ -231,5 +238,12 @@ mod tests {
         let secrets = Attributes::resource(&jane, "get", "", "secrets", Some("prod"), None);
         let (misses, _) = near(&rbac, &secrets);
         assert_eq!(misses[0].mismatches.len(), 2, "{:?}", misses[0].mismatches);
+        let nothing_alike =
+            Attributes::resource(&jane, "create", "apps", "deployments", Some("dev"), None);
+        let (misses, _) = near(&rbac, &nothing_alike);
+        assert!(
+            misses.is_empty(),
+            "a rule wrong in everything is not close: {misses:?}"
+        );
     }
 }
