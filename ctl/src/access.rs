@@ -606,6 +606,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn subjects_get_the_groups_their_credentials_would() {
+        let (user, groups) = subject("sa:dev:bot", &[]).unwrap();
+        assert_eq!(user, "system:serviceaccount:dev:bot");
+        assert_eq!(
+            groups,
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:dev",
+                "system:authenticated"
+            ]
+        );
+        let (_, groups) = subject("system:node:w1", &[]).unwrap();
+        assert_eq!(groups, ["system:nodes", "system:authenticated"]);
+        let (user, groups) = subject("jane", &["devs".to_string()]).unwrap();
+        assert_eq!((user.as_str(), groups.len()), ("jane", 2));
+        for bad in ["sa:dev", "sa::bot", "sa:dev:", ""] {
+            assert!(subject(bad, &[]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bindings_are_made_as_kubectl_makes_them() {
         let args = BindingArgs {
             name: "b".into(),
