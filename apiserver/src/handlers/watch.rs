@@ -40,29 +40,7 @@ pub(super) fn serve_watch(c: &Call<'_>) -> Result<Response, ApiError> {
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let reg = shared.registry.clone();
-    // With no resourceVersion (or "0") a watch starts with the current state, as ADDED.
-    let (initial, from) = if rv.is_empty() || rv == "0" || send_initial {
-        let list = reg.list(
-            res,
-            ns,
-            &ListOptions {
-                labels: opts.labels.clone(),
-                fields: opts.fields.clone(),
-                ..Default::default()
-            },
-        )?;
-        let from: u64 = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        (list["items"].as_array().cloned().unwrap_or_default(), from)
-    } else {
-        let from = rv
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
-        (Vec::new(), from)
-    };
+    let (initial, from) = initial_state(&reg, res, ns, &opts, rv, send_initial)?;
     let mut rx = reg
         .store
         .watch(&res.list_prefix(ns), from)
@@ -152,4 +130,39 @@ pub(super) fn serve_watch(c: &Call<'_>) -> Result<Response, ApiError> {
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Where a watch starts: with no resourceVersion (or "0", or `sendInitialEvents`) the
+/// current state, sent as ADDED, and its revision; otherwise nothing and the revision
+/// asked for.
+fn initial_state(
+    reg: &registry::Registry,
+    res: &crate::resources::ResourceInfo,
+    ns: Option<&str>,
+    opts: &ListOptions,
+    rv: &str,
+    send_initial: bool,
+) -> Result<(Vec<Value>, u64), ApiError> {
+    if rv.is_empty() || rv == "0" || send_initial {
+        let list = reg.list(
+            res,
+            ns,
+            &ListOptions {
+                labels: opts.labels.clone(),
+                fields: opts.fields.clone(),
+                ..Default::default()
+            },
+        )?;
+        let from: u64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        Ok((list["items"].as_array().cloned().unwrap_or_default(), from))
+    } else {
+        let from = rv
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+        Ok((Vec::new(), from))
+    }
 }
