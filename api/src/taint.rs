@@ -2,6 +2,16 @@
 
 use crate::core::{Taint, Toleration};
 
+/// The node controller's taints: a node whose lease stopped, and one that says it is
+/// not Ready.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// Whether `taint` is one the node controller puts on a node that is not Ready.
+pub fn is_not_ready(taint: &Taint) -> bool {
+    taint.key == UNREACHABLE || taint.key == NOT_READY
+}
+
 /// Whether `tol` tolerates `taint` (Kubernetes' `Toleration.ToleratesTaint`): an empty
 /// key with `Exists` matches every taint, an empty effect every effect.
 pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {

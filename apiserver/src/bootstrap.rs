@@ -41,10 +41,7 @@ pub async fn bootstrap(
     network: &Network<'_>,
     ca_pem: &str,
 ) -> Result<(), BootstrapError> {
-    let opts = WriteOptions {
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-    };
+    let opts = WriteOptions::SERVER;
     let fail = |what: &str, e: crate::error::ApiError| BootstrapError {
         what: what.into(),
         detail: e.to_string(),
@@ -194,10 +191,7 @@ async fn upsert(
     res: &'static resources::ResourceInfo,
     mut body: serde_json::Value,
 ) -> Result<(), crate::error::ApiError> {
-    let opts = WriteOptions {
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-    };
+    let opts = WriteOptions::SERVER;
     let name = body["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

@@ -13,13 +13,11 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
+use tinykube_api::taint::{NOT_READY, UNREACHABLE};
 use tokio_util::sync::CancellationToken;
 
 use crate::owner::{name, namespace};
 use crate::{Config, Informers};
-
-pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
 pub async fn run(
     client: kube::Client,
@@ -214,7 +212,7 @@ async fn monitor(
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+        let ours = tinykube_api::taint::is_not_ready;
         let current: BTreeSet<&str> = taints
             .iter()
             .filter(|t| ours(t))

@@ -283,12 +283,7 @@ pub fn explanation_text(v: &Value) -> String {
         request_words(spec),
         if allowed { "yes" } else { "no" }
     );
-    let groups: Vec<&str> = spec["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let groups = strings(&spec["groups"]);
     let _ = writeln!(out, "  as groups: {}", groups.join(", "));
     match (allowed, v["decidedBy"].as_str()) {
         (true, Some("RBAC")) => {
@@ -379,26 +374,24 @@ pub async fn can_i(ctx: &mut Ctx, cmd: &AuthCmd) -> Result<bool> {
     Ok(allowed)
 }
 
-fn bracketed(v: &Value) -> String {
-    let items: Vec<&str> = v
-        .as_array()
+/// The strings of a JSON array (none for anything else).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .collect();
-    format!("[{}]", items.join(" "))
+        .collect()
+}
+
+fn bracketed(v: &Value) -> String {
+    format!("[{}]", strings(v).join(" "))
 }
 
 /// kubectl's `can-i --list` table.
 fn print_rules(status: &Value) {
     let mut rows: Vec<[String; 4]> = Vec::new();
     for r in status["resourceRules"].as_array().into_iter().flatten() {
-        let groups: Vec<&str> = r["apiGroups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let groups = strings(&r["apiGroups"]);
         for res in r["resources"].as_array().into_iter().flatten() {
             for g in &groups {
                 let name = match (res.as_str().unwrap_or_default(), *g) {

@@ -492,12 +492,7 @@ impl Lab {
                             !n.spec
                                 .as_ref()
                                 .and_then(|s| s.taints.as_ref())
-                                .is_some_and(|t| {
-                                    t.iter().any(|t| {
-                                        t.key == "node.kubernetes.io/not-ready"
-                                            || t.key == "node.kubernetes.io/unreachable"
-                                    })
-                                })
+                                .is_some_and(|t| t.iter().any(tinykube_api::taint::is_not_ready))
                         })
                         .count()
                 })

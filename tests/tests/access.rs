@@ -510,32 +510,29 @@ async fn the_default_roles_aggregate_and_bind() {
         "{out}"
     );
     let bob_subject = "{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}";
+    let in_team = |kind: &str, name: &str, path: &str| {
+        admin.ok(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            "team",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    let role_verbs = || in_team("role", "deployer", "{.rules[*].verbs}");
+    let bound_users = || in_team("rolebinding", "deployers", "{.subjects[*].name}");
     admin.ok_stdin(
         &["auth", "reconcile", "-f", "-"],
         &policy("create", bob_subject),
     );
-    let verbs = admin.ok(&[
-        "get",
-        "role",
-        "deployer",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.rules[*].verbs}",
-    ]);
+    let verbs = role_verbs();
     assert!(
         verbs.contains("get") && verbs.contains("create"),
         "rules are added: {verbs}"
     );
-    let users = admin.ok(&[
-        "get",
-        "rolebinding",
-        "deployers",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.subjects[*].name}",
-    ]);
+    let users = bound_users();
     assert_eq!(users, "jane bob", "subjects are added");
     admin.ok_stdin(
         &[
@@ -548,25 +545,9 @@ async fn the_default_roles_aggregate_and_bind() {
         ],
         &policy("create", bob_subject),
     );
-    let verbs = admin.ok(&[
-        "get",
-        "role",
-        "deployer",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.rules[*].verbs}",
-    ]);
+    let verbs = role_verbs();
     assert_eq!(verbs, r#"["create"]"#, "extra rules removed");
-    let users = admin.ok(&[
-        "get",
-        "rolebinding",
-        "deployers",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.subjects[*].name}",
-    ]);
+    let users = bound_users();
     assert_eq!(users, "bob", "extra subjects removed");
     assert!(
         jane.ok(&["auth", "can-i", "get", "deployments", "-n", "team"])
@@ -711,6 +692,25 @@ async fn ctl_grants_and_checks_access() {
         "system:serviceaccount:default:default",
     ]);
     assert_eq!(sar.trim(), "no");
+    // A SubjectAccessReview gives RBAC's source as its reason, as kube-apiserver does,
+    // and the same answer for a refusal.
+    let review = |verb: &str| {
+        let body = serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "jane", "resourceAttributes": {"verb": verb, "resource": "pods", "namespace": "default"}}});
+        let out = m
+            .kubectl()
+            .ok_stdin(&["create", "-f", "-", "-o", "json"], &body.to_string());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"].clone()
+    };
+    let allowed = review("list");
+    assert_eq!(
+        allowed["reason"],
+        r#"RBAC: allowed by RoleBinding "jane-reads/default" of Role "pod-reader" to User "jane""#,
+        "{allowed}"
+    );
+    let refused = review("delete");
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert!(refused.get("reason").is_none(), "{refused}");
     // Bad input: one readable line, non-zero.
     let (ok, _, err) = inspect(&["sa:default", "list", "pods"]);
     assert!(!ok);

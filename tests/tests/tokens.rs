@@ -43,6 +43,16 @@ fn review(admin: &Kubectl, token: &str, audiences: &[&str]) -> Value {
     serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
 }
 
+/// The TokenReview status once `token` is refused (within 20 s: the verified-token
+/// cache keeps a good token for ten), or none.
+async fn until_refused(admin: &Kubectl, token: &str) -> Option<Value> {
+    eventually(Duration::from_secs(20), async || {
+        let s = review(admin, token, &[]);
+        (s["authenticated"] == false).then_some(s)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_account_token_authenticates_until_its_pod_is_gone() {
     let m = TestMaster::start().await;
@@ -135,12 +145,9 @@ async fn a_service_account_token_authenticates_until_its_pod_is_gone() {
         json!(["p"])
     );
     admin.ok(&["delete", "pod", "p", "--grace-period=0", "--force"]);
-    let dead = eventually(Duration::from_secs(20), async || {
-        let s = review(&admin, bound, &[]);
-        (s["authenticated"] == false).then_some(s)
-    })
-    .await
-    .expect("the token outlived its pod");
+    let dead = until_refused(&admin, bound)
+        .await
+        .expect("the token outlived its pod");
     assert!(
         dead["error"].as_str().unwrap().contains("pod \"p\""),
         "{dead}"
@@ -314,12 +321,9 @@ async fn a_legacy_token_secret_is_filled_and_dies_with_its_account() {
         gone.is_some(),
         "the account's token Secret is deleted with it"
     );
-    let dead = eventually(Duration::from_secs(20), async || {
-        let s = review(&admin, &token, &[]);
-        (s["authenticated"] == false).then_some(s)
-    })
-    .await
-    .expect("the token outlived its account");
+    let dead = until_refused(&admin, &token)
+        .await
+        .expect("the token outlived its account");
     assert!(
         dead["error"].as_str().unwrap().contains("not found"),
         "{dead}"

@@ -13,8 +13,8 @@ pub fn add_default_tolerations(pod: &mut Value, seconds: i64) {
         return;
     };
     for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
+        tinykube_api::taint::NOT_READY,
+        tinykube_api::taint::UNREACHABLE,
     ] {
         let covered = list.iter().any(|t| {
             let k = t["key"].as_str().unwrap_or_default();

@@ -4,10 +4,9 @@
 //! (the namespace, verb, API group, resource or name). The same index and rule checks
 //! as the decision itself, so the explanation cannot disagree with it.
 
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde::Serialize;
 
-use super::rbac::{Index, rule};
+use super::rbac::{Index, Verdict, rule};
 use super::{Attributes, Authorizer, Decision};
 use crate::authn::MASTERS;
 
@@ -105,18 +104,13 @@ fn near_misses(index: &Index, a: &Attributes<'_>, broken: &mut Vec<String>) -> V
     out
 }
 
-fn granted(source: String, r: &PolicyRule) -> RuleMatch {
-    RuleMatch {
-        source,
-        rule: rule::compact(r),
-        mismatches: Vec::new(),
-    }
-}
-
-/// The explanation of the authorizers' decision on `a`.
-pub fn explain(authorizer: &Authorizer, a: &Attributes<'_>) -> Explanation {
+/// The authorizers' decision on `a` and who made it, in kube-apiserver's order
+/// (`system:masters`, then Node, then RBAC), without the near misses: what a
+/// SubjectAccessReview answers. (`Authorizer::decide` is the same order without the
+/// words, for the request path.)
+pub fn decision(authorizer: &Authorizer, a: &Attributes<'_>) -> Explanation {
     let mut e = Explanation {
-        allowed: false,
+        allowed: true,
         decided_by: None,
         reason: String::new(),
         granted_by: None,
@@ -124,38 +118,49 @@ pub fn explain(authorizer: &Authorizer, a: &Attributes<'_>) -> Explanation {
         broken_bindings: Vec::new(),
     };
     if a.user.in_group(MASTERS) {
-        e.allowed = true;
         e.decided_by = Some(MASTERS);
         e.reason = format!("the group {MASTERS} may do everything, before any authorizer is asked");
         return e;
     }
-    let mut reasons = Vec::new();
-    match authorizer.node.decide(a) {
+    let node_reason = match authorizer.node.decide(a) {
         Decision::Allow => {
-            e.allowed = true;
             e.decided_by = Some("Node");
             e.reason = "the node authorizer allows a kubelet this".into();
             return e;
         }
-        Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
-        Decision::NoOpinion(_) => {}
+        Decision::NoOpinion(r) => r,
+    };
+    match authorizer.rbac.verdict(a) {
+        Verdict::Granted { source, rule } => {
+            e.decided_by = Some("RBAC");
+            e.reason = format!("RBAC: allowed by {source}");
+            e.granted_by = Some(RuleMatch {
+                source,
+                rule: rule::compact(&rule),
+                mismatches: Vec::new(),
+            });
+        }
+        Verdict::Refused { reason } => {
+            e.allowed = false;
+            let reasons: Vec<String> = [node_reason, reason]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect();
+            e.reason = reasons.join(", ");
+        }
     }
-    if let Some((source, r)) = authorizer.rbac.allowed_by(a) {
-        e.allowed = true;
-        e.decided_by = Some("RBAC");
-        e.reason = format!("RBAC: allowed by {source}");
-        e.granted_by = Some(granted(source, &r));
-        return e;
+    e
+}
+
+/// The decision on `a` explained: `decision`, and for a refusal the subject's closest
+/// rules with what missed in each.
+pub fn explain(authorizer: &Authorizer, a: &Attributes<'_>) -> Explanation {
+    let mut e = decision(authorizer, a);
+    if !e.allowed {
+        e.near_misses = authorizer
+            .rbac
+            .with_index(|index| near_misses(index, a, &mut e.broken_bindings));
     }
-    if let Decision::NoOpinion(r) = authorizer.rbac.decide(a)
-        && !r.is_empty()
-    {
-        reasons.push(r);
-    }
-    e.reason = reasons.join(", ");
-    e.near_misses = authorizer
-        .rbac
-        .with_index(|index| near_misses(index, a, &mut e.broken_bindings));
     e
 }
 
@@ -203,7 +208,9 @@ mod tests {
         let rbac = rbac();
         let jane = UserInfo::new("jane", []);
         let list = Attributes::resource(&jane, "list", "", "pods", Some("dev"), None);
-        let (source, r) = rbac.allowed_by(&list).expect("jane may list pods in dev");
+        let Verdict::Granted { source, rule: r } = rbac.verdict(&list) else {
+            panic!("jane may list pods in dev");
+        };
         assert_eq!(
             source,
             r#"RoleBinding "read/dev" of Role "reader" to User "jane""#
@@ -214,7 +221,7 @@ mod tests {
         );
 
         let delete = Attributes::resource(&jane, "delete", "", "pods", Some("dev"), None);
-        assert!(rbac.allowed_by(&delete).is_none());
+        assert!(matches!(rbac.verdict(&delete), Verdict::Refused { .. }));
         let (misses, broken) = near(&rbac, &delete);
         assert_eq!(misses.len(), 1);
         assert_eq!(

@@ -263,10 +263,7 @@ impl Signer {
             let Some((sub, body)) = self.next_step(authz, pki, &stored.object) else {
                 return;
             };
-            let opts = WriteOptions {
-                dry_run: false,
-                validation: crate::registry::decode::FieldValidation::Ignore,
-            };
+            let opts = WriteOptions::SERVER;
             match reg.update(csrs(), None, name, Some(sub), body, opts).await {
                 Ok(_) => tracing::info!(csr = name, step = sub, "certificate request settled"),
                 Err(e) => {

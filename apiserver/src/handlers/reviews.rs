@@ -12,7 +12,7 @@ use tinykube_api::validation::FieldError;
 
 use super::Call;
 use crate::authn::UserInfo;
-use crate::authz::{Attributes, Decision};
+use crate::authz::Attributes;
 use crate::error::ApiError;
 use crate::registry::prepare::check_type;
 use crate::request::negotiate::{Output, decode_object, read_body, respond};
@@ -71,15 +71,12 @@ fn access(
     res: &crate::resources::ResourceInfo,
 ) -> Result<Value, ApiError> {
     let a = attributes(user, spec, res)?;
-    let (allowed, mut reason) = shared.authorizer.decide(&a);
-    if allowed && !user.in_group(crate::authn::MASTERS) {
-        reason = match shared.authorizer.rbac.allowed_by(&a) {
-            Some((source, _)) if shared.authorizer.node.decide(&a) != Decision::Allow => {
-                format!("RBAC: allowed by {source}")
-            }
-            _ => String::new(),
-        };
-    }
+    let e = crate::authz::explain::decision(&shared.authorizer, &a);
+    let (allowed, reason) = match e.decided_by {
+        // kube-apiserver gives no reason for system:masters or the node authorizer.
+        Some("RBAC") | None => (e.allowed, e.reason),
+        Some(_) => (true, String::new()),
+    };
     let mut status = json!({"allowed": allowed});
     if !reason.is_empty() {
         status["reason"] = json!(reason);

@@ -45,6 +45,15 @@ pub struct WriteOptions {
     pub validation: FieldValidation,
 }
 
+impl WriteOptions {
+    /// The server's own writes (its bootstrap and the controllers inside it): applied,
+    /// with unknown fields dropped as a client's would be under `Ignore`.
+    pub const SERVER: Self = Self {
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+}
+
 /// DeleteOptions, merged from the body and the query.
 #[derive(Default, Clone)]
 pub struct DeleteOptions {

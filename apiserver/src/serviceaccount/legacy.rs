@@ -106,6 +106,12 @@ impl ServiceAccountTokens {
     }
 }
 
+/// An object's namespace and name.
+fn ns_name(obj: &Value) -> Option<(&str, &str)> {
+    let m = &obj["metadata"];
+    Some((m["namespace"].as_str()?, m["name"].as_str()?))
+}
+
 /// What to do with one token Secret.
 #[derive(Debug, PartialEq)]
 enum Action {
@@ -145,12 +151,14 @@ pub struct LegacyTokens {
 }
 
 impl LegacyTokens {
-    /// Fills or deletes the Secret `ns/name` as its account says.
-    async fn sync_secret(&self, ns: &str, name: &str) {
-        let Ok(stored) = self.registry.get(secrets(), Some(ns), name) else {
+    /// Fills or deletes the token Secret `secret` (as stored or as a watch delivered
+    /// it) as its account says. A write over a newer version conflicts, and the newer
+    /// one comes through the watch to be looked at in turn.
+    async fn sync_secret(&self, secret: &Value) {
+        let Some((ns, name)) = ns_name(secret) else {
             return;
         };
-        let mut secret = stored.object;
+        // Other Secrets cost no account lookup.
         if secret["type"].as_str() != Some(SECRET_TYPE) {
             return;
         }
@@ -163,11 +171,8 @@ impl LegacyTokens {
             .get(accounts(), Some(ns), &sa_name)
             .ok()
             .map(|s| s.object);
-        let opts = WriteOptions {
-            dry_run: false,
-            validation: crate::registry::decode::FieldValidation::Ignore,
-        };
-        match action(&secret, account.as_ref()) {
+        let opts = WriteOptions::SERVER;
+        match action(secret, account.as_ref()) {
             Action::Nothing => {}
             Action::Delete => {
                 tracing::info!(secret = name, namespace = ns, account = %sa_name,
@@ -189,6 +194,7 @@ impl LegacyTokens {
                         return;
                     }
                 };
+                let mut secret = secret.clone();
                 secret["metadata"]["annotations"][UID_ANNOTATION] = json!(uid);
                 if !secret["data"].is_object() {
                     secret["data"] = json!({});
@@ -196,8 +202,6 @@ impl LegacyTokens {
                 secret["data"]["token"] = json!(b64(&token));
                 secret["data"]["ca.crt"] = json!(b64(&self.ca_pem));
                 secret["data"]["namespace"] = json!(b64(ns));
-                // A conflict means someone wrote it meanwhile: their write comes back
-                // through the watch and is looked at again.
                 if let Err(e) = self
                     .registry
                     .update(secrets(), Some(ns), name, None, secret, opts)
@@ -233,9 +237,10 @@ impl LegacyTokens {
     pub async fn run(self, cancel: CancellationToken) {
         loop {
             let store = self.registry.store.clone();
+            let rev = store.current_revision();
             let (Ok(mut secret_events), Ok(mut account_events)) = (
-                store.watch(&secrets().key_prefix(), store.current_revision()),
-                store.watch(&accounts().key_prefix(), store.current_revision()),
+                store.watch(&secrets().key_prefix(), rev),
+                store.watch(&accounts().key_prefix(), rev),
             ) else {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -244,35 +249,21 @@ impl LegacyTokens {
             };
             if let Ok(list) = self.registry.list(secrets(), None, &Default::default()) {
                 for s in list["items"].as_array().into_iter().flatten() {
-                    let m = &s["metadata"];
-                    if s["type"].as_str() == Some(SECRET_TYPE)
-                        && let (Some(ns), Some(name)) =
-                            (m["namespace"].as_str(), m["name"].as_str())
-                    {
-                        self.sync_secret(ns, name).await;
-                    }
+                    self.sync_secret(s).await;
                 }
             }
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     ev = secret_events.recv() => match ev {
-                        Some(Ok(ev)) if ev.kind != EventType::Deleted
-                            && ev.object["type"].as_str() == Some(SECRET_TYPE) =>
-                        {
-                            let m = &ev.object["metadata"];
-                            if let (Some(ns), Some(name)) = (m["namespace"].as_str(), m["name"].as_str()) {
-                                self.sync_secret(ns, name).await;
-                            }
-                        }
+                        Some(Ok(ev)) if ev.kind != EventType::Deleted => self.sync_secret(&ev.object).await,
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => break,
                     },
                     ev = account_events.recv() => match ev {
                         Some(Ok(ev)) if ev.kind == EventType::Deleted => {
-                            let m = &ev.object["metadata"];
-                            if let (Some(ns), Some(name)) = (m["namespace"].as_str(), m["name"].as_str()) {
-                                let uid = m["uid"].as_str().unwrap_or_default();
+                            if let Some((ns, name)) = ns_name(&ev.object) {
+                                let uid = ev.object["metadata"]["uid"].as_str().unwrap_or_default();
                                 self.account_deleted(ns, name, uid).await;
                             }
                         }

@@ -20,47 +20,71 @@ use crate::authn::UserInfo;
 use crate::store::{ListPage, Store, StoreError};
 pub use index::Index;
 
+/// RBAC's decision with its source.
+pub enum Verdict {
+    /// `source` describes the binding, its role and the subject, as Kubernetes does.
+    Granted { source: String, rule: PolicyRule },
+    /// Nothing allowed it; `reason` names the bindings whose role is missing, if any.
+    Refused { reason: String },
+}
+
+/// RBAC's reason for a refusal: the bindings it could not follow (empty: none).
+fn refusal(missing: &[index::RoleNotFound]) -> String {
+    if missing.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+    format!("RBAC: [{}]", list.join(", "))
+}
+
 #[derive(Default, Clone)]
 pub struct RbacAuthorizer {
     index: Arc<RwLock<Index>>,
 }
 
 impl RbacAuthorizer {
-    pub fn decide(&self, a: &Attributes<'_>) -> Decision {
+    /// The first rule of the user's bindings that allows `a`, as `grant` makes it of
+    /// the binding and the rule, or none and the bindings whose role is missing: the
+    /// one walk behind the decision and its explanation.
+    fn first_grant<T>(
+        &self,
+        a: &Attributes<'_>,
+        grant: impl FnOnce(&index::Binding, &PolicyRule) -> T,
+    ) -> (Option<T>, Vec<index::RoleNotFound>) {
         let index = self.index.read().expect("rbac index lock");
-        let mut errors = Vec::new();
-        let mut allowed = false;
-        index.walk(a.user, a.namespace, |_, rules| {
-            match rules {
-                Ok(rules) => allowed = rules.iter().any(|r| rule::allows(r, a)),
-                Err(e) => errors.push(e.to_string()),
-            }
-            allowed
-        });
-        if allowed {
-            Decision::Allow
-        } else if errors.is_empty() {
-            Decision::NoOpinion(String::new())
-        } else {
-            Decision::NoOpinion(format!("RBAC: [{}]", errors.join(", ")))
-        }
-    }
-
-    /// Which binding's rule allows `a`, as kube-apiserver's RBAC authorizer gives its
-    /// reason (`RBAC: allowed by ...`): the granting binding and its rule, or none.
-    pub fn allowed_by(&self, a: &Attributes<'_>) -> Option<(String, PolicyRule)> {
-        let index = self.index.read().expect("rbac index lock");
+        let mut grant = Some(grant);
         let mut found = None;
+        let mut missing = Vec::new();
         index.walk(a.user, a.namespace, |b, rules| {
-            if let Some(r) = rules
-                .ok()
-                .and_then(|rules| rules.iter().find(|r| rule::allows(r, a)).cloned())
-            {
-                found = Some((b.describe(a.user), r));
+            match rules {
+                Ok(rules) => {
+                    if let Some(r) = rules.iter().find(|r| rule::allows(r, a)) {
+                        found = grant.take().map(|g| g(b, r));
+                    }
+                }
+                Err(e) => missing.push(e),
             }
             found.is_some()
         });
-        found
+        (found, missing)
+    }
+
+    pub fn decide(&self, a: &Attributes<'_>) -> Decision {
+        match self.first_grant(a, |_, _| ()) {
+            (Some(()), _) => Decision::Allow,
+            (None, missing) => Decision::NoOpinion(refusal(&missing)),
+        }
+    }
+
+    /// The decision with its source, as kube-apiserver's RBAC authorizer gives its
+    /// reason (`RBAC: allowed by ...`): the granting binding and rule, or the reason.
+    pub fn verdict(&self, a: &Attributes<'_>) -> Verdict {
+        match self.first_grant(a, |b, r| (b.describe(a.user), r.clone())) {
+            (Some((source, rule)), _) => Verdict::Granted { source, rule },
+            (None, missing) => Verdict::Refused {
+                reason: refusal(&missing),
+            },
+        }
     }
 
     /// Every rule that applies to `user` in `namespace` (cluster-wide ones included):
