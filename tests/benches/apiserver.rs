@@ -23,16 +23,20 @@ const CLIENTS: usize = 32;
 const ROUNDS: usize = 3;
 
 fn pod_body(ns: &str, name: &str) -> Vec<u8> {
-    json!({
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": {"app": "bench", "tier": "web"}},
         "spec": {"containers": [{"name": "app", "image": "registry.local/toolbox:1",
                                  "ports": [{"containerPort": 8080}],
                                  "env": [{"name": "MODE", "value": "bench"}],
                                  "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
-    })
-    .to_string()
-    .into_bytes()
+    });
+    // BENCH_AUTOMOUNT=false: pods without the service-account token volume the
+    // ServiceAccount admission plugin adds (to see what the bigger pod costs).
+    if std::env::var("BENCH_AUTOMOUNT").as_deref() == Ok("false") {
+        pod["spec"]["automountServiceAccountToken"] = json!(false);
+    }
+    pod.to_string().into_bytes()
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
