@@ -1,6 +1,6 @@
 //! `tinykube install master|worker [FLAGS]` and `tinykube uninstall`: the binary in
 //! /usr/local/bin, a systemd unit that runs it with those flags (restarted on failure;
-//! `KillMode=process`, so the pods' shims outlive an agent restart), enabled and started
+//! `KillMode=process`, so the pods' shims outlive an agent restart), enabled and (re)started
 //! when systemd runs; `kubectl` linked to the binary's CLI when there is none.
 //! `--root DIR` writes under DIR instead of /, for packaging and for tests.
 
@@ -149,8 +149,11 @@ pub fn install(args: InstallArgs) -> Result<(), String> {
     println!("wrote {}", path.display());
     if systemd_runs(root) {
         systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", "--now", &unit_name(&args.role)])?;
-        println!("enabled and started {}", unit_name(&args.role));
+        systemctl(&["enable", &unit_name(&args.role)])?;
+        // Restarted, not only started: installing again with other flags (another
+        // overlay backend, say) takes effect at once, as the unit file now says.
+        systemctl(&["restart", &unit_name(&args.role)])?;
+        println!("enabled and (re)started {}", unit_name(&args.role));
     } else {
         println!(
             "systemd is not running here: start it with `systemctl enable --now {}` where it is",

@@ -1,7 +1,8 @@
 //! Node lifecycle and node IPAM. A node is healthy while its kubelet renews its Lease
 //! (or posts status); past the grace period its Ready condition turns Unknown and it is
 //! tainted `node.kubernetes.io/unreachable`; pods without a toleration for that taint
-//! (or past its `tolerationSeconds`) are evicted so their ReplicaSets replace them.
+//! (or past its `tolerationSeconds`) are evicted so their ReplicaSets replace them, and
+//! until then its pods are marked not ready, so they leave their Services' endpoints.
 //! Every node also gets a /24 of the cluster CIDR as `spec.podCIDR`, never twice.
 
 use std::collections::BTreeSet;
@@ -238,7 +239,66 @@ async fn monitor(
                 &[409],
             )?;
         }
+        if wanted.is_some() {
+            mark_pods_not_ready(client, inf, &n, now).await?;
+        }
         evict(client, inf, &node, now).await?;
+    }
+    Ok(())
+}
+
+/// kube's MarkPodsNotReady: the pods of a node that is not Ready are not ready either,
+/// so they leave their Services' endpoints now, not at their eviction (a powered-off
+/// or rebooting node's pods would go on getting traffic that nobody answers). The
+/// kubelet says otherwise once it runs them again.
+async fn mark_pods_not_ready(
+    client: &kube::Client,
+    inf: &Informers,
+    node: &str,
+    now: jiff::Timestamp,
+) -> Result<(), kube::Error> {
+    for pod in inf.pods.store.state() {
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+            continue;
+        }
+        let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.as_ref()) else {
+            continue;
+        };
+        if !conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            continue;
+        }
+        let next: Vec<serde_json::Value> = conditions
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                if c.type_ == "Ready" {
+                    v["status"] = json!("False");
+                    v["lastTransitionTime"] = json!(tinykube_api::format::rfc3339(now));
+                }
+                v
+            })
+            .collect();
+        // Against the version read, so a status the kubelet has just posted wins (409).
+        let patch = json!({"metadata": {"resourceVersion": pod.metadata.resource_version},
+                           "status": {"conditions": next}});
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace(&pod.metadata));
+        crate::owner::tolerate(
+            api.patch_status(
+                name(&pod.metadata),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await,
+            &[404, 409],
+        )?;
+        tracing::info!(
+            pod = name(&pod.metadata),
+            node,
+            "node not ready: pod marked not ready"
+        );
     }
     Ok(())
 }

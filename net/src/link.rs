@@ -218,6 +218,21 @@ pub fn sysctl(key: &str, value: &str) -> Result<(), LinkError> {
     })
 }
 
+/// Loads the kernel module `name` with modprobe; what fails is logged, since the caller
+/// checks for what the module brings (a module built into the kernel needs no loading,
+/// and a kernel without modules may have it anyway).
+pub fn load_module(name: &str) {
+    match std::process::Command::new("modprobe").arg(name).output() {
+        Ok(out) if out.status.success() => tracing::info!(module = name, "kernel module loaded"),
+        Ok(out) => tracing::warn!(
+            module = name,
+            "modprobe failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => tracing::warn!(module = name, "cannot run modprobe: {e}"),
+    }
+}
+
 /// The node side of the pod network: the bridge and the wiring of each pod.
 #[derive(Clone)]
 pub struct Bridge {
@@ -236,8 +251,12 @@ impl Bridge {
         let handle = connect()?;
         let index = ensure_bridge(&handle, name, cidr.gateway(), cidr.prefix()).await?;
         sysctl("net.ipv4.ip_forward", "1")?;
-        // Present once br_netfilter is loaded (it is on these machines); without it
-        // same-node Service traffic would skip iptables, so say so rather than fail.
+        // Present once br_netfilter is loaded, which nothing does on a stock Debian (the
+        // kernel loads it on no request of its own): loaded here as k3s does. Without
+        // it same-node Service traffic would skip iptables, so say so rather than fail.
+        if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+            load_module("br_netfilter");
+        }
         if let Err(e) = sysctl("net.bridge.bridge-nf-call-iptables", "1") {
             tracing::warn!(
                 "{e}: same-node traffic to Services may bypass iptables (is br_netfilter loaded?)"

@@ -313,6 +313,37 @@ async fn silent_node_goes_not_ready_and_its_pods_move() {
     })
     .await;
     assert!(tainted.is_some(), "the unreachable taint is added");
+    // Its pods are marked not ready (kube's MarkPodsNotReady), so their Services stop
+    // sending them traffic before they are evicted.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let silent_ready = async || -> Vec<String> {
+        pods.list(&ListParams::default().labels("app=server"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("worker1"))
+            .map(|p| {
+                p.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.status)
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let marked = eventually(Duration::from_secs(20), async || {
+        let r = silent_ready().await;
+        (!r.is_empty() && r.iter().all(|s| s == "False")).then_some(())
+    })
+    .await;
+    assert!(
+        marked.is_some(),
+        "the silent node's pods are not ready: {:?}",
+        silent_ready().await
+    );
     let want = BTreeMap::from([("worker2".to_string(), 4)]);
     let moved = eventually(WAIT, async || {
         let p = placement(&client, "server").await;
@@ -335,7 +366,6 @@ async fn silent_node_goes_not_ready_and_its_pods_move() {
         .is_some()
     );
     // The evicted pods are confirmed gone; nothing is duplicated.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let settled = eventually(WAIT, async || {
         let all = pods
             .list(&ListParams::default().labels("app=server"))

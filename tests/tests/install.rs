@@ -103,7 +103,8 @@ fn install_writes_a_verified_unit_and_uninstall_takes_it_back() {
 }
 
 /// The Vagrantfile the README's "On VMs" commands use is valid (`vagrant validate`,
-/// Debian's vagrant; offline, no box needed) and lays out the course's machines.
+/// Debian's vagrant; offline, no box needed), lays out the course's machines and
+/// provisions them with scripts/provision, the script the VM test runs on its VMs.
 #[test]
 fn the_vagrantfile_validates() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -111,6 +112,12 @@ fn the_vagrantfile_validates() {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     std::fs::copy(repo.join("Vagrantfile"), work.path().join("Vagrantfile")).unwrap();
+    std::fs::create_dir(work.path().join("scripts")).unwrap();
+    std::fs::copy(
+        repo.join("scripts/provision"),
+        work.path().join("scripts/provision"),
+    )
+    .unwrap();
     let out = Command::new("vagrant")
         .arg("validate")
         .current_dir(work.path())
@@ -124,5 +131,7 @@ fn the_vagrantfile_validates() {
     for ip in ["192.168.56.10", "192.168.56.11", "192.168.56.12"] {
         assert!(text.contains(ip), "{ip}");
     }
-    assert!(text.contains("install master") && text.contains("install worker"));
+    assert!(text.contains("path: \"scripts/provision\""), "{text}");
+    let script = std::fs::read_to_string(repo.join("scripts/provision")).unwrap();
+    assert!(script.contains("install master") && script.contains("install worker"));
 }

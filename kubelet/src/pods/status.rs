@@ -172,6 +172,22 @@ pub(super) fn status(node_ip: &str, pod: &Pod, st: &PodState) -> Value {
 }
 
 /// Patches the pod's status when it changed (transition times aside).
+/// The pod's Ready condition as the API has it ("True", "False", or none).
+pub(super) fn api_ready(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str())
+}
+
+fn posted_ready(s: &Value) -> Option<&str> {
+    s["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["status"].as_str())
+}
+
 pub(super) async fn post_status(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodState) {
     let s = status(&ctx.node_ip, pod, st);
     let comparable = |v: &Value| {
@@ -183,7 +199,11 @@ pub(super) async fn post_status(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodSt
         }
         v
     };
-    if st.posted.as_ref().map(comparable) == Some(comparable(&s)) {
+    // Posted again when the API says otherwise of readiness than we do (the node
+    // controller marks a silent node's pods not ready; a reboot leaves them ready).
+    if st.posted.as_ref().map(comparable) == Some(comparable(&s))
+        && api_ready(pod) == posted_ready(&s)
+    {
         return;
     }
     let ns = pod.metadata.namespace.clone().unwrap_or_default();

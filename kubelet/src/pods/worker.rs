@@ -51,6 +51,12 @@ pub(super) async fn run(
             teardown::confirm_deletion(&ctx, &pod).await;
             return;
         }
+        if state.sandbox.is_none() && status::api_ready(&pod) == Some("True") {
+            // Nothing of the pod runs (the machine rebooted, or its sandbox went while
+            // the agent was away) but the API still says it is ready: say otherwise
+            // before starting it again, so its Services stop sending it traffic.
+            status::post_status(&ctx, &pod, &mut state).await;
+        }
         sync(&ctx, &pod, &mut state, &exits_tx).await;
         status::post_status(&ctx, &pod, &mut state).await;
         ctx.registry.set(&pod, &state);
