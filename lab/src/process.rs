@@ -82,7 +82,20 @@ pub(crate) fn cmdline(pid: u32) -> String {
 /// Stops process `pid` if its command line still contains `marker` (so a reused pid
 /// is never signalled): SIGTERM, up to `grace`, then SIGKILL.
 pub(crate) async fn stop_process(pid: u32, marker: &str, grace: Duration) {
-    if !alive(pid) || !cmdline(pid).contains(marker) {
+    if !alive(pid) {
+        return;
+    }
+    let command = cmdline(pid);
+    if command.is_empty() {
+        // Already exiting (its memory, and so its command line, is gone): wait for it
+        // to go, so nothing of it is left when this returns.
+        let deadline = Instant::now() + grace;
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return;
+    }
+    if !command.contains(marker) {
         return;
     }
     // SAFETY: kill(2) on a pid we started, checked above by its command line.
