@@ -247,6 +247,15 @@ async fn monitor(
     Ok(())
 }
 
+/// The pods bound to `node`, as the informer has them.
+fn pods_on<'a>(inf: &Informers, node: &'a str) -> impl Iterator<Item = Arc<Pod>> + 'a {
+    inf.pods
+        .store
+        .state()
+        .into_iter()
+        .filter(move |p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+}
+
 /// kube's MarkPodsNotReady: the pods of a node that is not Ready are not ready either,
 /// so they leave their Services' endpoints now, not at their eviction (a powered-off
 /// or rebooting node's pods would go on getting traffic that nobody answers). The
@@ -257,10 +266,7 @@ async fn mark_pods_not_ready(
     node: &str,
     now: jiff::Timestamp,
 ) -> Result<(), kube::Error> {
-    for pod in inf.pods.store.state() {
-        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
-            continue;
-        }
+    for pod in pods_on(inf, node) {
         let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.as_ref()) else {
             continue;
         };
@@ -323,10 +329,8 @@ async fn evict(
         return Ok(());
     }
     let n = name(&node.metadata);
-    for pod in inf.pods.store.state() {
-        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(n)
-            || pod.metadata.deletion_timestamp.is_some()
-        {
+    for pod in pods_on(inf, n) {
+        if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
         if must_evict(&pod, &taints, now) {
