@@ -89,10 +89,7 @@ pub(crate) async fn stop_process(pid: u32, marker: &str, grace: Duration) {
     if command.is_empty() {
         // Already exiting (its memory, and so its command line, is gone): wait for it
         // to go, so nothing of it is left when this returns.
-        let deadline = Instant::now() + grace;
-        while alive(pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_gone(pid, grace).await;
         return;
     }
     if !command.contains(marker) {
@@ -102,10 +99,7 @@ pub(crate) async fn stop_process(pid: u32, marker: &str, grace: Duration) {
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
-    let deadline = Instant::now() + grace;
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_gone(pid, grace).await;
     if alive(pid) {
         // SAFETY: as above.
         unsafe {
@@ -114,6 +108,14 @@ pub(crate) async fn stop_process(pid: u32, marker: &str, grace: Duration) {
         while alive(pid) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Waits until `pid` is gone, at most `limit`.
+async fn wait_gone(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -171,7 +171,6 @@ pub(super) fn status(node_ip: &str, pod: &Pod, st: &PodState) -> Value {
     status
 }
 
-/// Patches the pod's status when it changed (transition times aside).
 /// The pod's Ready condition as the API has it ("True", "False", or none).
 pub(super) fn api_ready(pod: &Pod) -> Option<&str> {
     pod.status
@@ -188,6 +187,8 @@ fn posted_ready(s: &Value) -> Option<&str> {
         .and_then(|c| c["status"].as_str())
 }
 
+/// Patches the pod's status when it changed (transition times aside), or when the
+/// API's readiness is not what we would post.
 pub(super) async fn post_status(ctx: &Arc<PodContext>, pod: &Pod, st: &mut PodState) {
     let s = status(&ctx.node_ip, pod, st);
     let comparable = |v: &Value| {
