@@ -57,6 +57,9 @@ pub struct MasterArgs {
     /// No service-account token lasts longer than this (e.g. 1h); unlimited when absent.
     #[arg(long, value_parser = tinykube_api::format::parse_go_duration)]
     service_account_max_token_expiration: Option<Duration>,
+    /// How long an Event lives after its last write (kube-apiserver's flag).
+    #[arg(long, default_value = "1h", value_parser = tinykube_api::format::parse_go_duration)]
+    event_ttl: Duration,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -72,6 +75,7 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     cfg.lb_pool = args.lb_pool;
     cfg.cluster_signing_duration = args.cluster_signing_duration;
     cfg.service_account_max_token_expiration = args.service_account_max_token_expiration;
+    cfg.event_ttl = args.event_ttl;
     let controllers = (!args.disable_controllers).then(|| tinykube_controllers::Config {
         node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period),
         cluster_cidr: args.cluster_cidr,
@@ -82,26 +86,29 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
         .await
         .map_err(|e| tinykube_apiserver::error::error_chain(&e))?;
     // The controllers and the scheduler each as their own user, as kube-controller-manager
-    // and kube-scheduler are, limited by their RBAC roles.
-    let client = |path: PathBuf| async move {
-        tinykube_client::from_kubeconfig(&path)
-            .await
-            .map_err(|e| tinykube_api::error_chain(&e))
-    };
-    let controllers_client = client(master.controllers_kubeconfig.clone()).await?;
-    let scheduler_client = client(master.scheduler_kubeconfig.clone()).await?;
+    // and kube-scheduler are, limited by their RBAC roles; they reach the API server
+    // in-process (its loopback path: the same chain, no TCP or TLS), as do the caches.
+    use tinykube_apiserver::authz::rbac::bootstrap::{CONTROLLER_MANAGER, SCHEDULER};
+    let controllers_client = kube::Client::new(master.loopback(CONTROLLER_MANAGER, &[]), "default");
+    let scheduler_client = kube::Client::new(master.loopback(SCHEDULER, &[]), "default");
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
-    if let Some(c) = controllers {
+    // One watch cache per kind, shared by the controllers and the scheduler; it reads as
+    // the controllers' user, who may list everything it holds.
+    let caches = (controllers.is_some() || !args.disable_scheduler)
+        .then(|| tinykube_client::Informers::start(&controllers_client, &cancel));
+    if let (Some(c), Some(caches)) = (controllers, &caches) {
         tasks.push(tokio::spawn(tinykube_controllers::run(
             controllers_client,
+            caches.clone(),
             c,
             cancel.clone(),
         )));
     }
-    if !args.disable_scheduler {
+    if let (false, Some(caches)) = (args.disable_scheduler, &caches) {
         tasks.push(tokio::spawn(tinykube_scheduler::run(
             scheduler_client,
+            caches.clone(),
             cancel.clone(),
         )));
     }
@@ -126,6 +133,9 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     master.run_until_signal_then(|| cancel.cancel()).await;
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(caches) = caches {
+        caches.stopped().await;
     }
     Ok(())
 }

@@ -72,6 +72,8 @@ pub struct MasterConfig {
     pub cluster_signing_duration: Duration,
     /// No service-account token lasts longer (`--service-account-max-token-expiration`).
     pub service_account_max_token_expiration: Option<Duration>,
+    /// How long an Event lives after its last write (`--event-ttl`).
+    pub event_ttl: Duration,
 }
 
 impl MasterConfig {
@@ -88,6 +90,7 @@ impl MasterConfig {
             lb_pool: None,
             cluster_signing_duration: crate::certificates::signer::DEFAULT_DURATION,
             service_account_max_token_expiration: None,
+            event_ttl: registry::expiry::DEFAULT_EVENT_TTL,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct Master {
     pub scheduler_kubeconfig: PathBuf,
     pub tokens: Tokens,
     pub ca_pem: String,
+    /// The handler chain, also reached in-process by the master's own components.
+    router: axum::Router,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -266,12 +271,20 @@ impl Master {
             }
             .run(cancel.clone()),
         );
+        let expiry = tokio::spawn(registry::expiry::run(
+            reg.clone(),
+            cfg.event_ttl,
+            cancel.clone(),
+        ));
         let serve_cancel = cancel.clone();
+        let router = crate::request::chain::router(shared);
+        let serving = router.clone();
         let task = tokio::spawn(async move {
-            serve(listener, tls, shared, serve_cancel).await;
+            serve(listener, tls, serving, serve_cancel).await;
             cleanup.abort();
             let _ = follow.await;
             let _ = legacy_tokens.await;
+            let _ = expiry.await;
         });
         tracing::info!(%url, kubeconfig = %kubeconfig.display(), "API server listening");
         Ok(Self {
@@ -282,9 +295,27 @@ impl Master {
             scheduler_kubeconfig,
             tokens,
             ca_pem,
+            router,
             cancel,
             task,
         })
+    }
+
+    /// The API server as a tower service for a component in this process acting as
+    /// `user` in `groups`: the whole handler chain (authentication from that identity,
+    /// authorization, admission, the verbs), with no socket, TCP or TLS in between, as
+    /// kube-apiserver's loopback client is. `kube::Client::new(service, "default")`
+    /// makes a client of it.
+    pub fn loopback(&self, user: &str, groups: &[&str]) -> axum::Router {
+        let peer = Peer {
+            identity: Some(tinykube_api::pki::Identity {
+                user: user.to_string(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            }),
+            not_after: None,
+            addr: None,
+        };
+        self.router.clone().layer(axum::Extension(peer))
     }
 
     pub async fn shutdown(self) {
@@ -314,11 +345,10 @@ impl Master {
 async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    shared: Arc<Shared>,
+    router: axum::Router,
     cancel: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let router = crate::request::chain::router(shared);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {

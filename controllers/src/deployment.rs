@@ -160,17 +160,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let want = spec.replicas.unwrap_or(1);
 
-    let mut owned: Vec<Arc<ReplicaSet>> = ctx
-        .inf
-        .replicasets
-        .store
-        .state()
-        .into_iter()
-        .filter(|rs| {
-            namespace(&rs.metadata) == ns
-                && controller_of(&rs.metadata).is_some_and(|r| r.uid == uid)
-        })
-        .collect();
+    let mut owned: Vec<Arc<ReplicaSet>> = ctx.inf.replicasets.by_owner(&uid);
     owned.sort_by_key(|rs| revision(rs));
     let hash = template_hash(&spec.template);
     let max_revision = owned.iter().map(|rs| revision(rs)).max().unwrap_or(0);

@@ -30,15 +30,14 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
         client,
         inf: inf.clone(),
     });
-    let services = inf.services.store.clone();
+    let services = inf.services.clone();
     // A pod change concerns every Service in its namespace that selects it.
     let pods = inf.pods.subscribe().flat_map(move |p: Arc<Pod>| {
         let ns = namespace(&p.metadata).to_string();
         let labels = p.metadata.labels.clone().unwrap_or_default();
         let refs: Vec<ObjectRef<Service>> = services
-            .state()
+            .by_namespace(&ns)
             .iter()
-            .filter(|s| namespace(&s.metadata) == ns)
             .filter(|s| {
                 s.spec
                     .as_ref()
@@ -120,13 +119,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut pods: Vec<Arc<Pod>> = ctx
         .inf
         .pods
-        .store
-        .state()
+        .by_namespace(&ns)
         .into_iter()
-        .filter(|p| {
-            namespace(&p.metadata) == ns
-                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty))
-        })
+        .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
         .filter(|p| {
             p.status
                 .as_ref()

@@ -17,10 +17,27 @@ use tokio_util::sync::CancellationToken;
 use crate::Informers;
 use crate::owner::{name, namespace};
 
-/// One object as the collector sees it.
+/// Any cached object, read through its metadata.
+trait Meta: Send + Sync {
+    fn object_meta(&self) -> &ObjectMeta;
+}
+
+impl<K: kube::Resource + Send + Sync> Meta for K {
+    fn object_meta(&self) -> &ObjectMeta {
+        self.meta()
+    }
+}
+
+/// One object as the collector sees it: the cache's own copy, not a clone of it.
 struct Node {
     kind: &'static str,
-    meta: ObjectMeta,
+    obj: Arc<dyn Meta>,
+}
+
+impl Node {
+    fn meta(&self) -> &ObjectMeta {
+        self.obj.object_meta()
+    }
 }
 
 fn api_resource(kind: &str) -> ApiResource {
@@ -80,7 +97,7 @@ fn snapshot(inf: &Informers) -> Vec<Node> {
     {
         informer.store.state().into_iter().map(move |o| Node {
             kind,
-            meta: o.meta().clone(),
+            obj: o as Arc<dyn Meta>,
         })
     }
     of("Deployment", &inf.deployments)
@@ -107,11 +124,11 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
     let all = snapshot(inf);
     let live: HashMap<&str, &Node> = all
         .iter()
-        .filter_map(|n| Some((n.meta.uid.as_deref()?, n)))
+        .filter_map(|n| Some((n.meta().uid.as_deref()?, n)))
         .collect();
     let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
     for n in &all {
-        for r in n.meta.owner_references.iter().flatten() {
+        for r in n.meta().owner_references.iter().flatten() {
             dependents.entry(r.uid.as_str()).or_default().push(n);
         }
     }
@@ -119,8 +136,8 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
     // Dependents of vanished owners.
     let mut confirmed_gone: HashSet<String> = HashSet::new();
     for n in &all {
-        let refs = n.meta.owner_references.as_deref().unwrap_or_default();
-        if refs.is_empty() || n.meta.deletion_timestamp.is_some() {
+        let refs = n.meta().owner_references.as_deref().unwrap_or_default();
+        if refs.is_empty() || n.meta().deletion_timestamp.is_some() {
             continue;
         }
         let mut all_gone = true;
@@ -130,7 +147,7 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
                 break;
             }
             if !confirmed_gone.contains(&r.uid) {
-                if owner_exists(client, namespace(&n.meta), r).await? {
+                if owner_exists(client, namespace(n.meta()), r).await? {
                     all_gone = false;
                     break;
                 }
@@ -138,25 +155,25 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
             }
         }
         if all_gone {
-            let _ = api(client, n.kind, namespace(&n.meta))
-                .delete(name(&n.meta), &DeleteParams::background())
+            let _ = api(client, n.kind, namespace(n.meta()))
+                .delete(name(n.meta()), &DeleteParams::background())
                 .await;
         }
     }
 
     // Owners being deleted with a propagation finalizer.
     for n in &all {
-        if n.meta.deletion_timestamp.is_none() {
+        if n.meta().deletion_timestamp.is_none() {
             continue;
         }
-        let finalizers = n.meta.finalizers.clone().unwrap_or_default();
-        let uid = n.meta.uid.clone().unwrap_or_default();
+        let finalizers = n.meta().finalizers.clone().unwrap_or_default();
+        let uid = n.meta().uid.clone().unwrap_or_default();
         let deps = dependents.get(uid.as_str()).cloned().unwrap_or_default();
-        let ns = namespace(&n.meta);
+        let ns = namespace(n.meta());
         if finalizers.iter().any(|f| f == "orphan") {
             for d in &deps {
                 let refs: Vec<&OwnerReference> = d
-                    .meta
+                    .meta()
                     .owner_references
                     .iter()
                     .flatten()
@@ -164,18 +181,22 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
                     .collect();
                 let patch = json!({"metadata": {"ownerReferences": refs}});
                 let _ = api(client, d.kind, ns)
-                    .patch(name(&d.meta), &PatchParams::default(), &Patch::Merge(patch))
+                    .patch(
+                        name(d.meta()),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
                     .await;
             }
             remove_finalizer(client, n, "orphan").await?;
         } else if finalizers.iter().any(|f| f == "foregroundDeletion") {
             let waiting: Vec<&&Node> = deps
                 .iter()
-                .filter(|d| d.meta.deletion_timestamp.is_none())
+                .filter(|d| d.meta().deletion_timestamp.is_none())
                 .collect();
             for d in &waiting {
                 let _ = api(client, d.kind, ns)
-                    .delete(name(&d.meta), &DeleteParams::foreground())
+                    .delete(name(d.meta()), &DeleteParams::foreground())
                     .await;
             }
             if deps.is_empty() {
@@ -189,8 +210,8 @@ async fn pass(client: &kube::Client, inf: &Informers) -> Result<(), kube::Error>
 /// Removes finalizer `f`, as a compare-and-swap on the resourceVersion; when the cached
 /// copy is stale, the object is read again and the swap retried.
 async fn remove_finalizer(client: &kube::Client, n: &Node, f: &str) -> Result<(), kube::Error> {
-    let api = api(client, n.kind, namespace(&n.meta));
-    let mut meta = n.meta.clone();
+    let api = api(client, n.kind, namespace(n.meta()));
+    let mut meta = n.meta().clone();
     for _ in 0..5 {
         let left: Vec<String> = meta
             .finalizers
@@ -202,14 +223,18 @@ async fn remove_finalizer(client: &kube::Client, n: &Node, f: &str) -> Result<()
         let patch =
             json!({"metadata": {"finalizers": left, "resourceVersion": meta.resource_version}});
         match api
-            .patch(name(&n.meta), &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                name(n.meta()),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
             .await
         {
             Ok(_) => return Ok(()),
             Err(e) => match crate::owner::api_code(&e) {
                 Some(404) => return Ok(()),
-                Some(409) => match api.get_opt(name(&n.meta)).await? {
-                    Some(fresh) if fresh.metadata.uid == n.meta.uid => meta = fresh.metadata,
+                Some(409) => match api.get_opt(name(n.meta())).await? {
+                    Some(fresh) if fresh.metadata.uid == n.meta().uid => meta = fresh.metadata,
                     _ => return Ok(()),
                 },
                 _ => return Err(e),

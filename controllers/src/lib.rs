@@ -15,16 +15,9 @@ pub mod servicelb;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::Api;
-use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
-pub use tinykube_client::Informer;
+pub use tinykube_client::{Informer, Informers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,54 +50,14 @@ impl Default for Config {
     }
 }
 
-/// The watch caches the controllers share: one watch per type.
-pub struct Informers {
-    pub pods: Arc<Informer<Pod>>,
-    pub replicasets: Arc<Informer<ReplicaSet>>,
-    pub deployments: Arc<Informer<Deployment>>,
-    pub services: Arc<Informer<Service>>,
-    pub endpoints: Arc<Informer<Endpoints>>,
-    pub slices: Arc<Informer<EndpointSlice>>,
-    pub nodes: Arc<Informer<Node>>,
-    pub leases: Arc<Informer<Lease>>,
-    pub cluster_roles: Arc<Informer<ClusterRole>>,
-}
-
-impl Informers {
-    pub fn start(client: &kube::Client, cancel: &CancellationToken) -> Self {
-        let wc = watcher::Config::default;
-        Self {
-            pods: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            replicasets: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            deployments: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            services: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            endpoints: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            slices: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            nodes: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-            leases: Informer::start(
-                Api::namespaced(client.clone(), "kube-node-lease"),
-                wc(),
-                cancel.clone(),
-            ),
-            cluster_roles: Informer::start(Api::all(client.clone()), wc(), cancel.clone()),
-        }
-    }
-}
-
-/// Runs every controller until `cancel` fires.
-pub async fn run(client: kube::Client, config: Config, cancel: CancellationToken) {
-    let inf = Arc::new(Informers::start(&client, &cancel));
-    tokio::join!(
-        inf.pods.ready(),
-        inf.replicasets.ready(),
-        inf.deployments.ready(),
-        inf.services.ready(),
-        inf.nodes.ready(),
-        inf.leases.ready(),
-        inf.endpoints.ready(),
-        inf.slices.ready(),
-        inf.cluster_roles.ready(),
-    );
+/// Runs every controller until `cancel` fires, reading the master's shared caches.
+pub async fn run(
+    client: kube::Client,
+    inf: Arc<Informers>,
+    config: Config,
+    cancel: CancellationToken,
+) {
+    inf.ready().await;
     tracing::info!("controllers started");
     tokio::join!(
         replicaset::run(client.clone(), inf.clone(), cancel.clone()),

@@ -248,12 +248,8 @@ async fn monitor(
 }
 
 /// The pods bound to `node`, as the informer has them.
-fn pods_on<'a>(inf: &Informers, node: &'a str) -> impl Iterator<Item = Arc<Pod>> + 'a {
-    inf.pods
-        .store
-        .state()
-        .into_iter()
-        .filter(move |p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+fn pods_on(inf: &Informers, node: &str) -> impl Iterator<Item = Arc<Pod>> + use<> {
+    inf.pods.by_field(node).into_iter()
 }
 
 /// kube's MarkPodsNotReady: the pods of a node that is not Ready are not ready either,

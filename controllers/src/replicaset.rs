@@ -116,10 +116,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let empty = Default::default();
 
     let mut owned: Vec<Arc<Pod>> = Vec::new();
-    for p in ctx.inf.pods.store.state() {
-        if namespace(&p.metadata) != ns {
-            continue;
-        }
+    for p in ctx.inf.pods.by_namespace(&ns) {
         let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
         let matches = selector.matches(labels);
         match controller_of(&p.metadata) {

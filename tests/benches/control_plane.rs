@@ -76,7 +76,12 @@ async fn scheduler_throughput() -> (f64, f64) {
         .boxed();
     let cancel = tokio_util::sync::CancellationToken::new();
     let start = Instant::now();
-    let sched = tokio::spawn(tinykube_scheduler::run(client.clone(), cancel.clone()));
+    let caches = tinykube_client::Informers::start(&client, &cancel);
+    let sched = tokio::spawn(tinykube_scheduler::run(
+        client.clone(),
+        caches.clone(),
+        cancel.clone(),
+    ));
     let mut bound = std::collections::HashSet::new();
     let mut first: Option<Instant> = None;
     while bound.len() < 10_000 {
@@ -95,6 +100,7 @@ async fn scheduler_throughput() -> (f64, f64) {
     let span = first.unwrap().elapsed().as_secs_f64();
     cancel.cancel();
     let _ = sched.await;
+    caches.stopped().await;
     nodes.stop().await;
     drop(master);
     (10_000.0 / span, total)

@@ -112,17 +112,27 @@ impl TestMasterBuilder {
         let master = Master::start(cfg).await.expect("master starts");
         let control_plane = match self.control_plane {
             Some(config) => {
-                // Each as its own user, as `tinykube master` runs them.
-                let controllers = client_for(&master.controllers_kubeconfig).await;
-                let scheduler = client_for(&master.scheduler_kubeconfig).await;
+                // Each as its own user through the loopback path, as `tinykube master`
+                // runs them.
+                use tinykube_apiserver::authz::rbac::bootstrap::{CONTROLLER_MANAGER, SCHEDULER};
+                let controllers =
+                    kube::Client::new(master.loopback(CONTROLLER_MANAGER, &[]), "default");
+                let scheduler = kube::Client::new(master.loopback(SCHEDULER, &[]), "default");
                 let cancel = tokio_util::sync::CancellationToken::new();
+                let caches = tinykube_client::Informers::start(&controllers, &cancel);
                 let tasks = vec![
                     tokio::spawn(tinykube_controllers::run(
                         controllers,
+                        caches.clone(),
                         config,
                         cancel.clone(),
                     )),
-                    tokio::spawn(tinykube_scheduler::run(scheduler, cancel.clone())),
+                    tokio::spawn(tinykube_scheduler::run(
+                        scheduler,
+                        caches.clone(),
+                        cancel.clone(),
+                    )),
+                    tokio::spawn(async move { caches.stopped().await }),
                 ];
                 Some((cancel, tasks))
             }

@@ -518,12 +518,18 @@ async fn controllers_started_after_their_objects_reconcile_them() {
     ]);
     let client = m.client().await;
     let cancel = tokio_util::sync::CancellationToken::new();
+    let caches = tinykube_client::Informers::start(&client, &cancel);
     let controllers = tokio::spawn(tinykube_controllers::run(
         client.clone(),
+        caches.clone(),
         fast(),
         cancel.clone(),
     ));
-    let scheduler = tokio::spawn(tinykube_scheduler::run(client.clone(), cancel.clone()));
+    let scheduler = tokio::spawn(tinykube_scheduler::run(
+        client.clone(),
+        caches.clone(),
+        cancel.clone(),
+    ));
     let ready = eventually(Duration::from_secs(20), async || {
         let d: Api<Deployment> = Api::namespaced(client.clone(), "default");
         let d = d.get("late").await.ok()?;
@@ -531,7 +537,7 @@ async fn controllers_started_after_their_objects_reconcile_them() {
     })
     .await;
     cancel.cancel();
-    let _ = tokio::join!(controllers, scheduler);
+    let _ = tokio::join!(controllers, scheduler, caches.stopped());
     nodes.stop().await;
     assert!(
         ready.is_some(),

@@ -2,6 +2,7 @@
 //! state), then live events, one JSON object per line, with bookmarks and the timeout.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +15,7 @@ use crate::error::ApiError;
 use crate::registry::{self, ListOptions};
 use crate::request::negotiate::{Output, partial};
 use crate::request::table;
+use crate::store::{Event, WatchFilter};
 
 fn watch_line(kind: &str, object: Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
@@ -41,9 +43,19 @@ pub(super) fn serve_watch(c: &Call<'_>) -> Result<Response, ApiError> {
         .unwrap_or(Duration::from_secs(1800));
     let reg = shared.registry.clone();
     let (initial, from) = initial_state(&reg, res, ns, &opts, rv, send_initial)?;
+    // A watch with selectors has the store skip what it does not select, before the
+    // event reaches this watch's queue.
+    let opts = Arc::new(opts);
+    let filter: Option<WatchFilter> =
+        (!opts.labels.is_empty() || !opts.fields.is_empty()).then(|| {
+            let opts = opts.clone();
+            Arc::new(move |ev: &Event| {
+                registry::filter_event(res, &opts, ev.kind, &ev.object, ev.prev.as_ref()).is_some()
+            }) as WatchFilter
+        });
     let mut rx = reg
         .store
-        .watch(&res.list_prefix(ns), from)
+        .watch_filtered(&res.list_prefix(ns), from, filter)
         .map_err(|e| ApiError::from_store(res, "", e))?;
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     let interval = shared.bookmark_interval;

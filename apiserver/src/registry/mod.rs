@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod csr;
 pub mod decode;
 pub mod defaults;
+pub mod expiry;
 mod list;
 pub mod namespace;
 pub mod patch;

@@ -3,6 +3,7 @@
 //! resourceVersion is one global revision counter. Every write is one atomic batch that
 //! updates the object and appends to an event log; watches resume from that log.
 
+pub mod fanout;
 mod sled_store;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub use fanout::WatchFilter;
 pub use sled_store::{SledStore, SledStoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +134,18 @@ pub trait Store: Send + Sync + 'static {
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Arc<Event>, StoreError>>;
 
     /// Events for keys under `prefix` with revisions greater than `after`, in order.
-    fn watch(&self, prefix: &str, after: u64) -> Result<WatchReceiver, StoreError>;
+    fn watch(&self, prefix: &str, after: u64) -> Result<WatchReceiver, StoreError> {
+        self.watch_filtered(prefix, after, None)
+    }
+
+    /// The same, keeping only the events `filter` accepts: the store skips the others
+    /// before they reach the watcher's queue.
+    fn watch_filtered(
+        &self,
+        prefix: &str,
+        after: u64,
+        filter: Option<WatchFilter>,
+    ) -> Result<WatchReceiver, StoreError>;
 
     fn current_revision(&self) -> u64;
 }

@@ -1,6 +1,7 @@
 //! The sled engine: one writer thread applies writes in batches and makes each batch
-//! durable with a single flush (group commit); watches read the log, then follow a
-//! broadcast of new events.
+//! durable with a single flush (group commit), then hands the events to the watchers
+//! that want them (`fanout.rs`); a watch reads the log first, and again when it falls
+//! behind.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,9 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Event, EventType, ListPage, Store, StoreError, Stored, WatchReceiver, WriteOp};
+use super::fanout::{Entry, Fanout};
+use super::{
+    Event, EventType, ListPage, Store, StoreError, Stored, WatchFilter, WatchReceiver, WriteOp,
+};
 
 const OBJ: &[u8] = b"o\0";
 const LOG: &[u8] = b"l\0";
@@ -47,7 +51,7 @@ pub struct SledStore {
     rev: Arc<AtomicU64>,
     compacted: Arc<AtomicU64>,
     writes: mpsc::UnboundedSender<Request>,
-    events: broadcast::Sender<Arc<Event>>,
+    fanout: Arc<Fanout>,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -106,13 +110,13 @@ impl SledStore {
         let rev = Arc::new(AtomicU64::new(read_u64(&tree, META_REV)?));
         let compacted = Arc::new(AtomicU64::new(read_u64(&tree, META_COMPACTED)?));
         let (writes, rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(4096);
+        let fanout = Arc::new(Fanout::default());
         let writer = Writer {
             db,
             tree: tree.clone(),
             rev: rev.clone(),
             compacted: compacted.clone(),
-            events: events.clone(),
+            fanout: fanout.clone(),
             retain: options.retain_revisions.max(1),
         };
         std::thread::Builder::new()
@@ -124,7 +128,7 @@ impl SledStore {
             rev,
             compacted,
             writes,
-            events,
+            fanout,
         })
     }
 
@@ -201,10 +205,15 @@ impl Store for SledStore {
         })
     }
 
-    fn watch(&self, prefix: &str, after: u64) -> Result<WatchReceiver, StoreError> {
-        // Subscribe before reading the log, so nothing written in between is missed;
+    fn watch_filtered(
+        &self,
+        prefix: &str,
+        after: u64,
+        filter: Option<WatchFilter>,
+    ) -> Result<WatchReceiver, StoreError> {
+        // Registered before the log is read, so nothing written in between is missed;
         // events seen twice are dropped by revision.
-        let mut live = self.events.subscribe();
+        let (entry, mut live) = self.fanout.register(prefix, filter);
         let compacted = self.compacted.load(Ordering::Acquire);
         if after < compacted {
             return Err(StoreError::Compacted {
@@ -215,10 +224,9 @@ impl Store for SledStore {
         let (tx, rx) = mpsc::channel(256);
         let tree = self.tree.clone();
         let compacted = self.compacted.clone();
-        let prefix = prefix.to_string();
         tokio::spawn(async move {
             let mut last = after;
-            if replay(&tree, &prefix, &mut last, &compacted, &tx)
+            if replay(&tree, &entry, &mut last, &compacted, &tx)
                 .await
                 .is_err()
             {
@@ -226,30 +234,40 @@ impl Store for SledStore {
             }
             loop {
                 // A watcher that went away ends its task now, not at the next event.
-                let next = tokio::select! {
-                    r = live.recv() => r,
-                    _ = tx.closed() => return,
-                };
-                match next {
-                    Ok(ev) => {
-                        if ev.rev <= last {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Some(ev) => {
+                            if ev.rev > last {
+                                last = ev.rev;
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
                             continue;
                         }
-                        last = ev.rev;
-                        if ev.key.starts_with(&prefix) && tx.send(Ok(ev)).await.is_err() {
+                        None => {
+                            let _ = tx.send(Err(StoreError::Closed)).await;
                             return;
                         }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if replay(&tree, &prefix, &mut last, &compacted, &tx)
-                            .await
-                            .is_err()
-                        {
-                            return;
+                    },
+                    _ = entry.woken.notified() => {}
+                    _ = tx.closed() => return,
+                }
+                if entry.take_lagged() {
+                    // What was queued comes first, in order; then the log from there,
+                    // which holds everything skipped while the mark was set.
+                    while let Ok(ev) = live.try_recv() {
+                        if ev.rev > last {
+                            last = ev.rev;
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx.send(Err(StoreError::Closed)).await;
+                    if replay(&tree, &entry, &mut last, &compacted, &tx)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -263,10 +281,11 @@ impl Store for SledStore {
     }
 }
 
-/// Sends logged events after `*last` under `prefix`; Err(()) when the watch must end.
+/// Sends logged events after `*last` that the watcher wants; Err(()) when the watch
+/// must end.
 async fn replay(
     tree: &sled::Tree,
-    prefix: &str,
+    watcher: &Entry,
     last: &mut u64,
     compacted: &AtomicU64,
     tx: &mpsc::Sender<Result<Arc<Event>, StoreError>>,
@@ -299,7 +318,7 @@ async fn replay(
         }
         for ev in chunk {
             *last = ev.rev;
-            if ev.key.starts_with(prefix) && tx.send(Ok(Arc::new(ev))).await.is_err() {
+            if watcher.wants(&ev) && tx.send(Ok(Arc::new(ev))).await.is_err() {
                 return Err(());
             }
         }
@@ -311,7 +330,7 @@ struct Writer {
     tree: sled::Tree,
     rev: Arc<AtomicU64>,
     compacted: Arc<AtomicU64>,
-    events: broadcast::Sender<Arc<Event>>,
+    fanout: Arc<Fanout>,
     retain: u64,
 }
 
@@ -360,7 +379,7 @@ impl Writer {
         }
         for (reply, result) in outcomes {
             if let Ok(ev) = &result {
-                let _ = self.events.send(ev.clone());
+                self.fanout.dispatch(ev);
             }
             let _ = reply.send(result);
         }
@@ -594,14 +613,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watcher_that_falls_behind_catches_up_from_the_log_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
+        let mut rx = store.watch("p/", 0).unwrap();
+        // Far more than its queues hold, while it reads nothing.
+        for i in 0..3000 {
+            let key = if i % 3 == 0 {
+                "s/default/x"
+            } else {
+                "p/default/a"
+            };
+            let op = if i < 2 {
+                WriteOp::Create {
+                    key: key.into(),
+                    object: pod("a"),
+                }
+            } else {
+                WriteOp::Update {
+                    key: key.into(),
+                    object: pod("a"),
+                    expect_rev: None,
+                }
+            };
+            store.write(op).await.unwrap();
+        }
+        let mut revs = Vec::new();
+        while revs.len() < 2000 {
+            let ev = rx.recv().await.unwrap().unwrap();
+            assert!(ev.key.starts_with("p/"));
+            revs.push(ev.rev);
+        }
+        let want: Vec<u64> = (1..=3000).filter(|r| (r - 1) % 3 != 0).collect();
+        assert_eq!(revs, want);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_watch_gets_only_what_its_filter_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
+        let filter: WatchFilter = Arc::new(|ev: &Event| ev.key.ends_with("/b"));
+        let mut rx = store.watch_filtered("p/", 0, Some(filter)).unwrap();
+        for name in ["a", "b", "c", "b2", "b"] {
+            let _ = store
+                .write(WriteOp::Create {
+                    key: format!("p/default/{name}"),
+                    object: pod(name),
+                })
+                .await;
+        }
+        let ev = rx.recv().await.unwrap().unwrap();
+        assert_eq!((ev.key.as_str(), ev.rev), ("p/default/b", 2));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
     async fn watch_tasks_end_when_the_client_goes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), SledStoreOptions::default()).unwrap();
         let rx = store.watch("p/", 0).unwrap();
-        assert_eq!(store.events.receiver_count(), 1);
+        assert_eq!(store.fanout.len(), 1);
         drop(rx);
         for _ in 0..100 {
-            if store.events.receiver_count() == 0 {
+            if store.fanout.is_empty() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
