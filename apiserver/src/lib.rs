@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod kubelets;
+pub mod metrics;
 pub mod registry;
 pub mod request;
 pub mod resources;

@@ -74,6 +74,8 @@ pub struct MasterConfig {
     pub service_account_max_token_expiration: Option<Duration>,
     /// How long an Event lives after its last write (`--event-ttl`).
     pub event_ttl: Duration,
+    /// The process's metrics registry, served on `/metrics`.
+    pub metrics: tinykube_api::metrics::Metrics,
 }
 
 impl MasterConfig {
@@ -91,6 +93,7 @@ impl MasterConfig {
             cluster_signing_duration: crate::certificates::signer::DEFAULT_DURATION,
             service_account_max_token_expiration: None,
             event_ttl: registry::expiry::DEFAULT_EVENT_TTL,
+            metrics: Default::default(),
         }
     }
 }
@@ -163,7 +166,11 @@ impl Master {
             path: dir.clone(),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?);
+        let metrics = crate::metrics::ApiMetrics::new(cfg.metrics.clone());
+        let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(
+            Arc::new(SledStore::open(&dir.join("db"), cfg.store.clone())?),
+            metrics.clone(),
+        ));
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -249,6 +256,7 @@ impl Master {
                 duration: cfg.cluster_signing_duration,
             },
             usage: Default::default(),
+            metrics,
         });
         let tls = shared.pki.server_config()?;
         let rbac = shared.authorizer.rbac.clone();

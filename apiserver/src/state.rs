@@ -29,6 +29,8 @@ pub struct Shared {
     pub kubelet_tls: tokio_rustls::TlsConnector,
     /// The kubelets' resource usage summaries, kept a few seconds for the metrics API.
     pub usage: UsageCache,
+    /// The API server's metrics, in the process's registry.
+    pub metrics: crate::metrics::ApiMetrics,
 }
 
 /// The last resource-usage summary of each node's kubelet, and when it was read (the

@@ -21,7 +21,12 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
+use tinykube_api::metrics::Metrics;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +57,7 @@ where
     subscribers: Mutex<Subscribers<K>>,
     indexes: RwLock<Indexes<K>>,
     index_fn: Option<IndexFn<K>>,
+    queue_metrics: Option<QueueMetrics>,
 }
 
 /// The live feeds, and whether the watch has ended (a later feed starts closed).
@@ -151,6 +157,49 @@ where
 struct Feed<K> {
     queue: Mutex<Queue<K>>,
     notify: Notify,
+    /// `workqueue_depth` and `workqueue_adds_total` of the subscriber, when named.
+    meters: Option<(Gauge, Counter)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueName {
+    name: String,
+}
+
+/// client-go's workqueue metrics, by subscriber: a feed is the work queue in front of
+/// its controller.
+#[derive(Clone, Default)]
+pub struct QueueMetrics {
+    depth: Family<QueueName, Gauge>,
+    adds: Family<QueueName, Counter>,
+}
+
+impl QueueMetrics {
+    /// Registers `workqueue_depth` and `workqueue_adds_total` in `registry`.
+    pub fn new(registry: &Metrics) -> Self {
+        let m = Self::default();
+        registry.register(
+            "workqueue_depth",
+            "Current depth of workqueue",
+            m.depth.clone(),
+        );
+        registry.register(
+            "workqueue_adds",
+            "Total number of adds handled by workqueue",
+            m.adds.clone(),
+        );
+        m
+    }
+
+    fn meters(&self, name: &str) -> (Gauge, Counter) {
+        let l = QueueName {
+            name: name.to_string(),
+        };
+        (
+            self.depth.get_or_create(&l).clone(),
+            self.adds.get_or_create(&l).clone(),
+        )
+    }
 }
 
 struct Queue<K> {
@@ -169,7 +218,7 @@ fn identity<K: Resource>(obj: &K) -> String {
 }
 
 impl<K: Resource> Feed<K> {
-    fn new() -> Self {
+    fn new(meters: Option<(Gauge, Counter)>) -> Self {
         Self {
             queue: Mutex::new(Queue {
                 order: VecDeque::new(),
@@ -177,6 +226,14 @@ impl<K: Resource> Feed<K> {
                 closed: false,
             }),
             notify: Notify::new(),
+            meters,
+        }
+    }
+
+    fn added(&self) {
+        if let Some((depth, adds)) = &self.meters {
+            depth.inc();
+            adds.inc();
         }
     }
 
@@ -186,6 +243,7 @@ impl<K: Resource> Feed<K> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.latest.insert(id.clone(), obj).is_none() {
             q.order.push_back(id);
+            self.added();
         }
         drop(q);
         self.notify.notify_one();
@@ -200,6 +258,7 @@ impl<K: Resource> Feed<K> {
             if let std::collections::hash_map::Entry::Vacant(e) = q.latest.entry(id.clone()) {
                 e.insert(obj);
                 q.order.push_back(id);
+                self.added();
             }
         }
         drop(q);
@@ -218,6 +277,9 @@ impl<K: Resource> Feed<K> {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 while let Some(id) = q.order.pop_front() {
                     if let Some(obj) = q.latest.remove(&id) {
+                        if let Some((depth, _)) = &self.meters {
+                            depth.dec();
+                        }
                         return Some(obj);
                     }
                 }
@@ -293,16 +355,36 @@ where
         index_fn: Option<IndexFn<K>>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
+        Self::start_with(api, config, index_fn, None, None, cancel)
+    }
+
+    /// Starts watching `api`, indexing by `index_fn`, keeping of each object only what
+    /// `project` leaves of it (after [`strip`]), and measuring named subscribers'
+    /// queues in `queue_metrics`.
+    pub fn start_with(
+        api: Api<K>,
+        config: watcher::Config,
+        index_fn: Option<IndexFn<K>>,
+        project: Option<fn(&mut K)>,
+        queue_metrics: Option<QueueMetrics>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let (store, writer) = reflector::store();
         let shared = Arc::new(Shared {
             subscribers: Mutex::new(Subscribers::new()),
             indexes: RwLock::new(Indexes::default()),
             index_fn,
+            queue_metrics,
         });
         let (listed, _) = watch::channel(false);
         let events = watcher::watcher(api, config)
             .default_backoff()
-            .modify(strip)
+            .modify(move |o| {
+                strip(o);
+                if let Some(p) = project {
+                    p(o);
+                }
+            })
             .boxed();
         let task = tokio::spawn(watch_loop(
             events,
@@ -327,7 +409,18 @@ where
     /// is lost however far behind the subscriber falls. The stream ends when the
     /// informer stops.
     pub fn subscribe(&self) -> BoxStream<'static, Arc<K>> {
-        let feed = Arc::new(Feed::new());
+        self.subscribe_feed(None)
+    }
+
+    /// [`Self::subscribe`] for a named subscriber (a controller), whose queue is
+    /// measured as client-go measures a controller's workqueue.
+    pub fn subscribe_as(&self, name: &str) -> BoxStream<'static, Arc<K>> {
+        self.subscribe_feed(Some(name))
+    }
+
+    fn subscribe_feed(&self, name: Option<&str>) -> BoxStream<'static, Arc<K>> {
+        let meters = name.and_then(|n| Some(self.shared.queue_metrics.as_ref()?.meters(n)));
+        let feed = Arc::new(Feed::new(meters));
         let closed = {
             let mut subs = self
                 .shared
@@ -535,6 +628,7 @@ mod tests {
                 subscribers: Mutex::new(Subscribers::new()),
                 indexes: RwLock::new(Indexes::default()),
                 index_fn: Some(node_of as IndexFn<Pod>),
+                queue_metrics: None,
             });
             let (listed, _) = watch::channel(false);
             Self {
@@ -554,7 +648,7 @@ mod tests {
             );
         }
         fn feed(&self) -> Arc<Feed<Pod>> {
-            let feed = Arc::new(Feed::new());
+            let feed = Arc::new(Feed::new(None));
             self.shared
                 .subscribers
                 .lock()

@@ -34,26 +34,29 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
     });
     let owned = inf
         .replicasets
-        .subscribe()
+        .subscribe_as("deployment")
         .filter_map(|rs: Arc<ReplicaSet>| {
             let owner = controller_of(&rs.metadata)
                 .filter(|r| r.kind == "Deployment")
                 .map(|r| ObjectRef::<Deployment>::new(&r.name).within(namespace(&rs.metadata)));
             futures::future::ready(owner)
         });
-    Controller::for_shared_stream(inf.deployments.subscribe(), inf.deployments.store.clone())
-        .reconcile_on(owned)
-        .graceful_shutdown_on(async move { cancel.cancelled().await })
-        .run(
-            reconcile,
-            |_, e: &Error, _| {
-                tracing::debug!(error = %e, "deployment reconcile failed; retrying");
-                Action::requeue(Duration::from_millis(500))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    Controller::for_shared_stream(
+        inf.deployments.subscribe_as("deployment"),
+        inf.deployments.store.clone(),
+    )
+    .reconcile_on(owned)
+    .graceful_shutdown_on(async move { cancel.cancelled().await })
+    .run(
+        reconcile,
+        |_, e: &Error, _| {
+            tracing::debug!(error = %e, "deployment reconcile failed; retrying");
+            Action::requeue(Duration::from_millis(500))
+        },
+        ctx,
+    )
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 /// FNV-1a of the template, written with Kubernetes' "safe" alphabet (no vowels).

@@ -32,37 +32,43 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
     });
     let services = inf.services.clone();
     // A pod change concerns every Service in its namespace that selects it.
-    let pods = inf.pods.subscribe().flat_map(move |p: Arc<Pod>| {
-        let ns = namespace(&p.metadata).to_string();
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        let refs: Vec<ObjectRef<Service>> = services
-            .by_namespace(&ns)
-            .iter()
-            .filter(|s| {
-                s.spec
-                    .as_ref()
-                    .and_then(|sp| sp.selector.as_ref())
-                    .is_some_and(|sel| {
-                        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-                    })
-            })
-            .map(|s| ObjectRef::new(name(&s.metadata)).within(&ns))
-            .collect();
-        futures::stream::iter(refs)
-    });
-    Controller::for_shared_stream(inf.services.subscribe(), inf.services.store.clone())
-        .reconcile_on(pods)
-        .graceful_shutdown_on(async move { cancel.cancelled().await })
-        .run(
-            reconcile,
-            |_, e: &Error, _| {
-                tracing::debug!(error = %e, "endpoints reconcile failed; retrying");
-                Action::requeue(Duration::from_millis(500))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let pods = inf
+        .pods
+        .subscribe_as("endpoints")
+        .flat_map(move |p: Arc<Pod>| {
+            let ns = namespace(&p.metadata).to_string();
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let refs: Vec<ObjectRef<Service>> = services
+                .by_namespace(&ns)
+                .iter()
+                .filter(|s| {
+                    s.spec
+                        .as_ref()
+                        .and_then(|sp| sp.selector.as_ref())
+                        .is_some_and(|sel| {
+                            !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                        })
+                })
+                .map(|s| ObjectRef::new(name(&s.metadata)).within(&ns))
+                .collect();
+            futures::stream::iter(refs)
+        });
+    Controller::for_shared_stream(
+        inf.services.subscribe_as("endpoints"),
+        inf.services.store.clone(),
+    )
+    .reconcile_on(pods)
+    .graceful_shutdown_on(async move { cancel.cancelled().await })
+    .run(
+        reconcile,
+        |_, e: &Error, _| {
+            tracing::debug!(error = %e, "endpoints reconcile failed; retrying");
+            Action::requeue(Duration::from_millis(500))
+        },
+        ctx,
+    )
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 /// A Service port resolved against one pod: (name, port, protocol).

@@ -62,10 +62,10 @@ fn api(client: &kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
 
 pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: CancellationToken) {
     let triggers = futures::stream::select_all([
-        inf.deployments.subscribe().map(|_| ()).boxed(),
-        inf.replicasets.subscribe().map(|_| ()).boxed(),
-        inf.pods.subscribe().map(|_| ()).boxed(),
-        inf.services.subscribe().map(|_| ()).boxed(),
+        inf.deployments.subscribe_as("gc").map(|_| ()).boxed(),
+        inf.replicasets.subscribe_as("gc").map(|_| ()).boxed(),
+        inf.pods.subscribe_as("gc").map(|_| ()).boxed(),
+        inf.services.subscribe_as("gc").map(|_| ()).boxed(),
     ]);
     let mut triggers = triggers.ready_chunks(4096);
     let mut resync = tokio::time::interval(Duration::from_secs(5));

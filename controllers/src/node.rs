@@ -27,7 +27,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(config.node_monitor_period);
-    let mut node_changes = inf.nodes.subscribe().boxed();
+    let mut node_changes = inf.nodes.subscribe_as("node").boxed();
     let Some(ipam) = Ipam::parse(&config.cluster_cidr) else {
         tracing::error!(cidr = %config.cluster_cidr, "invalid cluster CIDR; node IPAM is off");
         return;

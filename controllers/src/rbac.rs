@@ -67,7 +67,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let api: Api<ClusterRole> = Api::all(client);
-    let mut changes = roles.subscribe().boxed();
+    let mut changes = roles.subscribe_as("clusterrole-aggregation").boxed();
     let mut resync = tokio::time::interval(RESYNC);
     loop {
         tokio::select! {

@@ -43,18 +43,24 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
         inf: inf.clone(),
         expectations: Mutex::default(),
     });
-    let pods = inf.pods.subscribe().filter_map(|p: Arc<Pod>| {
-        let owner = controller_of(&p.metadata)
-            .filter(|r| r.kind == "ReplicaSet")
-            .map(|r| ObjectRef::<ReplicaSet>::new(&r.name).within(namespace(&p.metadata)));
-        futures::future::ready(owner)
-    });
-    Controller::for_shared_stream(inf.replicasets.subscribe(), inf.replicasets.store.clone())
-        .reconcile_on(pods)
-        .graceful_shutdown_on(async move { cancel.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let pods = inf
+        .pods
+        .subscribe_as("replicaset")
+        .filter_map(|p: Arc<Pod>| {
+            let owner = controller_of(&p.metadata)
+                .filter(|r| r.kind == "ReplicaSet")
+                .map(|r| ObjectRef::<ReplicaSet>::new(&r.name).within(namespace(&p.metadata)));
+            futures::future::ready(owner)
+        });
+    Controller::for_shared_stream(
+        inf.replicasets.subscribe_as("replicaset"),
+        inf.replicasets.store.clone(),
+    )
+    .reconcile_on(pods)
+    .graceful_shutdown_on(async move { cancel.cancelled().await })
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Ctx>) -> Action {

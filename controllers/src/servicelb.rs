@@ -227,8 +227,8 @@ pub async fn run(
 ) {
     let recorder = Recorder::new(client.clone(), "service-lb-controller", None);
     let mut changes = futures::stream::select(
-        inf.services.subscribe().map(|_| ()),
-        inf.nodes.subscribe().map(|_| ()),
+        inf.services.subscribe_as("servicelb").map(|_| ()),
+        inf.nodes.subscribe_as("servicelb").map(|_| ()),
     )
     .boxed();
     let mut resync = tokio::time::interval(RESYNC);

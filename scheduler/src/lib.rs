@@ -6,6 +6,7 @@
 //! queues (`queue.rs`) until the cluster changes.
 
 pub mod filter;
+pub mod metrics;
 pub mod queue;
 
 use std::collections::HashMap;
@@ -104,6 +105,7 @@ struct State {
     /// What scheduling last read of each node.
     nodes: HashMap<String, u64>,
     recorder: Recorder,
+    metrics: metrics::SchedulerMetrics,
 }
 
 impl State {
@@ -145,18 +147,24 @@ impl State {
 }
 
 /// Schedules until `cancel` fires, reading the master's shared caches.
-pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    inf: Arc<Informers>,
+    registry: &tinykube_api::metrics::Metrics,
+    cancel: CancellationToken,
+) {
     let (pods, nodes, services) = (&inf.pods, &inf.nodes, &inf.services);
     tokio::join!(pods.ready(), nodes.ready(), services.ready());
     tracing::info!("scheduler started");
-    let mut pod_changes = pods.subscribe().boxed();
-    let mut node_changes = nodes.subscribe().boxed();
+    let mut pod_changes = pods.subscribe_as("scheduler");
+    let mut node_changes = nodes.subscribe_as("scheduler");
     let mut state = State {
         queue: Queue::default(),
         assumed: HashMap::new(),
         reported: HashMap::new(),
         nodes: HashMap::new(),
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME, None),
+        metrics: metrics::SchedulerMetrics::new(registry),
     };
     let binds = Arc::new(Semaphore::new(64));
     let mut resync = tokio::time::interval(Duration::from_secs(30));
@@ -187,6 +195,7 @@ pub async fn run(client: kube::Client, inf: Arc<Informers>, cancel: Cancellation
         }
         state.queue.tick(Instant::now());
         schedule_active(&client, pods, nodes, services, &mut state, &binds).await;
+        state.metrics.pending(state.queue.depths());
     }
 }
 
@@ -243,7 +252,17 @@ async fn schedule_active(
     }
     for pod in pending {
         let key = pod_key(&pod);
-        match filter::choose(&pod, &infos, &svc_list) {
+        let started = Instant::now();
+        let chosen = filter::choose(&pod, &infos, &svc_list);
+        let result = if chosen.is_ok() {
+            "scheduled"
+        } else {
+            "unschedulable"
+        };
+        state
+            .metrics
+            .attempt(result, started.elapsed().as_secs_f64());
+        match chosen {
             Ok(i) => {
                 infos[i].add(&pod, &svc_list);
                 let node = infos[i].name().to_string();

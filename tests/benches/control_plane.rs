@@ -77,11 +77,13 @@ async fn scheduler_throughput() -> (f64, f64) {
     let cancel = tokio_util::sync::CancellationToken::new();
     let start = Instant::now();
     let caches = tinykube_client::Informers::start(&client, &cancel);
-    let sched = tokio::spawn(tinykube_scheduler::run(
-        client.clone(),
-        caches.clone(),
-        cancel.clone(),
-    ));
+    let sched = tokio::spawn({
+        let (client, caches, cancel) = (client.clone(), caches.clone(), cancel.clone());
+        async move {
+            let metrics = tinykube_api::metrics::Metrics::default();
+            tinykube_scheduler::run(client, caches, &metrics, cancel).await
+        }
+    });
     let mut bound = std::collections::HashSet::new();
     let mut first: Option<Instant> = None;
     while bound.len() < 10_000 {

@@ -109,6 +109,7 @@ impl TestMasterBuilder {
             cfg.cluster_signing_duration = d;
         }
         cfg.service_account_max_token_expiration = self.max_token_expiration;
+        let metrics = cfg.metrics.clone();
         let master = Master::start(cfg).await.expect("master starts");
         let control_plane = match self.control_plane {
             Some(config) => {
@@ -119,7 +120,8 @@ impl TestMasterBuilder {
                     kube::Client::new(master.loopback(CONTROLLER_MANAGER, &[]), "default");
                 let scheduler = kube::Client::new(master.loopback(SCHEDULER, &[]), "default");
                 let cancel = tokio_util::sync::CancellationToken::new();
-                let caches = tinykube_client::Informers::start(&controllers, &cancel);
+                let caches =
+                    tinykube_client::Informers::start_measured(&controllers, &metrics, &cancel);
                 let tasks = vec![
                     tokio::spawn(tinykube_controllers::run(
                         controllers,
@@ -127,11 +129,10 @@ impl TestMasterBuilder {
                         config,
                         cancel.clone(),
                     )),
-                    tokio::spawn(tinykube_scheduler::run(
-                        scheduler,
-                        caches.clone(),
-                        cancel.clone(),
-                    )),
+                    tokio::spawn({
+                        let (caches, cancel) = (caches.clone(), cancel.clone());
+                        async move { tinykube_scheduler::run(scheduler, caches, &metrics, cancel).await }
+                    }),
                     tokio::spawn(async move { caches.stopped().await }),
                 ];
                 Some((cancel, tasks))

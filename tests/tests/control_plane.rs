@@ -499,6 +499,78 @@ async fn unschedulable_pod_waits_with_the_kubernetes_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_master_serves_its_metrics_and_folds_repeated_events() {
+    let (m, nodes, k) = lab().await;
+    // A pod no node can take: one FailedScheduling event, its count going up with each
+    // attempt a node change brings, not a new event per attempt.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nowhere\nspec:\n  nodeSelector: {disk: none}\n  containers:\n  - name: c\n    image: nginx\n",
+    );
+    let failed = |k: &Kubectl| {
+        let out = k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=FailedScheduling,involvedObject.name=nowhere",
+            "-o",
+            "jsonpath={range .items[*]}{.count}{\" \"}{end}",
+        ]);
+        out.split_whitespace()
+            .map(|c| c.parse::<i64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(WAIT, async || (failed(&k).len() == 1).then_some(()))
+            .await
+            .is_some()
+    );
+    // Node changes that matter for scheduling (a label) send the pod back to the queue.
+    k.ok(&["label", "node", "worker1", "zone=a"]);
+    k.ok(&["label", "node", "worker2", "zone=b"]);
+    let folded = eventually(WAIT, async || {
+        let counts = failed(&k);
+        (counts.len() == 1 && counts[0] >= 2).then_some(counts)
+    })
+    .await;
+    assert!(
+        folded.is_some(),
+        "one event whose count grows: {:?}",
+        failed(&k)
+    );
+
+    let metrics = k.ok(&["get", "--raw", "/metrics"]);
+    for want in [
+        "apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"pods\"",
+        "apiserver_request_duration_seconds_bucket{",
+        "apiserver_storage_objects{resource=\"pods\"} ",
+        "apiserver_longrunning_requests{verb=\"WATCH\"",
+        "etcd_request_duration_seconds_count{operation=\"create\",resource=\"pods\"}",
+        "workqueue_depth{name=\"replicaset\"}",
+        "workqueue_adds_total{name=\"scheduler\"}",
+        "scheduler_pending_pods{queue=\"unschedulable\"} 1",
+        "scheduler_schedule_attempts_total{result=\"unschedulable\",profile=\"default-scheduler\"}",
+    ] {
+        assert!(metrics.contains(want), "{want} in:\n{metrics}");
+    }
+    // Authorised as kube-apiserver's: a user without system:monitoring may not.
+    let denied = k.fails(&["get", "--raw", "/metrics", "--as", "jane"]);
+    assert!(denied.contains("forbidden"), "{denied}");
+    let allowed = k.ok(&[
+        "get",
+        "--raw",
+        "/metrics",
+        "--as",
+        "jane",
+        "--as-group",
+        "system:monitoring",
+    ]);
+    assert!(allowed.contains("apiserver_request_total"));
+    nodes.stop().await;
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn controllers_started_after_their_objects_reconcile_them() {
     // A master restart mid-rollout once left a deployment unreconciled: the new
     // controllers' caches had filled before they subscribed to them, and nothing changed
@@ -525,11 +597,13 @@ async fn controllers_started_after_their_objects_reconcile_them() {
         fast(),
         cancel.clone(),
     ));
-    let scheduler = tokio::spawn(tinykube_scheduler::run(
-        client.clone(),
-        caches.clone(),
-        cancel.clone(),
-    ));
+    let scheduler = tokio::spawn({
+        let (client, caches, cancel) = (client.clone(), caches.clone(), cancel.clone());
+        async move {
+            let metrics = tinykube_api::metrics::Metrics::default();
+            tinykube_scheduler::run(client, caches, &metrics, cancel).await
+        }
+    });
     let ready = eventually(Duration::from_secs(20), async || {
         let d: Api<Deployment> = Api::namespaced(client.clone(), "default");
         let d = d.get("late").await.ok()?;

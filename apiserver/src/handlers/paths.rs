@@ -35,6 +35,15 @@ pub async fn serve(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
         }
         (_, ["version"]) => ok(discovery::version()),
+        ("get", ["metrics"]) => Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::scrape(shared),
+        )
+            .into_response()),
         ("get", [".well-known", "openid-configuration"]) => ok(
             serviceaccount::discovery::configuration(&shared.service_accounts, &shared.advertise),
         ),

@@ -20,6 +20,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             authn::impersonation::layer,
         ))
         .layer(from_fn_with_state(shared.tokens.clone(), authn::layer))
+        .layer(from_fn_with_state(
+            shared.metrics.clone(),
+            crate::metrics::layer,
+        ))
         .layer(from_fn(super::info::layer))
         .with_state(shared)
 }

@@ -4,6 +4,7 @@
 //! updates the object and appends to an event log; watches resume from that log.
 
 pub mod fanout;
+pub mod metered;
 mod sled_store;
 
 use std::sync::Arc;
@@ -128,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<ListPage, StoreError>;
+
+    /// How many objects have keys starting with `prefix`.
+    fn count(&self, prefix: &str) -> Result<usize, StoreError>;
 
     /// Applies one write durably; resolves to the stored object (with its new
     /// `metadata.resourceVersion`) once it is on disk.

@@ -196,6 +196,15 @@ impl Store for SledStore {
         Ok(page)
     }
 
+    fn count(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.tree.scan_prefix(obj_key(prefix)) {
+            entry.map_err(engine)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Arc<Event>, StoreError>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.writes.send(Request { op, reply });

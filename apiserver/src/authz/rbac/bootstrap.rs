@@ -241,6 +241,24 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // kube-apiserver's: who may read the metrics and health of the control plane.
+        cluster_role(
+            "system:monitoring",
+            json!({}),
+            vec![paths(
+                &["get"],
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+            )],
+        ),
         cluster_role(
             "system:public-info-viewer",
             json!({}),
@@ -428,6 +446,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:basic-user",
             "system:basic-user",
             &[("Group", AUTHENTICATED)],
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            &[("Group", "system:monitoring")],
         ),
         binding(
             "system:public-info-viewer",
