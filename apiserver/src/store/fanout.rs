@@ -33,9 +33,14 @@ impl Entry {
         ev.key.starts_with(&self.prefix) && self.filter.as_ref().is_none_or(|f| f(ev))
     }
 
-    /// Whether events were dropped for it; clears the mark.
-    pub fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
+    /// Whether events were dropped for it since the mark was last cleared.
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Clears the mark once what was queued before the first dropped event is taken.
+    pub fn clear_lagged(&self) {
+        self.lagged.store(false, Ordering::Release);
     }
 }
 

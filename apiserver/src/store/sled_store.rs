@@ -262,9 +262,12 @@ impl Store for SledStore {
                     _ = entry.woken.notified() => {}
                     _ = tx.closed() => return,
                 }
-                if entry.take_lagged() {
-                    // What was queued comes first, in order; then the log from there,
-                    // which holds everything skipped while the mark was set.
+                if entry.is_lagged() {
+                    // What was queued comes first, in order: while the mark is set
+                    // nothing joins it, so it ends before the first event skipped.
+                    // Then the mark is cleared and the log read from there; it holds
+                    // everything skipped, and whatever is queued from now on is
+                    // either in what the log gives or after it.
                     while let Ok(ev) = live.try_recv() {
                         if ev.rev > last {
                             last = ev.rev;
@@ -273,6 +276,7 @@ impl Store for SledStore {
                             }
                         }
                     }
+                    entry.clear_lagged();
                     if replay(&tree, &entry, &mut last, &compacted, &tx)
                         .await
                         .is_err()
@@ -654,6 +658,42 @@ mod tests {
             revs.push(ev.rev);
         }
         let want: Vec<u64> = (1..=3000).filter(|r| (r - 1) % 3 != 0).collect();
+        assert_eq!(revs, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_watcher_under_concurrent_writes_misses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), SledStoreOptions::default()).unwrap());
+        let mut rx = store.watch("p/", 0).unwrap();
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..400 {
+                        store
+                            .write(WriteOp::Create {
+                                key: format!("p/default/{w}-{i}"),
+                                object: pod("x"),
+                            })
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut revs = Vec::new();
+        while revs.len() < 32 * 400 {
+            let ev = rx.recv().await.unwrap().unwrap();
+            revs.push(ev.rev);
+            if revs.len() % 100 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let want: Vec<u64> = (1..=32 * 400).collect();
         assert_eq!(revs, want);
     }
 
