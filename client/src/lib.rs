@@ -6,6 +6,7 @@
 pub mod caches;
 pub mod config;
 pub mod correlator;
+pub mod feed;
 pub mod informer;
 pub mod join;
 pub mod recorder;

@@ -12,18 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use tinykube_node::hollow::{HollowConfig, HollowNodes};
-use tinykube_tests::{MasterProcess, client_for, free_port};
-
-fn vm(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+use tinykube_tests::{MasterProcess, client_for, free_port, status_mb};
 
 async fn hollow(client: &kube::Client, n: usize) -> HollowNodes {
     let names = (1..=n).map(|i| format!("hollow{i:03}")).collect();
@@ -139,7 +128,7 @@ async fn end_to_end() -> (f64, f64, f64, f64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ready_secs = start.elapsed().as_secs_f64();
-    let peak = vm(pid, "VmHWM:");
+    let peak = status_mb(pid, "VmHWM:");
 
     // Reaction: scale 6 -> 7, time until the new pod is bound.
     let small: Deployment = serde_json::from_value(json!({"metadata": {"name": "small"},

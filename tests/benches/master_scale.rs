@@ -26,20 +26,9 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tinykube_client::Informer;
 use tinykube_node::hollow::{HollowConfig, HollowNodes};
-use tinykube_tests::{MasterProcess, client_for, free_port};
+use tinykube_tests::{MasterProcess, client_for, free_port, status_mb};
 
 const CLIENTS: usize = 32;
-
-fn status_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn rss(pid: u32) -> f64 {
     status_mb(pid, "VmRSS:")

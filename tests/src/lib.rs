@@ -511,6 +511,18 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// The median of `v` (the upper of the two middle ones for an even count).
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS:`, `VmHWM:`), in MB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     percentile(&mut v, 0.5)
 }
