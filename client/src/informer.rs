@@ -196,17 +196,7 @@ where
 {
     /// Starts watching `api` until `cancel` fires.
     pub fn start(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
-        Self::start_indexed(api, config, None, cancel)
-    }
-
-    /// Starts watching `api`, also indexing objects by `index_fn` (see [`Self::by_field`]).
-    pub fn start_indexed(
-        api: Api<K>,
-        config: watcher::Config,
-        index_fn: Option<IndexFn<K>>,
-        cancel: CancellationToken,
-    ) -> Arc<Self> {
-        Self::start_with(api, config, index_fn, None, None, cancel)
+        Self::start_with(api, config, None, None, None, cancel)
     }
 
     /// Starts watching `api`, indexing by `index_fn`, keeping of each object only what

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeleteOptions, Registry};
@@ -14,27 +13,6 @@ use crate::resources;
 
 /// kube-apiserver's `--event-ttl` default.
 pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
-
-/// When an Event was last written, as far as its fields say: the newest of its
-/// creation, last timestamp, event time and series' last observation.
-pub fn last_written(ev: &Value) -> Option<jiff::Timestamp> {
-    [
-        &ev["metadata"]["creationTimestamp"],
-        &ev["lastTimestamp"],
-        &ev["eventTime"],
-        &ev["series"]["lastObservedTime"],
-    ]
-    .iter()
-    .filter_map(|v| v.as_str()?.parse::<jiff::Timestamp>().ok())
-    .max()
-}
-
-/// Whether an Event has outlived `ttl` at `now`.
-pub fn expired(ev: &Value, ttl: Duration, now: jiff::Timestamp) -> bool {
-    last_written(ev).is_some_and(|t| {
-        now.as_second() - t.as_second() >= i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
-    })
-}
 
 /// The fields of an Event the sweep reads; nothing else of it is parsed.
 #[derive(serde::Deserialize, Default)]
@@ -61,6 +39,8 @@ struct Series {
 }
 
 impl Times {
+    /// When the Event was last written, as far as its fields say: the newest of its
+    /// creation, last timestamp, event time and series' last observation.
     fn last_written(&self) -> Option<jiff::Timestamp> {
         [
             &self.metadata.creation_timestamp,
@@ -75,6 +55,13 @@ impl Times {
         .filter_map(|t| t.as_deref()?.parse::<jiff::Timestamp>().ok())
         .max()
     }
+
+    /// Whether it has outlived `ttl` at `now`; an Event with no time at all stays.
+    fn expired(&self, ttl: Duration, now: jiff::Timestamp) -> bool {
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        self.last_written()
+            .is_some_and(|t| now.as_second() - t.as_second() >= ttl)
+    }
 }
 
 /// Events read per page of the sweep, so it never holds them all at once.
@@ -85,13 +72,12 @@ pub async fn run(reg: Arc<Registry>, ttl: Duration, cancel: CancellationToken) {
     let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(period);
     let events = resources::find("", "events").expect("events are registered");
-    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = jiff::Timestamp::now().as_second();
+        let now = jiff::Timestamp::now();
         let mut expired = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -109,9 +95,7 @@ pub async fn run(reg: Arc<Registry>, ttl: Duration, cancel: CancellationToken) {
                 let Ok(t) = serde_json::from_slice::<Times>(raw) else {
                     continue;
                 };
-                if t.last_written()
-                    .is_some_and(|w| now - w.as_second() >= ttl_secs)
-                {
+                if t.expired(ttl, now) {
                     expired.push((t.metadata.namespace, t.metadata.name));
                 }
             }
@@ -135,20 +119,17 @@ mod tests {
 
     #[test]
     fn an_event_expires_an_hour_after_its_last_write() {
-        let ev = json!({"metadata": {"creationTimestamp": "2026-01-01T10:00:00Z"},
-                        "lastTimestamp": "2026-01-01T10:30:00Z",
-                        "series": {"lastObservedTime": "2026-01-01T10:45:00.123456Z"}});
+        let ev: Times = serde_json::from_value(json!({
+            "metadata": {"name": "e", "creationTimestamp": "2026-01-01T10:00:00Z"},
+            "lastTimestamp": "2026-01-01T10:30:00Z",
+            "series": {"lastObservedTime": "2026-01-01T10:45:00.123456Z"}}))
+        .unwrap();
         let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        assert_eq!(last_written(&ev), Some(at("2026-01-01T10:45:00.123456Z")));
-        assert!(!expired(&ev, DEFAULT_EVENT_TTL, at("2026-01-01T11:44:59Z")));
-        assert!(expired(&ev, DEFAULT_EVENT_TTL, at("2026-01-01T11:45:01Z")));
-        let times: Times = serde_json::from_value(ev.clone()).unwrap();
-        assert_eq!(times.last_written(), last_written(&ev));
+        assert_eq!(ev.last_written(), Some(at("2026-01-01T10:45:00.123456Z")));
+        assert!(!ev.expired(DEFAULT_EVENT_TTL, at("2026-01-01T11:44:59Z")));
+        assert!(ev.expired(DEFAULT_EVENT_TTL, at("2026-01-01T11:45:01Z")));
         // An event with no time at all is left alone.
-        assert!(!expired(
-            &json!({}),
-            DEFAULT_EVENT_TTL,
-            at("2030-01-01T00:00:00Z")
-        ));
+        let timeless: Times = serde_json::from_value(json!({})).unwrap();
+        assert!(!timeless.expired(DEFAULT_EVENT_TTL, at("2030-01-01T00:00:00Z")));
     }
 }
