@@ -135,9 +135,12 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
         );
         agent.control_plane = true;
         agent.taint_control_plane = args.taint_master;
+        // Through the loopback as this node's user, whom the Node authorizer knows.
+        let user = format!("system:node:{}", agent.node_name);
+        let api = kube::Client::new(master.loopback(&user, &["system:nodes"]), "default");
         let cancel = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = tinykube_node::run(agent, cancel).await {
+            if let Err(e) = tinykube_node::run_in_master(agent, api, cancel).await {
                 eprintln!("error: node agent: {}", tinykube_api::error_chain(&e));
             }
         }));
@@ -152,10 +155,9 @@ pub async fn run(args: MasterArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// glibc keeps what the heap frees in its arenas, so after a burst (10,000 pods scaled
-/// down) the master would carry its peak as resident memory for the rest of its life;
-/// `malloc_trim` hands the free pages back. It walks the free lists only, a few
-/// milliseconds even after a large burst.
+/// After a burst (10,000 pods scaled down) the allocator keeps what the heap freed;
+/// every `every` the free pages go back to the kernel (jemalloc's purge of every arena,
+/// or glibc's `malloc_trim`: see `tinykube_api::memory`), a few milliseconds each.
 async fn trim_memory(every: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -163,10 +165,6 @@ async fn trim_memory(every: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only walks the allocator's own free lists.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        tinykube_api::memory::release_free_memory();
     }
 }

@@ -5,6 +5,7 @@ pub mod constants;
 pub mod format;
 pub mod kubeconfig;
 pub mod lbpool;
+pub mod memory;
 pub mod metrics;
 pub mod pki;
 pub mod qos;

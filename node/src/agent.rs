@@ -190,9 +190,29 @@ pub fn address_conflict(
 
 /// Runs the node agent until `cancel`.
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    run_via(cfg, None, cancel).await
+}
+
+/// The master's own node agent: it joins as any node does (its certificates serve the
+/// kubelet's port and are renewed as usual) but speaks to the API server through `api`,
+/// the master's in-process loopback client acting as this node's user.
+pub async fn run_in_master(
+    cfg: AgentConfig,
+    api: kube::Client,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    run_via(cfg, Some(api), cancel).await
+}
+
+async fn run_via(
+    cfg: AgentConfig,
+    api: Option<kube::Client>,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-    let (client, rotation) = client(cfg.clone()).await?;
+    let (joined, rotation) = client(cfg.clone()).await?;
+    let client = api.unwrap_or_else(|| joined.clone());
     // The node's address, checked against the other nodes' before anything is set up.
     let ip = cfg
         .node_ip
@@ -226,7 +246,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
         }
     };
     let renewing = cancel.child_token();
-    let renewal = tokio::spawn(rotation.run(client.clone(), renewing.clone()));
+    let renewal = tokio::spawn(rotation.run(joined, renewing.clone()));
     let result = run_with(cfg, ip, client, runtime, cancel).await;
     renewing.cancel();
     let _ = renewal.await;
@@ -510,11 +530,7 @@ async fn public_ip(cfg: &AgentConfig, node_ip: IpAddr) -> Result<Ipv4Addr, Agent
 /// tens of MB through gRPC buffers; glibc keeps what they freed in its arenas, and
 /// the worker would carry it as resident memory for the rest of its life.
 fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    tinykube_api::memory::release_free_memory();
 }
 
 #[cfg(test)]

@@ -10,4 +10,4 @@ pub mod hollow;
 pub mod network;
 pub mod registration;
 
-pub use agent::{AgentConfig, AgentError, run};
+pub use agent::{AgentConfig, AgentError, run, run_in_master};

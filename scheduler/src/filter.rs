@@ -61,7 +61,8 @@ fn groups(p: &Pod, services: &[Arc<Service>]) -> Vec<String> {
         out.push(format!("owner:{}", r.uid));
     }
     let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-    let labels = p.metadata.labels.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
     for s in services {
         if s.metadata.namespace.as_deref() != Some(ns) {
             continue;
@@ -137,7 +138,7 @@ fn tolerates(p: &Pod, t: &Taint) -> bool {
 
 fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
     let v = labels.get(&r.key);
-    let values = r.values.clone().unwrap_or_default();
+    let values = r.values.as_deref().unwrap_or_default();
     match r.operator.as_str() {
         "In" => v.is_some_and(|v| values.contains(v)),
         "NotIn" => v.is_none_or(|v| !values.contains(v)),
@@ -157,7 +158,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, St
 }
 
 fn affinity_matches(p: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let spec = p.spec.as_ref();
     let selector_ok = spec
         .and_then(|s| s.node_selector.as_ref())
@@ -174,7 +176,7 @@ fn affinity_matches(p: &Pod, node: &Node) -> bool {
             term.match_expressions
                 .iter()
                 .flatten()
-                .all(|r| requirement_matches(r, &labels))
+                .all(|r| requirement_matches(r, labels))
                 && term.match_fields.iter().flatten().all(|r| {
                     let fields: BTreeMap<String, String> = [(
                         "metadata.name".to_string(),
